@@ -1,0 +1,312 @@
+"""The transformers-style classes: a thin shell over the functional core in model.py and heads.py.
+
+    model = BridgeTowerForImageAndTextRetrieval.from_pretrained("weights/bridgetower-base-itm-mlm")
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+    out.logits                      # [B, 2]
+
+Each class checks its inputs at the boundary (so a mistake is named here, not discovered as a
+broadcasting error deep inside), runs the core, and packs the reference's output fields.
+
+One deliberate difference from transformers: every array is batch-first, including the image
+hidden states, which the reference returns sequence-first ([L, B, Dv]).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backend import array_module, to_device, to_numpy
+from .config import BridgeTowerConfig, ConfigError
+from .heads import contrastive_embeddings, itm_logits, mlm_logits
+from .model import Trace, bridgetower
+from .ops import cross_entropy, layer_norm, linear
+from .weights import load_weights
+
+
+# ---- outputs -----------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class _Extras:
+    """Present only when asked for (output_hidden_states=True / output_attentions=True).
+
+    hidden_states: (text, image, cross) as in the reference: text is L+1 × [B, T, Dt], image is
+        L+1 × [B, L, Dv] (batch-first, *not* the reference's [L, B, Dv]), cross is N × (text, image).
+    attentions: N × ([B, H, T, T], [B, H, L, L]), the cross-modal layers' self-attention, as the reference.
+    Beyond the reference, with output_attentions=True:
+    cross_attentions: N × ([B, H, T, L] text→image, [B, H, L, T] image→text)
+    text_attentions: L × [B, H, T, T] (RoBERTa layers); vision_attentions: L × [B, Hv, L, L] (ViT blocks).
+    """
+
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+    cross_attentions: tuple | None = None
+    text_attentions: tuple | None = None
+    vision_attentions: tuple | None = None
+
+
+@dataclass(kw_only=True)
+class BridgeTowerModelOutput(_Extras):
+    text_features: object  # [B, T, D]
+    image_features: object  # [B, L, D]
+    pooler_output: object  # [B, 2D]
+
+
+@dataclass(kw_only=True)
+class ImageTextMatchingOutput(_Extras):
+    logits: object  # [B, 2]; index 1 = match
+    loss: object = None  # scalar, with labels
+
+
+@dataclass(kw_only=True)
+class MaskedLMOutput(_Extras):
+    logits: object  # [B, T, V]
+    loss: object = None  # scalar, with labels
+
+
+@dataclass(kw_only=True)
+class ContrastiveOutput(_Extras):
+    logits: object  # [B, 3, C]: text, image and cross embeddings stacked (not similarities)
+    text_embeds: object  # [B, C], L2-normalised
+    image_embeds: object  # [B, C]
+    cross_embeds: object  # [B, C]
+    logit_scale: object  # scalar: exp of the stored log-scale, the factor the loss multiplies by
+    loss: object = None  # scalar, with return_loss=True
+
+
+# ---- the classes -------------------------------------------------------------------------------
+
+
+class BridgeTowerModel:
+    """The backbone: two towers, bridges and the cross-modal stack. Outputs features and pooler."""
+
+    head = "model"  # which head's parameters the checkpoint must hold (weights.head_shapes)
+
+    def __init__(self, config, params):
+        self.config = config
+        self.params = params  # nested dict with the checkpoint's names, "bridgetower." prefix removed
+
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu"):
+        """Load a local checkpoint folder in the Hub layout (config.json + model.safetensors).
+
+        device: "cpu" (NumPy, memory-mapped, nothing copied) or "cuda" (CuPy).
+        """
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} has no config.json; expected a checkpoint folder in the "
+                                    "Hugging Face layout (config.json + model.safetensors)")
+        config = BridgeTowerConfig.from_json_file(folder / "config.json")
+        cls._check_config(config)
+        tree = load_weights(folder, config, cls.head)
+        model = cls(config, tree)
+        return model.to(device) if device != "cpu" else model
+
+    @classmethod
+    def _check_config(cls, config):
+        pass
+
+    def to(self, device):
+        """This model with its weights on `device` ("cpu" or "cuda")."""
+        self.params = to_device(self.params, device)
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, input_ids=None, attention_mask=None, pixel_values=None, pixel_mask=None,
+                interpolate_pos_encoding=False, output_hidden_states=False, output_attentions=False):
+        """input_ids [B, T] int, attention_mask [B, T] (default all ones), pixel_values [B, 3, H, W].
+
+        pixel_mask is accepted and ignored, as in the reference (images are never padded).
+        """
+        feats, extras = self._backbone(input_ids, attention_mask, pixel_values, interpolate_pos_encoding,
+                                       output_hidden_states, output_attentions)
+        return BridgeTowerModelOutput(text_features=feats["text_features"], image_features=feats["image_features"],
+                                      pooler_output=feats["pooler_output"], **extras)
+
+    # -- shared plumbing --
+
+    def _backbone(self, input_ids, attention_mask, pixel_values, interpolate_pos_encoding,
+                  output_hidden_states, output_attentions):
+        input_ids, attention_mask, pixel_values = check_inputs(
+            self.config, input_ids, attention_mask, pixel_values, interpolate_pos_encoding)
+        xp = array_module(self.params["token_type_embeddings"]["weight"])
+        trace = Trace(keep_hidden=output_hidden_states, keep_attentions=output_attentions)
+        feats = bridgetower(self.params, self.config, xp.asarray(input_ids), xp.asarray(attention_mask),
+                            xp.asarray(pixel_values), interpolate_pos_encoding, trace)
+        extras = {}
+        if output_hidden_states:
+            extras["hidden_states"] = (tuple(trace.text_hidden), tuple(trace.image_hidden), tuple(trace.cross_hidden))
+        if output_attentions:
+            extras["attentions"] = tuple(trace.cross_self_attentions)
+            extras["cross_attentions"] = tuple(trace.cross_attentions)
+            extras["text_attentions"] = tuple(trace.text_attentions)
+            extras["vision_attentions"] = tuple(trace.vision_attentions)
+        return feats, extras
+
+
+class BridgeTowerForImageAndTextRetrieval(BridgeTowerModel):
+    """Image-text matching (ITM): does this text describe this image? logits [B, 2], index 1 = yes."""
+
+    head = "itm"
+
+    def forward(self, input_ids=None, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None,
+                interpolate_pos_encoding=False, output_hidden_states=False, output_attentions=False):
+        """As BridgeTowerModel.forward; labels [B] in {0, 1} adds the cross-entropy loss."""
+        feats, extras = self._backbone(input_ids, attention_mask, pixel_values, interpolate_pos_encoding,
+                                       output_hidden_states, output_attentions)
+        logits = itm_logits(self.params["itm_score"], feats["pooler_output"])  # [B, 2]
+        loss = None
+        if labels is not None:
+            labels = check_labels(labels, (logits.shape[0],), 2, "labels", allow_ignore=False)
+            loss = cross_entropy(logits, array_module(logits).asarray(labels))
+        return ImageTextMatchingOutput(logits=logits, loss=loss, **extras)
+
+
+class BridgeTowerForMaskedLM(BridgeTowerModel):
+    """Masked language modelling: vocabulary scores for every text position, logits [B, T, V]."""
+
+    head = "mlm"
+
+    def forward(self, input_ids=None, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None,
+                interpolate_pos_encoding=False, output_hidden_states=False, output_attentions=False):
+        """As BridgeTowerModel.forward; labels [B, T] (token ids, -100 = ignore) adds the mean loss."""
+        feats, extras = self._backbone(input_ids, attention_mask, pixel_values, interpolate_pos_encoding,
+                                       output_hidden_states, output_attentions)
+        logits = mlm_logits(self.params["mlm_score"], feats["text_features"], self.config.layer_norm_eps)
+        loss = None
+        if labels is not None:
+            V = self.config.text_config.vocab_size
+            labels = check_labels(labels, logits.shape[:2], V, "labels", allow_ignore=True)
+            xp = array_module(logits)
+            loss = cross_entropy(logits.reshape(-1, V), xp.asarray(labels).reshape(-1))  # [B·T, V]
+        return MaskedLMOutput(logits=logits, loss=loss, **extras)
+
+
+class BridgeTowerForContrastiveLearning(BridgeTowerModel):
+    """Contrastive (ITC) head: L2-normalised text, image and cross-modal embeddings, [B, C] each."""
+
+    head = "itc"
+
+    @classmethod
+    def _check_config(cls, config):
+        if config.contrastive_hidden_size is None or config.logit_scale_init_value is None:
+            raise ConfigError("BridgeTowerForContrastiveLearning needs contrastive_hidden_size and "
+                              "logit_scale_init_value in config.json (SPEC §1.3); this config has "
+                              f"contrastive_hidden_size={config.contrastive_hidden_size}, "
+                              f"logit_scale_init_value={config.logit_scale_init_value}")
+        if not config.share_cross_modal_transformer_layers:
+            raise ConfigError("unsupported config: share_cross_modal_transformer_layers=False with the "
+                              "contrastive head, which calls the shared image transform (SPEC §10.5)")
+        if config.vision_config.hidden_size != config.hidden_size:
+            raise ConfigError(f"unsupported config: vision_config.hidden_size={config.vision_config.hidden_size}"
+                              f" != hidden_size={config.hidden_size} with the contrastive head (SPEC §7.3)")
+
+    def forward(self, input_ids=None, attention_mask=None, pixel_values=None, pixel_mask=None, return_loss=False,
+                interpolate_pos_encoding=False, output_hidden_states=False, output_attentions=False):
+        """As BridgeTowerModel.forward; return_loss=True adds the 3-term contrastive loss (labels = arange(B))."""
+        feats, extras = self._backbone(input_ids, attention_mask, pixel_values, interpolate_pos_encoding,
+                                       output_hidden_states, output_attentions)
+        p, cfg = self.params, self.config
+        text_cls = feats["text_last"][:, 0]  # [B, Dt]: the raw last RoBERTa layer at <s>
+        image_cls = self._image_cls(feats["image_last"][:, 0])  # [B, D]
+        text, image, cross = contrastive_embeddings(p, text_cls, image_cls, feats["pooler_output"])
+        xp = array_module(text)
+        scale = xp.exp(p["logit_scale"])  # stored in log space
+        loss = None
+        if return_loss:
+            labels = xp.arange(text.shape[0])
+            # subtle: three one-directional terms, text→image, text→cross, image→cross (SPEC §7.3).
+            loss = (cross_entropy(scale * text @ image.T, labels) + cross_entropy(scale * text @ cross.T, labels)
+                    + cross_entropy(scale * image @ cross.T, labels)) / 3.0
+        return ContrastiveOutput(logits=xp.stack([text, image, cross], axis=-2), text_embeds=text,
+                                 image_embeds=image, cross_embeds=cross, logit_scale=scale, loss=loss, **extras)
+
+    def _image_cls(self, v_cls):
+        """ln_post, the shared image transform and token type 1 on the vision CLS.  [B, Dv] -> [B, D]"""
+        p, cfg = self.params, self.config
+        v_ln = layer_norm(v_cls, p["vision_model"]["visual"]["ln_post"], cfg.vision_config.layer_norm_eps)
+        return linear(v_ln, p["cross_modal_image_transform"]) + p["token_type_embeddings"]["weight"][1]
+
+
+# ---- input checks at the boundary --------------------------------------------------------------
+
+
+def check_inputs(cfg, input_ids, attention_mask, pixel_values, interpolate_pos_encoding):
+    """Validated (input_ids, attention_mask, pixel_values); every problem is named with what came."""
+    tc, vc = cfg.text_config, cfg.vision_config
+    if input_ids is None:
+        raise TypeError("input_ids is required: an integer array of shape [batch, tokens] (see RobertaTokenizer)")
+    input_ids = _as_array(input_ids, "input_ids")
+    if input_ids.dtype.kind not in "iu":
+        raise TypeError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be 2-D [batch, tokens], got shape {tuple(input_ids.shape)}"
+                         + ("; for one text use input_ids[None]" if input_ids.ndim == 1 else ""))
+    B, T = input_ids.shape
+    if B == 0 or T == 0:
+        raise ValueError(f"input_ids must hold at least one token per text, got shape {(B, T)}")
+    if T > tc.max_text_length:
+        raise ValueError(f"the text has {T} tokens but the model takes at most {tc.max_text_length} "
+                         f"(max_position_embeddings={tc.max_position_embeddings}); tokenize with truncation=True")
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= tc.vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"input_ids holds id {bad}, outside the vocabulary [0, {tc.vocab_size})")
+    input_ids = input_ids.astype(np.int64, copy=False)
+
+    if attention_mask is None:
+        attention_mask = np.ones((B, T), dtype=np.int64)
+    attention_mask = _as_array(attention_mask, "attention_mask")
+    if tuple(attention_mask.shape) != (B, T):
+        raise ValueError(f"attention_mask must have the shape of input_ids {(B, T)}, got {tuple(attention_mask.shape)}")
+    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+
+    if pixel_values is None:
+        raise TypeError(f"pixel_values is required: a float array [batch, {vc.num_channels}, "
+                        f"{vc.image_size}, {vc.image_size}] (see BridgeTowerImageProcessor)")
+    pixel_values = _as_array(pixel_values, "pixel_values")
+    if pixel_values.dtype.kind != "f":
+        raise TypeError(f"pixel_values must be floating point (normalised pixels), got dtype {pixel_values.dtype}")
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != vc.num_channels:
+        raise ValueError(f"pixel_values must have shape [batch, {vc.num_channels}, height, width], "
+                         f"got {tuple(pixel_values.shape)}")
+    H, W = pixel_values.shape[2:]
+    if interpolate_pos_encoding:
+        if H < vc.patch_size or W < vc.patch_size:
+            raise ValueError(f"images must be at least one patch ({vc.patch_size} pixels) on each side, got {H}×{W}")
+    elif (H, W) != (vc.image_size, vc.image_size):
+        raise ValueError(f"this model takes {vc.image_size}×{vc.image_size} images, got {H}×{W}; resize them "
+                         "(BridgeTowerImageProcessor) or pass interpolate_pos_encoding=True")
+    if pixel_values.shape[0] != B:
+        raise ValueError(f"text and image batches differ: {B} texts but {pixel_values.shape[0]} images")
+    return input_ids, attention_mask, pixel_values.astype(np.float32, copy=False)
+
+
+def check_labels(labels, shape, num_classes, name, allow_ignore):
+    labels = _as_array(labels, name)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {labels.dtype}")
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(labels.shape)}")
+    ok = (labels >= 0) & (labels < num_classes)
+    if allow_ignore:
+        ok |= labels == -100
+    if not bool(ok.all()):
+        allowed = f"[0, {num_classes})" + (" or -100 (ignored)" if allow_ignore else "")
+        raise ValueError(f"{name} must be in {allowed}, found {int(labels[~ok][0])}")
+    return labels.astype(np.int64, copy=False)
+
+
+def _as_array(x, name):
+    if type(x).__module__.startswith("cupy"):
+        return x
+    if type(x).__module__.startswith("torch"):
+        raise TypeError(f"{name} is a torch tensor; minibridge takes NumPy arrays (use .numpy())")
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"{name} must be an array, got {type(x).__name__} ({e})") from None

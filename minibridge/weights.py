@@ -1,0 +1,269 @@
+"""Weights: memory-mapped safetensors in, a nested dict keyed by the checkpoint's own names out (SPEC §7).
+
+    flat = read_safetensors("weights/bridgetower-base/model.safetensors")   # {"a.b.0.c": array}
+    tree = to_tree(flat)                                                     # tree["a"]["b"][0]["c"]
+
+Nothing is copied at load time: each array is a read-only view into the mapped file, so loading the
+1.3 GB base checkpoint takes milliseconds and the operating system pages weights in as they are used.
+The loader proves completeness (STYLE habit 3): `expected_shapes` lists every parameter the config
+implies, and `check_weights` refuses a missing key, an unknown key or a wrong shape by name.
+"""
+
+import json
+import mmap
+import re
+from pathlib import Path
+
+import numpy as np
+
+
+class WeightsError(ValueError):
+    """A checkpoint whose files or tensors do not fit the model."""
+
+
+# safetensors dtype names -> NumPy dtypes we can view the bytes as.
+_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
+           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_, "BF16": np.uint16}
+
+
+def read_safetensors(path):
+    """{key: array} of one .safetensors file, memory-mapped (read-only views, no copy).
+
+    The `safetensors` library first validates the file (header, offsets, size); we then map the
+    file ourselves because its NumPy reader copies every tensor into memory, which for the base
+    checkpoint means 1.3 GB and a second of reading before the first forward pass.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"{path} is not a readable safetensors file ({e}); "
+                           "it may be truncated or of another format") from None
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else b""
+    start = 8 + header_len  # tensor offsets count from the end of the header
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if info["dtype"] not in _DTYPES:
+            raise WeightsError(f"{path}: tensor {key} has dtype {info['dtype']}, which minibridge cannot read")
+        dtype = np.dtype(_DTYPES[info["dtype"]])
+        begin, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        arr = np.frombuffer(buf, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=start + begin)
+        out[key] = _float32(arr.reshape(shape), info["dtype"])
+    return out
+
+
+def _float32(arr, dtype_name):
+    """Float tensors as float32 (the model's dtype); F32 stays a zero-copy view."""
+    if dtype_name == "BF16":  # bfloat16 is the top half of a float32
+        return (arr.astype(np.uint32) << 16).view(np.float32)
+    if dtype_name in ("F16", "F64"):
+        return arr.astype(np.float32)
+    return arr
+
+
+def read_checkpoint(folder):
+    """{key: array} of a checkpoint folder: model.safetensors, or a sharded model.safetensors.index.json."""
+    folder = Path(folder)
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file():
+        return read_safetensors(single)
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise WeightsError(f"{index} is not a valid safetensors index ({e})") from None
+        out = {}
+        for shard in sorted(set(weight_map.values())):
+            tensors = read_safetensors(folder / shard)
+            out.update({k: v for k, v in tensors.items() if weight_map.get(k) == shard})
+        missing = sorted(set(weight_map) - set(out))
+        if missing:
+            raise WeightsError(f"{index} lists tensors that its shards do not hold, e.g. {missing[:3]}")
+        return out
+    raise WeightsError(f"no model.safetensors or model.safetensors.index.json in {folder}")
+
+
+# ---- what the config implies ------------------------------------------------------------------
+
+HEADS = ("model", "itm", "mlm", "itc")
+
+
+def expected_shapes(cfg, head="model"):
+    """{key: shape} of every parameter of BridgeTowerModel (unprefixed) plus the given head's (SPEC §7.4)."""
+    t, v, D, N = cfg.text_config, cfg.vision_config, cfg.hidden_size, cfg.num_hidden_layers
+    Dt, Dv, F = t.hidden_size, v.hidden_size, t.intermediate_size
+    s = {}
+
+    def lin(name, n_out, n_in, bias=True):
+        s[f"{name}.weight"] = (n_out, n_in)
+        if bias:
+            s[f"{name}.bias"] = (n_out,)
+
+    def ln(name, n):
+        s[f"{name}.weight"] = (n,)
+        s[f"{name}.bias"] = (n,)
+
+    def bert_layer(name, cross):
+        for part in ("attention",) + (("crossattention",) if cross else ()):
+            for proj in ("query", "key", "value"):
+                lin(f"{name}.{part}.self.{proj}", Dt, Dt)
+            lin(f"{name}.{part}.output.dense", Dt, Dt)
+            ln(f"{name}.{part}.output.LayerNorm", Dt)
+        lin(f"{name}.intermediate.dense", F, Dt)
+        lin(f"{name}.output.dense", Dt, F)
+        ln(f"{name}.output.LayerNorm", Dt)
+
+    # vision tower (CLIP ViT)
+    vis = "vision_model.visual"
+    s[f"{vis}.embeddings.class_embedding"] = (Dv,)
+    s[f"{vis}.embeddings.patch_embedding.weight"] = (Dv, v.num_channels, v.patch_size, v.patch_size)
+    s[f"{vis}.embeddings.position_embedding.weight"] = (v.num_positions, Dv)
+    ln(f"{vis}.ln_pre", Dv)
+    ln(f"{vis}.ln_post", Dv)
+    for i in range(v.num_hidden_layers):
+        blk = f"{vis}.transformer.resblocks.{i}"
+        s[f"{blk}.attn.in_proj_weight"] = (3 * Dv, Dv)
+        s[f"{blk}.attn.in_proj_bias"] = (3 * Dv,)
+        lin(f"{blk}.attn.out_proj", Dv, Dv)
+        ln(f"{blk}.ln_1", Dv)
+        lin(f"{blk}.mlp.c_fc", 4 * Dv, Dv)
+        lin(f"{blk}.mlp.c_proj", Dv, 4 * Dv)
+        ln(f"{blk}.ln_2", Dv)
+    if not v.share_layernorm:  # present in such checkpoints, never used by BridgeTowerModel
+        for i in range(v.num_hidden_layers):
+            ln(f"{vis}.ln_separate.{i}", Dv)
+
+    # text tower (RoBERTa)
+    s["text_model.embeddings.word_embeddings.weight"] = (t.vocab_size, Dt)
+    s["text_model.embeddings.position_embeddings.weight"] = (t.max_position_embeddings, Dt)
+    s["text_model.embeddings.token_type_embeddings.weight"] = (t.type_vocab_size, Dt)
+    ln("text_model.embeddings.LayerNorm", Dt)
+    for i in range(t.num_hidden_layers):
+        bert_layer(f"text_model.encoder.layer.{i}", cross=False)
+
+    # bridges and cross-modal layers
+    if cfg.share_cross_modal_transformer_layers:
+        lin("cross_modal_text_transform", D, Dt)
+        lin("cross_modal_image_transform", D, Dv)
+    else:
+        for i in range(N):
+            lin(f"cross_modal_text_transform.{i}", D, Dt)
+            lin(f"cross_modal_image_transform.{i}", D, Dv)
+    s["token_type_embeddings.weight"] = (2, D)
+    ln("cross_modal_text_layernorm", D)
+    ln("cross_modal_image_layernorm", D)
+    for side in ("text", "image"):
+        for i in range(N - 1):
+            ln(f"cross_modal_{side}_link_tower.{i}.LayerNorm", D)
+            if cfg.link_tower_type == "scaled_add":
+                s[f"cross_modal_{side}_link_tower.{i}.scaled_factor"] = ()
+            elif cfg.link_tower_type == "interpolate":
+                s[f"cross_modal_{side}_link_tower.{i}.beta"] = ()
+        for i in range(N):
+            bert_layer(f"cross_modal_{side}_layers.{i}", cross=True)
+        lin(f"cross_modal_{side}_pooler.dense", D, D)
+
+    s.update(head_shapes(cfg, head))
+    return s
+
+
+def head_shapes(cfg, head):
+    """{key: shape} of one head's own parameters (keys as stored: no `bridgetower.` prefix)."""
+    D, V, C = cfg.hidden_size, cfg.text_config.vocab_size, cfg.contrastive_hidden_size
+    if head == "model":
+        return {}
+    if head == "itm":
+        return {"itm_score.fc.weight": (2, 2 * D), "itm_score.fc.bias": (2,)}
+    if head == "mlm":
+        s = {"mlm_score.transform.dense.weight": (D, D), "mlm_score.transform.dense.bias": (D,),
+             "mlm_score.transform.LayerNorm.weight": (D,), "mlm_score.transform.LayerNorm.bias": (D,),
+             "mlm_score.bias": (V,)}
+        if not cfg.tie_word_embeddings:  # tied: the decoder *is* the word-embedding matrix
+            s["mlm_score.decoder.weight"] = (V, D)
+        return s
+    if head == "itc":
+        return {"itc_text_head.fc.weight": (C, D), "itc_text_head.fc.bias": (C,),
+                "itc_image_head.fc.weight": (C, D), "itc_image_head.fc.bias": (C,),
+                "itc_cross_modal_head.fc.weight": (C, 2 * D), "itc_cross_modal_head.fc.bias": (C,),
+                "logit_scale": ()}
+    raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+
+
+# Keys a checkpoint may hold that no minibridge class reads. Anything else unexpected is an error.
+_ALLOWED_EXTRA = re.compile(
+    r"text_model\.pooler\.dense\.(weight|bias)"  # RoBERTa's pooler: built, saved, never used (SPEC §3)
+    r"|(text_model|vision_model\.visual)\.embeddings\.(position_ids|token_type_ids)"  # legacy buffers
+    r"|(itm_score|mlm_score|itc_\w+_head)\..+|logit_scale"  # a sibling head: checkpoints train several
+)
+
+
+def check_weights(flat, cfg, head="model", source="checkpoint"):
+    """The checkpoint's tensors, unprefixed, checked against `expected_shapes`; raises WeightsError.
+
+    Accepts keys with and without the `bridgetower.` prefix that the head classes add (SPEC §7).
+    """
+    weights = {}
+    for key, arr in flat.items():
+        key = key.removeprefix("bridgetower.")
+        if key in weights:
+            raise WeightsError(f"{source}: {key} appears both with and without the 'bridgetower.' prefix")
+        weights[key] = arr
+    if head == "mlm" and cfg.tie_word_embeddings:
+        weights.pop("mlm_score.decoder.weight", None)  # if saved at all, it is a copy of the embeddings
+
+    expected = expected_shapes(cfg, head)
+    missing = [k for k in expected if k not in weights]
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise WeightsError(f"{source} is missing {len(missing)} tensor(s) that the config implies: "
+                           + ", ".join(f"{k} {expected[k]}" for k in missing[:5]) + more)
+    unexpected = [k for k in weights if k not in expected and not _ALLOWED_EXTRA.fullmatch(k)]
+    if unexpected:
+        raise WeightsError(f"{source} holds tensor(s) the config does not account for: "
+                           + ", ".join(f"{k} {tuple(weights[k].shape)}" for k in unexpected[:5])
+                           + ("; is it a BridgeTower checkpoint of this config?"))
+    for key, shape in expected.items():
+        found = tuple(weights[key].shape)
+        if found != shape:
+            raise WeightsError(f"{source}: {key} has shape {found}, the config implies {shape}")
+    return {k: weights[k] for k in expected}
+
+
+def to_tree(flat):
+    """Dotted keys -> nested dicts, numbered segments -> lists: "a.0.b" -> tree["a"][0]["b"] (STYLE habit 2)."""
+    root = {}
+    for key, value in flat.items():
+        node = root
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return _lists(root)
+
+
+def _lists(node):
+    if not isinstance(node, dict):
+        return node
+    node = {k: _lists(v) for k, v in node.items()}
+    if node and all(k.isdigit() for k in node):
+        return [node[str(i)] for i in range(len(node))]
+    return node
+
+
+def load_weights(folder, cfg, head="model"):
+    """The checked weight tree of a checkpoint folder, for the given head."""
+    flat = read_checkpoint(folder)
+    checked = check_weights(flat, cfg, head, source=str(folder))
+    tree = to_tree(checked)
+    if head == "mlm" and cfg.tie_word_embeddings:
+        tree["mlm_score"]["decoder"] = {"weight": tree["text_model"]["embeddings"]["word_embeddings"]["weight"]}
+    return tree
