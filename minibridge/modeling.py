@@ -304,8 +304,6 @@ def check_labels(labels, shape, num_classes, name, allow_ignore):
 def _as_array(x, name):
     if type(x).__module__.startswith("cupy"):
         return x
-    if type(x).__module__.startswith("torch"):
-        raise TypeError(f"{name} is a torch tensor; minibridge takes NumPy arrays (use .numpy())")
     try:
         return np.asarray(x)
     except (ValueError, TypeError) as e:

@@ -116,6 +116,8 @@ def save_checkpoint(models, folder, prefixed=True):
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     # clone(): tied weights share storage, which safetensors refuses to write twice
     tensors = {k: torch.from_numpy(v).clone() for k, v in state_dict_numpy(models, prefixed).items()}
+    if cfg.get("tie_word_embeddings"):  # transformers does not save the tied copy either
+        tensors.pop("mlm_score.decoder.weight", None)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
@@ -173,7 +175,8 @@ class _AttentionHooks:
 
 def run(models, inputs, head, interpolate=False, labels=None, return_loss=False, attention_maps=False):
     """Reference outputs of one head as {name: np.ndarray} (hidden states kept in the reference's layout)."""
-    m = models[head]
+    # "model" may be run as the backbone of a head model (saves building a second full-size copy)
+    m = models[head] if head in models else next(iter(models.values())).bridgetower
     kw = {k: torch.from_numpy(v) for k, v in inputs.items()}
     if interpolate:
         kw["interpolate_pos_encoding"] = True

@@ -1,0 +1,110 @@
+"""Regenerate the committed parity fixtures in tests/fixtures/ (needs the `reference` extra).
+
+    python tests/make_fixtures.py
+
+For each fixture: tiny random BridgeTower models built by transformers, every parameter perturbed,
+saved in the Hub layout (config.json + model.safetensors), plus reference.npz holding the inputs
+and what transformers computed from them, and cases.json describing each case.
+Together they stay a few MB, so the default test run needs no torch.
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reference as ref  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# name -> (config overrides, heads, how it is saved, cases)
+# A case: batch text lengths (right-padded to the longest), image size, interpolate flag,
+# whether to keep every hidden state and attention map.
+SPECS = {
+    # The default flags, every head in one file (as the published base-itm-mlm holds two heads).
+    "tiny": dict(
+        config={}, heads=["model", "itm", "mlm", "itc"], save="multi-head",
+        cases={
+            "padded": dict(lengths=[9, 5, 7], maps=True),
+            "single": dict(lengths=[6]),
+            "interpolate": dict(lengths=[6, 4], image_hw=(24, 20), interpolate=True),
+        }),
+    # scaled_add bridges, one transform per cross layer, tied MLM decoder, 2 vision heads, Dv != D.
+    "tiny-scaled-untied-transforms": dict(
+        config=dict(link_tower_type="scaled_add", share_cross_modal_transformer_layers=False,
+                    tie_word_embeddings=True, num_hidden_layers=2,
+                    text=dict(hidden_size=32, num_attention_heads=2, intermediate_size=48,
+                              vocab_size=100, num_hidden_layers=2),
+                    vision=dict(hidden_size=128, num_hidden_layers=2)),
+        heads=["model", "itm", "mlm"], save="multi-head",
+        cases={"padded": dict(lengths=[4, 8], maps=True), "single": dict(lengths=[5])}),
+    # interpolate bridges, N = L (no uni-modal layer before the first bridge), separate vision
+    # LayerNorms present but unused, saved by transformers' own save_pretrained without prefix.
+    "tiny-interpolate-bare": dict(
+        config=dict(link_tower_type="interpolate", num_hidden_layers=3,
+                    text=dict(hidden_size=32, num_attention_heads=2, intermediate_size=48,
+                              vocab_size=100, num_hidden_layers=3),
+                    vision=dict(num_hidden_layers=3, share_layernorm=False)),
+        heads=["model"], save="save_pretrained",
+        cases={"padded": dict(lengths=[3, 7, 5]), "interpolate": dict(lengths=[5], image_hw=(28, 28),
+                                                                      interpolate=True)}),
+}
+
+
+def labels_for(head, inputs, seed):
+    rng = np.random.default_rng(seed)
+    if head == "itm":
+        return rng.integers(0, 2, size=len(inputs["input_ids"]))
+    if head == "mlm":
+        lab = inputs["input_ids"].copy()
+        lab[rng.random(lab.shape) < 0.5] = -100
+        lab[inputs["attention_mask"] == 0] = -100
+        return lab
+    return None
+
+
+def generate(spec, seed, folder):
+    """Build, perturb and save one fixture checkpoint in `folder`; return (arrays, cases) of its reference runs."""
+    cfg = ref.tiny_config(**json.loads(json.dumps(spec["config"])))
+    models = ref.build(cfg, spec["heads"], seed)
+    if spec["save"] == "save_pretrained":
+        models["model"].save_pretrained(folder)  # transformers' own writer: unprefixed keys
+    else:
+        ref.save_checkpoint(models, folder, prefixed=True)
+    arrays, cases = {}, {}
+    for c, (case, cs) in enumerate(spec["cases"].items()):
+        inputs = ref.make_inputs(cfg, cs["lengths"], cs.get("image_hw"), seed=seed * 100 + c)
+        for k, v in inputs.items():
+            arrays[f"{case}/inputs/{k}"] = v
+        meta = {"interpolate": bool(cs.get("interpolate")), "heads": {}}
+        for head in spec["heads"]:
+            labels = labels_for(head, inputs, seed * 100 + c)
+            if labels is not None:
+                arrays[f"{case}/labels/{head}"] = labels
+            out = ref.run(models, inputs, head, interpolate=meta["interpolate"], labels=labels,
+                          return_loss=head == "itc", attention_maps=cs.get("maps", False) and head == "model")
+            if not (cs.get("maps") and head == "model"):  # keep maps and hidden states once per case
+                out = {k: v for k, v in out.items() if not k.startswith(("hidden_states", "attentions"))}
+            for k, v in out.items():
+                arrays[f"{case}/{head}/{k}"] = v
+            meta["heads"][head] = sorted(out)
+        cases[case] = meta
+    return arrays, cases
+
+
+def make(name, spec, seed):
+    folder = FIXTURES / name
+    shutil.rmtree(folder, ignore_errors=True)
+    arrays, cases = generate(spec, seed, folder)
+    np.savez_compressed(folder / "reference.npz", **arrays)
+    (folder / "cases.json").write_text(json.dumps(cases, indent=1))
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    print(f"{name}: {len(cases)} cases, {len(arrays)} arrays, {size / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    for i, (name, spec) in enumerate(SPECS.items()):
+        make(name, spec, seed=i + 1)

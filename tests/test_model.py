@@ -1,0 +1,64 @@
+"""Parity of the forward pass with transformers, on the committed fixtures (no torch needed).
+
+The fixtures (tests/fixtures/*, written by make_fixtures.py) hold tiny perturbed BridgeTower
+checkpoints in the Hub layout and what transformers 5 computed from them: every head, padded and
+single batches, position-embedding interpolation, hidden states and all attention maps.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import FIXTURES, HEAD_CLASSES, compare, run_mine
+
+
+def _cases():
+    for folder in sorted(p for p in FIXTURES.iterdir() if (p / "cases.json").is_file()):
+        for case, meta in json.loads((folder / "cases.json").read_text()).items():
+            for head in meta["heads"]:
+                yield pytest.param(folder, case, head, meta["interpolate"], id=f"{folder.name}-{case}-{head}")
+
+
+@pytest.mark.parametrize("folder, case, head, interpolate", list(_cases()))
+def test_matches_reference(folder, case, head, interpolate):
+    data = np.load(folder / "reference.npz")
+    inputs = {k.split("/")[-1]: data[k] for k in data.files if k.startswith(f"{case}/inputs/")}
+    label_key = f"{case}/labels/{head}"
+    labels = data[label_key] if label_key in data.files else None
+    prefix = f"{case}/{head}/"
+    ref = {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+    keep = any(k.startswith("hidden_states") for k in ref)
+
+    model = HEAD_CLASSES[head].from_pretrained(folder)
+    out = run_mine(model, head, inputs, labels, interpolate, keep)
+    compare(out, ref, f"{folder.name}/{case}/{head}")
+
+
+def test_padding_leaves_real_tokens_bit_identical():
+    """SPEC §5: right-padding with the right mask changes no output of the real tokens."""
+    model = HEAD_CLASSES["model"].from_pretrained(FIXTURES / "tiny")
+    data = np.load(FIXTURES / "tiny" / "reference.npz")
+    ids, pixels = data["padded/inputs/input_ids"][1:2], data["padded/inputs/pixel_values"][1:2]
+    n = int(data["padded/inputs/attention_mask"][1].sum())
+    short = model(input_ids=ids[:, :n], pixel_values=pixels)
+    padded = model(input_ids=ids, attention_mask=(np.arange(ids.shape[1]) < n)[None].astype(np.int64),
+                   pixel_values=pixels)
+    np.testing.assert_allclose(padded.text_features[:, :n], short.text_features, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(padded.image_features, short.image_features, rtol=0, atol=1e-6)
+
+
+def test_attention_maps_are_distributions():
+    model = HEAD_CLASSES["model"].from_pretrained(FIXTURES / "tiny")
+    data = np.load(FIXTURES / "tiny" / "reference.npz")
+    inputs = {k: data[f"padded/inputs/{k}"] for k in ("input_ids", "attention_mask", "pixel_values")}
+    out = model(**inputs, output_attentions=True)
+    B, T = inputs["input_ids"].shape
+    L = out.image_features.shape[1]
+    assert len(out.text_attentions) == len(out.vision_attentions) == 4
+    assert len(out.cross_attentions) == len(out.attentions) == 3
+    t2i, i2t = out.cross_attentions[0]
+    assert t2i.shape == (B, 4, T, L) and i2t.shape == (B, 4, L, T)
+    np.testing.assert_allclose(i2t.sum(-1), 1.0, atol=1e-5)
+    pad = (inputs["attention_mask"] == 0)[:, None, None, :]  # [B, 1, 1, T]
+    assert pad.any() and (i2t * pad).max() < 1e-30  # image queries give padded text keys no weight

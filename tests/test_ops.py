@@ -1,0 +1,82 @@
+"""The primitives against their mathematical definitions (exact math.erf, float64 formulas)."""
+
+import math
+
+import numpy as np
+
+from minibridge import ops
+
+# erf is a rational approximation evaluated in float64, then rounded to float32: its own error is
+# below 7e-8 and the float32 rounding of values near ±1 adds up to 6e-8.
+ERF_TOL = 1.5e-7
+
+
+def test_erf_matches_math_erf_on_a_dense_grid():
+    x = np.linspace(-7, 7, 200_001, dtype=np.float32)
+    ref = np.array([math.erf(float(v)) for v in x])
+    err = np.abs(ops.erf(x).astype(np.float64) - ref)
+    worst = int(err.argmax())
+    assert err[worst] < ERF_TOL, f"erf({x[worst]}): mine {ops.erf(x)[worst]} vs math.erf {ref[worst]}"
+
+
+def test_gelu_is_exact_erf_gelu_not_tanh():
+    x = np.linspace(-6, 6, 10_001, dtype=np.float32)
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    mine = ops.gelu(x)
+    assert mine.dtype == np.float32
+    # a few float32 roundings (1 + erf, times x, times 0.5): ~3 half-ulps relative
+    assert (np.abs(mine - exact) / np.maximum(1, np.abs(exact))).max() < 3e-7
+    tanh_gelu = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    assert np.abs(tanh_gelu - exact).max() > 1e-4  # the approximation we must not use is far off
+
+
+def test_quick_gelu():
+    x = np.array([-3.0, -0.5, 0.0, 0.7, 4.0], dtype=np.float32)
+    np.testing.assert_allclose(ops.quick_gelu(x), x / (1 + np.exp(-1.702 * x)), rtol=1e-6)
+
+
+def test_layer_norm_uses_biased_variance_and_eps():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32) * 3 + 1
+    p = {"weight": rng.standard_normal(8).astype(np.float32), "bias": rng.standard_normal(8).astype(np.float32)}
+    x64 = x.astype(np.float64)
+    ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) * p["weight"] + p["bias"]
+    np.testing.assert_allclose(ops.layer_norm(x, p, 1e-5), ref, atol=2e-6)
+
+
+def test_softmax_is_stable_and_normalised():
+    x = np.array([[1000.0, 1001.0, 999.0], [-5.0, 0.0, 5.0]], dtype=np.float32)
+    y = ops.softmax(x)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(y[0], np.exp([1, 2, 0]) / np.exp([1, 2, 0]).sum(), rtol=1e-6)
+
+
+def test_additive_mask_is_none_without_padding():
+    assert ops.additive_mask(np.ones((2, 4), dtype=np.int64)) is None
+    m = ops.additive_mask(np.array([[1, 1, 0]]))
+    assert m.shape == (1, 1, 1, 3) and m.dtype == np.float32
+    assert m[0, 0, 0, 0] == 0 and m[0, 0, 0, 2] == np.finfo(np.float32).min
+
+
+def test_attention_by_hand_one_head():
+    q = np.array([[[1.0, 0.0]]], dtype=np.float32)  # [B=1, Sq=1, D=2]
+    k = np.array([[[1.0, 0.0], [0.0, 1.0]]], dtype=np.float32)
+    v = np.array([[[10.0, 0.0], [0.0, 10.0]]], dtype=np.float32)
+    context, probs = ops.attention(q, k, v, num_heads=1)
+    w = np.exp([1 / math.sqrt(2), 0.0])
+    w /= w.sum()
+    np.testing.assert_allclose(probs[0, 0, 0], w, rtol=1e-6)
+    np.testing.assert_allclose(context[0, 0], 10 * w, rtol=1e-6)
+
+
+def test_cross_entropy_ignores_minus_100():
+    logits = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]], dtype=np.float32)
+    labels = np.array([0, -100, 1])
+    ref = np.mean([math.log(1 + math.exp(-2)), math.log(2)])
+    assert abs(float(ops.cross_entropy(logits, labels)) - ref) < 1e-6
+
+
+def test_l2_normalize():
+    x = np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float32)
+    np.testing.assert_allclose(ops.l2_normalize(x), [[0.6, 0.8], [0.0, 0.0]])
