@@ -1,0 +1,357 @@
+"""minibridge.tokenizer: a hand-checkable toy vocabulary, then ids vs the `tokenizers` library on the
+real roberta-base tokenizer.json (captions, a stress corpus, hypothesis strings), and round trips."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minibridge import tokenizer as tk
+from minibridge.tokenizer import RobertaTokenizer, bpe, bytes_to_unicode, pre_tokenize
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROBERTA = DATA / "roberta-base"
+CAPTIONS = DATA / "captions" / "coco_captions.tsv"
+
+
+def need_shared_data():
+    if not (ROBERTA / "tokenizer.json").is_file():
+        pytest.skip(f"shared data not found at {ROBERTA} (the real roberta-base tokenizer lives outside the repo)")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    need_shared_data()
+    return RobertaTokenizer.from_pretrained(ROBERTA)
+
+
+class Reference:
+    """The `tokenizers` library on the same tokenizer.json (a short repr keeps hypothesis reports readable)."""
+
+    def __init__(self, path):
+        self.tokenizer = pytest.importorskip("tokenizers").Tokenizer.from_file(str(path))
+
+    def encode(self, text):
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids, skip_special_tokens=False):
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def __repr__(self):
+        return "Reference(tokenizers)"
+
+
+@pytest.fixture(scope="module")
+def ref():
+    need_shared_data()
+    return Reference(ROBERTA / "tokenizer.json")
+
+
+def captions():
+    with open(CAPTIONS, encoding="utf-8") as f:
+        return [row["caption"] for row in csv.DictReader(f, delimiter="\t")]
+
+
+def assert_same_ids(text, mine, reference):
+    """Fail with the first differing position, mine vs reference."""
+    if mine == reference:
+        return
+    k = next((i for i, (a, b) in enumerate(zip(mine, reference)) if a != b), min(len(mine), len(reference)))
+    pytest.fail(f"{text!r}: ids differ from position {k}: mine {mine[k:k + 5]} vs reference {reference[k:k + 5]} "
+                f"(lengths {len(mine)} vs {len(reference)})\n  mine      {mine}\n  reference {reference}")
+
+
+# ------------------------------------------------------------------ a toy vocabulary, by hand
+# Merges in rank order. BPE of "Ġlower" (Ġ = the space byte):
+#   Ġ l o w e r  →(l o, rank 0)→  Ġ lo w e r  →(lo w, 1)→  Ġ low e r  →(e r, 2)→  Ġ low er
+#   →(Ġ low, 3)→  Ġlow er  →(Ġlow er, 4)→  Ġlower
+TOY_MERGES = [("l", "o"), ("lo", "w"), ("e", "r"), ("Ġ", "low"), ("Ġlow", "er"), ("a", "a")]
+
+
+def toy_vocab():
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>"])}
+    for ch in bytes_to_unicode().values():  # every byte is a token, so any text can be encoded
+        vocab[ch] = len(vocab)
+    for left, right in TOY_MERGES:
+        vocab[left + right] = len(vocab)
+    vocab["<mask>"] = len(vocab)
+    return vocab
+
+
+def test_bpe_merges_by_rank_by_hand():
+    ranks = {pair: r for r, pair in enumerate(TOY_MERGES)}
+    assert bpe("Ġlower", ranks) == ["Ġlower"]
+    assert bpe("lower", ranks) == ["low", "er"]  # no (low, er) merge without the space
+    assert bpe("Ġlow", ranks) == ["Ġlow"]
+    assert bpe("aaa", ranks) == ["aa", "a"]  # left to right, non-overlapping
+    assert bpe("aaaa", ranks) == ["aa", "aa"]  # and no (aa, aa) merge exists
+    assert bpe("xyz", ranks) == ["x", "y", "z"]
+    assert bpe("", ranks) == []
+
+
+def test_toy_tokenizer_by_hand():
+    vocab = toy_vocab()
+    toy = RobertaTokenizer(vocab, TOY_MERGES)
+    assert toy.tokenize("lower lower") == ["low", "er", "Ġlower"]
+    assert toy.encode("lower lower") == [0, vocab["low"], vocab["er"], vocab["Ġlower"], 2]
+    # <mask> takes the spaces on its left; the word after it keeps its own space.
+    assert toy.tokenize("low  <mask> low") == ["low", "<mask>", "Ġlow"]
+    assert toy.decode(toy.encode("lower lower")) == "<s>lower lower</s>"
+    assert toy.decode(toy.encode("lower lower"), skip_special_tokens=True) == "lower lower"
+
+
+def toy_tokenizer_json(merge_format):
+    """A tokenizer.json for the toy vocabulary, merges written as "a b" strings or ["a", "b"] pairs."""
+    vocab = toy_vocab()
+    merges = [f"{a} {b}" if merge_format == "strings" else [a, b] for a, b in TOY_MERGES]
+    added = [dict(id=vocab[t], content=t, single_word=False, lstrip=(t == "<mask>"), rstrip=False,
+                  normalized=True, special=True) for t in ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]]
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": {"type": "RobertaProcessing", "sep": ["</s>", 2], "cls": ["<s>", 0],
+                           "trim_offsets": True, "add_prefix_space": False},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": merges},
+    }
+
+
+@pytest.mark.parametrize("merge_format", ["strings", "pairs"])
+def test_toy_tokenizer_json_matches_tokenizers(tmp_path, merge_format):
+    tokenizers = pytest.importorskip("tokenizers")
+    (tmp_path / "tokenizer.json").write_text(json.dumps(toy_tokenizer_json(merge_format)), encoding="utf-8")
+    mine = RobertaTokenizer.from_pretrained(tmp_path)
+    reference = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    for text in ["lower lower", "aaaaa lowlow", "Flower power <mask>  er", "élan 🙂 lower\n\tlower", ""]:
+        assert_same_ids(text, mine.encode(text), reference.encode(text).ids)
+
+
+def test_vocab_and_merges_txt_folder(tmp_path):
+    vocab = toy_vocab()
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in TOY_MERGES) + "\n",
+                                         encoding="utf-8")
+    toy = RobertaTokenizer.from_pretrained(tmp_path)
+    assert toy.tokenize("lower  <mask>") == ["low", "er", "<mask>"]
+
+
+def test_missing_files_and_unsupported_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither tokenizer.json nor vocab.json"):
+        RobertaTokenizer.from_pretrained(tmp_path)
+    spec = toy_tokenizer_json("strings")
+    spec["normalizer"] = {"type": "Lowercase"}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(ValueError, match="normalizer"):
+        RobertaTokenizer.from_pretrained(tmp_path)
+
+
+# ------------------------------------------------------------------ the byte map and the regex
+def test_bytes_to_unicode():
+    table = bytes_to_unicode()
+    assert sorted(table) == list(range(256)) and len(set(table.values())) == 256
+    assert table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ" and table[ord("\t")] == "ĉ"
+    assert table[ord("A")] == "A" and table[0xAD] == chr(256 + 67)  # soft hyphen: the last of the 68 moved bytes
+    tokenizers = pytest.importorskip("tokenizers")
+    assert set(table.values()) == set(tokenizers.pre_tokenizers.ByteLevel.alphabet())
+
+
+def test_pre_tokenize_examples():
+    assert pre_tokenize("Hello  world") == ["Hello", "Ġ", "Ġworld"]
+    assert pre_tokenize("I'm here") == ["I", "'m", "Ġhere"]
+    assert pre_tokenize("I'M here") == ["I", "'", "M", "Ġhere"]  # the contractions are lower-case only
+    assert pre_tokenize("é") == ["Ã©"]  # two UTF-8 bytes, two printable characters
+
+
+# ------------------------------------------------------------------ the real vocabulary
+STRESS = [
+    # scripts
+    "Здравствуй, мир", "こんにちは世界", "你好，世界！", "안녕하세요", "नमस्ते दुनिया", "สวัสดีชาวโลก",
+    "Γειά σου Κόσμε", "გამარჯობა", "ሰላም ልዑል", "வணக்கம்", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝒎𝒂𝒕𝒉", "\U0010FFFF\ue000\uffff",
+    # emoji, joiners, modifiers, flags, keycaps
+    "👨\u200d👩\u200d👧\u200d👦 family", "🏳️\u200d🌈 flag", "👍🏽 ok", "🇯🇵🇫🇷", "1️⃣ #️⃣", "🙂🙂🙂🙂🙂",
+    # combining marks and decomposed text
+    "e\u0301 vs é", "n\u0303 ñ", "Z̷̢̛a̶l̴g̸o̵", "\u1100\u1161\u11a8", "café naïve résumé coöperate",
+    # right-to-left and bidi controls
+    "مرحبا بالعالم", "שלום עולם", "abc \u202eevil\u202c def", "\u200fRTL mark", "عدد ١٢٣ and 123",
+    # control characters
+    "\x00null", "bell\x07", "a\x1cb\x1dc\x1ed\x1ff", "\x7fdel", "next\x85line", "\u2028\u2029", "\ufeffBOM",
+    "zero\u200bwidth", "\x1c <mask>", "\x1f\x1f",
+    # runs of whitespace
+    "a  b", "a   b", "\t\t", "\n\n\n", " \t \n ", "a \n b", "trailing   ", "   leading", "\r\n\r\n",
+    "\u3000ideographic", "\xa0nbsp\xa0 x", "tab\tsep\tvalues", "  \n  \n", " ",
+    # contractions, both cases
+    "don't DON'T", "I'm I'M", "we'll WE'LL", "they've THEY'VE", "she'd SHE'D", "it's IT'S", "you're YOU'RE",
+    "'s 'S 't 'T", "rock'n'roll", "''", "'", "O'Neil's dog's", "can't'nt",
+    # numbers
+    "12345678901234567890", "3.14159", "1,000,000", "٣٤٥", "½ ² ³", "Ⅻ", "1st 2nd 3rd", "-42", "1e-5", "0x1F",
+    # URLs and addresses
+    "https://example.com/path?q=1&x=%20#frag", "user@example.com", "www.coco.org/images/000000039769.jpg",
+    "C:\\Users\\me\\file.txt", "<a href='x'>link</a>",
+    # <mask> in every position, and its lookalikes
+    "<mask>", "<mask> start", "end <mask>", "mid <mask> dle", "no<mask>space", "  <mask>", "\t\n<mask>",
+    "<mask><mask>", "a <mask> <mask> b", "<mask>\n", "\u3000<mask>", "\xa0<mask>", "<MASK> upper", "<mas k>",
+    "<<mask>>", "a <mask>. b", "<mask>   ", " <mask> ",
+    # literal special tokens
+    "<s>", "</s>", "<pad>", "<unk>", "a <s> b </s> c", "<s><s>", "</s>foo<s>", "<s >", "< s>", "<s> <mask> </s>",
+    # misc
+    "", "Hello world", " Hello world", "<|endoftext|>", "madeupword0000", "ÿþ\u0100", "a" * 300, "ab" * 100,
+    "Ǆ ǅ ǆ", "ß ẞ", "İstanbul ı", "∑∫√∞ ≠ ≤", "A BOY WITH A BLUE SHIRT", "...!!!???", "—–-", "“quotes” ‘single’",
+]
+
+
+def test_known_ids(tok):
+    # SPEC §9 / shared/data/SOURCES.md examples
+    assert tok.encode("Hello world") == [0, 31414, 232, 2]
+    assert tok.encode("a <mask> looking out of the window") == [0, 102, 50264, 546, 66, 9, 5, 2931, 2]
+    assert tok.tokenize("Hello  world") == ["Hello", "Ġ", "Ġworld"]
+    assert tok.encode("") == [0, 2]
+
+
+def test_captions_match_tokenizers(tok, ref):
+    texts = captions()
+    assert len(texts) == 105
+    for text in texts:
+        assert_same_ids(text, tok.encode(text), ref.encode(text))
+
+
+def test_json_and_txt_files_agree(tok):
+    txt = RobertaTokenizer(json.loads((ROBERTA / "vocab.json").read_text(encoding="utf-8")),
+                           tk._read_merges_txt(ROBERTA / "merges.txt"))
+    for text in captions() + STRESS:
+        assert_same_ids(text, txt.encode(text), tok.encode(text))
+
+
+@pytest.mark.parametrize("text", STRESS)
+def test_stress_corpus_matches_tokenizers(tok, ref, text):
+    assert_same_ids(text, tok.encode(text), ref.encode(text))
+    assert tok.decode(tok.encode(text)) == ref.decode(ref.encode(text), skip_special_tokens=False)
+
+
+def test_pre_tokenize_matches_tokenizers():
+    tokenizers = pytest.importorskip("tokenizers")
+    byte_level = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    for text in STRESS:
+        assert pre_tokenize(text) == [w for w, _ in byte_level.pre_tokenize_str(text)], text
+
+
+# Fragments that the pre-tokeniser and the added-token splitter treat specially, mixed with any character.
+FRAGMENTS = [" ", "  ", "\t", "\n", "\r\n", "\xa0", "\u3000", "\x1c", "'s", "'S", "'ll", "'", "<mask>", "<s>",
+             "</s>", "<pad>", "<unk>", "<", ">", "1", "12", "a", "A", "é", "e\u0301", "\u200d", "🙂", "-"]
+# codec="utf-8" leaves out lone surrogates, which no UTF-8 text can hold (test_bad_text_inputs covers them).
+CHARS = st.characters(codec="utf-8")
+TEXTS = st.one_of(st.lists(st.one_of(CHARS, st.sampled_from(FRAGMENTS)), max_size=24).map("".join),
+                  st.text(CHARS, max_size=40))
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=TEXTS)
+def test_hypothesis_strings_match_tokenizers(tok, ref, text):
+    assert_same_ids(text, tok.encode(text), ref.encode(text))
+
+
+def literal_free(text, tokenizer):
+    return not any(t in text for t in tokenizer.added_tokens)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=TEXTS)
+def test_decode_inverts_encode(tok, text):
+    if literal_free(text, tok):
+        assert tok.decode(tok.encode(text), skip_special_tokens=True) == text
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ids=st.lists(st.one_of(st.integers(0, 300), st.integers(0, 50264)), max_size=12),
+       skip=st.booleans())
+def test_decode_matches_tokenizers_on_any_ids(tok, ref, ids, skip):
+    # Arbitrary ids can cut a character's UTF-8 bytes in half; both sides must write U+FFFD the same way.
+    assert tok.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip)
+
+
+def test_round_trip_corpus(tok):
+    for text in captions() + STRESS:
+        if literal_free(text, tok):
+            assert tok.decode(tok.encode(text), skip_special_tokens=True) == text, text
+
+
+# ------------------------------------------------------------------ __call__: padding, truncation, limits
+def test_call_padding_and_arrays(tok):
+    texts = ["a cat", "two cats on a pink blanket"]
+    enc = tok(texts, padding=True, return_tensors="np")
+    assert enc.input_ids.dtype == np.int64 and enc.attention_mask.dtype == np.int64
+    long_ids = tok.encode(texts[1])
+    assert enc.input_ids.shape == (2, len(long_ids))
+    short = tok.encode(texts[0])
+    assert enc.input_ids[0].tolist() == short + [tok.pad_token_id] * (len(long_ids) - len(short))
+    assert enc.attention_mask[0].tolist() == [1] * len(short) + [0] * (len(long_ids) - len(short))
+    assert tok(texts, padding="longest", return_tensors="np").input_ids.tolist() == enc.input_ids.tolist()
+    assert tok(texts, padding="max_length", max_length=20, return_tensors="np").input_ids.shape == (2, 20)
+    assert tok("a cat")["input_ids"] == short  # one text, no tensors: a flat list, as transformers
+    assert tok("a cat", return_tensors="np")["input_ids"].shape == (1, len(short))
+    with pytest.raises(ValueError, match="padding=True"):
+        tok(texts, return_tensors="np")
+
+
+def test_truncation_keeps_end_token(tok):
+    text = " ".join(["word"] * 600)
+    with pytest.raises(ValueError, match=r"602 tokens long.*512.*truncation=True"):
+        tok(text)
+    ids = tok(text, truncation=True)["input_ids"]
+    assert len(ids) == 512 and ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    short = tok(text, truncation=True, max_length=8)["input_ids"]
+    assert short == tok.encode(text)[:7] + [tok.eos_token_id]
+    with pytest.raises(ValueError, match="max_length of 5"):
+        tok("one two three four five", max_length=5)
+    with pytest.raises(ValueError, match="at least 2"):
+        tok("a", truncation=True, max_length=1)
+    assert len(tok.encode(text)) == 602  # encode itself never truncates
+
+
+def test_call_matches_transformers_padding_and_truncation(tok):
+    transformers = pytest.importorskip("transformers")
+    reference = transformers.RobertaTokenizer.from_pretrained(str(ROBERTA))
+    texts = captions()[:7] + ["a <mask> looking out of the window", ""]
+    for kwargs in [dict(padding=True), dict(padding=True, truncation=True, max_length=9),
+                   dict(padding="max_length", truncation=True, max_length=16)]:
+        mine, theirs = tok(texts, return_tensors="np", **kwargs), reference(texts, return_tensors="np", **kwargs)
+        for key in ("input_ids", "attention_mask"):
+            assert np.array_equal(mine[key], theirs[key]), \
+                f"{key} with {kwargs}: mine {mine[key]} vs reference {theirs[key]}"
+
+
+def test_bad_text_inputs(tok):
+    with pytest.raises(TypeError, match="got NoneType"):
+        tok(None)
+    with pytest.raises(TypeError, match="got bytes; decode it first"):
+        tok.encode(b"caption")
+    with pytest.raises(TypeError, match=r"text\[1\] must be a str, got int"):
+        tok(["fine", 3])
+    with pytest.raises(ValueError, match="empty list"):
+        tok([])
+    with pytest.raises(ValueError, match="padding must be"):
+        tok("a", padding="sideways")
+    with pytest.raises(ValueError, match="return_tensors"):
+        tok("a", return_tensors="pt")
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        tok.decode([50265])
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate has no UTF-8 form (a ValueError subclass)
+        tok.encode("\ud800")
+
+
+def test_batch_decode_and_arrays(tok):
+    enc = tok(["a cat", "two cats on a mat"], padding=True, return_tensors="np")
+    assert tok.batch_decode(enc.input_ids, skip_special_tokens=True) == ["a cat", "two cats on a mat"]
+    assert tok.batch_decode(enc.input_ids)[0] == "<s>a cat</s><pad><pad><pad>"
+
+
+def test_cache_is_bounded(tok, monkeypatch):
+    fresh = RobertaTokenizer(tok.vocab, [tuple(k) for k in tok.ranks], list(tok.added_tokens.values()))
+    monkeypatch.setattr(tk, "BPE_CACHE_SIZE", 50)
+    fresh.encode(" ".join(f"w{i}" for i in range(500)))
+    assert len(fresh._cache) == 50
