@@ -3,7 +3,7 @@
     pooled = pool(p, text_features, image_features)      # [B, 2D]
     itm_logits(p["itm_score"], pooled)                   # [B, 2]   image-text matching
     mlm_logits(p["mlm_score"], text_features, ...)       # [B, T, V] masked language modelling
-    contrastive_embeddings(...)                          # 3 × [B, C] text / image / cross
+    contrastive_*_embedding(...)                         # [B, C] text / image / cross
 """
 
 from .backend import array_module
@@ -36,16 +36,29 @@ def mlm_logits(p, text_features, eps):
     # END SOLUTION
 
 
-def contrastive_embeddings(p, text_cls, image_cls_projected, pooled):
-    """The ITC head's three L2-normalised embeddings (SPEC §7.3).
+def contrastive_text_embedding(p, text_cls):
+    """ITC text embedding: the raw last RoBERTa layer at <s>, projected.  [B, Dt] -> [B, C], unit length
 
-    text_cls: [B, Dt] raw last RoBERTa layer at <s>; image_cls_projected: [B, D] the last vision
-    layer's CLS after ln_post, the image transform and token type 1; pooled: [B, 2D].
-    Returns (text_embeds, image_embeds, cross_embeds), each [B, C].
+    subtle: no cross-modal transform, no LayerNorm, no token type on this side (SPEC §7.3).
     """
     # BEGIN SOLUTION
-    text = l2_normalize(linear(text_cls, p["itc_text_head"]["fc"]))  # [B, C]
-    image = l2_normalize(linear(image_cls_projected, p["itc_image_head"]["fc"]))  # [B, C]
-    cross = l2_normalize(linear(pooled, p["itc_cross_modal_head"]["fc"]))  # [B, C]
-    return text, image, cross
+    return l2_normalize(linear(text_cls, p["itc_text_head"]["fc"]))
+    # END SOLUTION
+
+
+def contrastive_image_embedding(p, image_cls_projected):
+    """ITC image embedding.  [B, D] -> [B, C], unit length
+
+    image_cls_projected: the last vision layer's CLS after ln_post, the shared image transform and
+    token type 1 (the model class computes it), as the reference does.
+    """
+    # BEGIN SOLUTION
+    return l2_normalize(linear(image_cls_projected, p["itc_image_head"]["fc"]))
+    # END SOLUTION
+
+
+def contrastive_cross_embedding(p, pooled):
+    """ITC cross-modal embedding of the pooled pair.  [B, 2D] -> [B, C], unit length"""
+    # BEGIN SOLUTION
+    return l2_normalize(linear(pooled, p["itc_cross_modal_head"]["fc"]))
     # END SOLUTION

@@ -55,6 +55,25 @@ class Trace:
             getattr(self, name).append(value)
 
 
+def text_tower(p, cfg, input_ids, attention_mask):
+    """The text tower alone, all L layers: [B, T] ids -> [B, T, Dt] (for text-only embeddings)."""
+    tc = cfg.text_config
+    mask = additive_mask(attention_mask)
+    t = text_embed(p["text_model"]["embeddings"], input_ids, tc)
+    for layer in p["text_model"]["encoder"]["layer"]:
+        t, _ = bert_layer(layer, t, tc, mask)
+    return t
+
+
+def vision_tower(p, cfg, pixel_values, interpolate_pos_encoding=False):
+    """The vision tower alone, all L blocks: [B, 3, H, W] -> [B, L, Dv] residual stream (not ln_post-ed)."""
+    visual = p["vision_model"]["visual"]
+    v = vision_embed(visual, pixel_values, cfg.vision_config, interpolate_pos_encoding)
+    for block in visual["transformer"]["resblocks"]:
+        v, _ = vision_block(block, v, cfg.vision_config)
+    return v
+
+
 def bridgetower(p, cfg, input_ids, attention_mask, pixel_values, interpolate_pos_encoding=False, trace=None):
     """BridgeTowerModel's forward pass.
 

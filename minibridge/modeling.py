@@ -18,8 +18,9 @@ import numpy as np
 
 from .backend import array_module, to_device, to_numpy
 from .config import BridgeTowerConfig, ConfigError
-from .heads import contrastive_embeddings, itm_logits, mlm_logits
-from .model import Trace, bridgetower
+from .heads import (contrastive_cross_embedding, contrastive_image_embedding, contrastive_text_embedding,
+                    itm_logits, mlm_logits)
+from .model import Trace, bridgetower, text_tower, vision_tower
 from .ops import cross_entropy, layer_norm, linear
 from .weights import load_weights
 
@@ -128,11 +129,15 @@ class BridgeTowerModel:
 
     # -- shared plumbing --
 
+    def _xp(self):
+        """numpy or cupy: wherever the weights are."""
+        return array_module(self.params["token_type_embeddings"]["weight"])
+
     def _backbone(self, input_ids, attention_mask, pixel_values, interpolate_pos_encoding,
                   output_hidden_states, output_attentions):
         input_ids, attention_mask, pixel_values = check_inputs(
             self.config, input_ids, attention_mask, pixel_values, interpolate_pos_encoding)
-        xp = array_module(self.params["token_type_embeddings"]["weight"])
+        xp = self._xp()
         trace = Trace(keep_hidden=output_hidden_states, keep_attentions=output_attentions)
         feats = bridgetower(self.params, self.config, xp.asarray(input_ids), xp.asarray(attention_mask),
                             xp.asarray(pixel_values), interpolate_pos_encoding, trace)
@@ -212,7 +217,9 @@ class BridgeTowerForContrastiveLearning(BridgeTowerModel):
         p, cfg = self.params, self.config
         text_cls = feats["text_last"][:, 0]  # [B, Dt]: the raw last RoBERTa layer at <s>
         image_cls = self._image_cls(feats["image_last"][:, 0])  # [B, D]
-        text, image, cross = contrastive_embeddings(p, text_cls, image_cls, feats["pooler_output"])
+        text = contrastive_text_embedding(p, text_cls)  # [B, C]
+        image = contrastive_image_embedding(p, image_cls)  # [B, C]
+        cross = contrastive_cross_embedding(p, feats["pooler_output"])  # [B, C]
         xp = array_module(text)
         scale = xp.exp(p["logit_scale"])  # stored in log space
         loss = None
@@ -223,6 +230,25 @@ class BridgeTowerForContrastiveLearning(BridgeTowerModel):
                     + cross_entropy(scale * image @ cross.T, labels)) / 3.0
         return ContrastiveOutput(logits=xp.stack([text, image, cross], axis=-2), text_embeds=text,
                                  image_embeds=image, cross_embeds=cross, logit_scale=scale, loss=loss, **extras)
+
+    def get_text_features(self, input_ids=None, attention_mask=None):
+        """Text embeddings alone, running only the text tower: [B, T] ids -> [B, C], L2-normalised.
+
+        Exactly the `text_embeds` of the full forward pass, which reads the raw last RoBERTa layer.
+        """
+        input_ids, attention_mask = check_text(self.config.text_config, input_ids, attention_mask)
+        xp = self._xp()
+        t = text_tower(self.params, self.config, xp.asarray(input_ids), xp.asarray(attention_mask))  # [B, T, Dt]
+        return contrastive_text_embedding(self.params, t[:, 0])
+
+    def get_image_features(self, pixel_values=None, interpolate_pos_encoding=False):
+        """Image embeddings alone, running only the vision tower: [B, 3, H, W] -> [B, C], L2-normalised.
+
+        Exactly the `image_embeds` of the full forward pass.
+        """
+        pixel_values = check_pixels(self.config.vision_config, pixel_values, interpolate_pos_encoding)
+        v = vision_tower(self.params, self.config, self._xp().asarray(pixel_values), interpolate_pos_encoding)
+        return contrastive_image_embedding(self.params, self._image_cls(v[:, 0]))
 
     def _image_cls(self, v_cls):
         """ln_post, the shared image transform and token type 1 on the vision CLS.  [B, Dv] -> [B, D]"""
@@ -236,7 +262,16 @@ class BridgeTowerForContrastiveLearning(BridgeTowerModel):
 
 def check_inputs(cfg, input_ids, attention_mask, pixel_values, interpolate_pos_encoding):
     """Validated (input_ids, attention_mask, pixel_values); every problem is named with what came."""
-    tc, vc = cfg.text_config, cfg.vision_config
+    input_ids, attention_mask = check_text(cfg.text_config, input_ids, attention_mask)
+    pixel_values = check_pixels(cfg.vision_config, pixel_values, interpolate_pos_encoding)
+    if pixel_values.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"text and image batches differ: {input_ids.shape[0]} texts but "
+                         f"{pixel_values.shape[0]} images")
+    return input_ids, attention_mask, pixel_values
+
+
+def check_text(tc, input_ids, attention_mask):
+    """Validated (input_ids [B, T] int64, attention_mask [B, T]) for the text config `tc`."""
     if input_ids is None:
         raise TypeError("input_ids is required: an integer array of shape [batch, tokens] (see RobertaTokenizer)")
     input_ids = _as_array(input_ids, "input_ids")
@@ -264,7 +299,11 @@ def check_inputs(cfg, input_ids, attention_mask, pixel_values, interpolate_pos_e
         raise ValueError(f"attention_mask must have the shape of input_ids {(B, T)}, got {tuple(attention_mask.shape)}")
     if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
         raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+    return input_ids, attention_mask
 
+
+def check_pixels(vc, pixel_values, interpolate_pos_encoding):
+    """Validated pixel_values [B, C, H, W] float32 for the vision config `vc`."""
     if pixel_values is None:
         raise TypeError(f"pixel_values is required: a float array [batch, {vc.num_channels}, "
                         f"{vc.image_size}, {vc.image_size}] (see BridgeTowerImageProcessor)")
@@ -281,9 +320,9 @@ def check_inputs(cfg, input_ids, attention_mask, pixel_values, interpolate_pos_e
     elif (H, W) != (vc.image_size, vc.image_size):
         raise ValueError(f"this model takes {vc.image_size}×{vc.image_size} images, got {H}×{W}; resize them "
                          "(BridgeTowerImageProcessor) or pass interpolate_pos_encoding=True")
-    if pixel_values.shape[0] != B:
-        raise ValueError(f"text and image batches differ: {B} texts but {pixel_values.shape[0]} images")
-    return input_ids, attention_mask, pixel_values.astype(np.float32, copy=False)
+    if pixel_values.shape[0] == 0:
+        raise ValueError("pixel_values holds no image (batch size 0)")
+    return pixel_values.astype(np.float32, copy=False)
 
 
 def check_labels(labels, shape, num_classes, name, allow_ignore):

@@ -62,3 +62,20 @@ def test_attention_maps_are_distributions():
     np.testing.assert_allclose(i2t.sum(-1), 1.0, atol=1e-5)
     pad = (inputs["attention_mask"] == 0)[:, None, None, :]  # [B, 1, 1, T]
     assert pad.any() and (i2t * pad).max() < 1e-30  # image queries give padded text keys no weight
+
+
+@pytest.mark.parametrize("case", ["padded", "single", "interpolate"])
+def test_unimodal_features_equal_the_full_forward(case):
+    """get_text_features / get_image_features run one tower each, and give the full pass's embeddings."""
+    model = HEAD_CLASSES["itc"].from_pretrained(FIXTURES / "tiny")
+    data = np.load(FIXTURES / "tiny" / "reference.npz")
+    ids, mask, pixels = (data[f"{case}/inputs/{k}"] for k in ("input_ids", "attention_mask", "pixel_values"))
+    interpolate = case == "interpolate"
+    full = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, interpolate_pos_encoding=interpolate)
+    text = model.get_text_features(input_ids=ids, attention_mask=mask)
+    image = model.get_image_features(pixel_values=pixels, interpolate_pos_encoding=interpolate)
+    # Same arithmetic in the same order, so equal to float32 rounding (1e-6), not merely within TOL.
+    np.testing.assert_allclose(text, full.text_embeds, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(image, full.image_embeds, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(text, data[f"{case}/itc/text_embeds"], rtol=0, atol=1e-5)
+    assert text.shape == (len(ids), 48) and image.shape == (len(pixels), 48)
