@@ -6,23 +6,61 @@ Axis legend used in shape comments across minibridge:
 
 Parameters are nested dicts keyed by the checkpoint's own names, e.g. a Linear is
 {"weight": [out, in], "bias": [out]} as torch stores it.
+
+Speed, in one idea: NumPy runs each elementwise operation as a separate pass over memory, and a
+chain of them on a big array (GELU on [8, 325, 3072] is 8 M numbers) spends its time moving data
+and allocating temporaries, not computing. `by_rows` feeds such chains a block of rows at a time,
+small enough to stay in the CPU cache, which makes them 5-10× faster with the same arithmetic.
 """
 
+import concurrent.futures
+import functools
 import math
+import os
 
 import numpy as np
 
 from .backend import array_module
 
+# Rows per block in `by_rows`: 32 K float32 numbers (128 KB), a few of which fit in a core's L2 cache.
+_BLOCK_NUMBERS = 1 << 15
+
+
+def by_rows(fn, x):
+    """fn applied to blocks of rows of x (all axes but the last flattened), as fn(x) would be.
+
+    fn must work row by row (elementwise, or along the last axis). On a GPU (CuPy) it runs once
+    on the whole array: there, one big kernel is the fast way.
+    """
+    xp = array_module(x)
+    if xp is not np or x.size <= _BLOCK_NUMBERS:
+        return fn(x)
+    rows = x.reshape(-1, x.shape[-1])  # [N, last]
+    step = max(1, _BLOCK_NUMBERS // x.shape[-1])
+    out = np.empty_like(rows)
+
+    def run(start):
+        out[start : start + step] = fn(rows[start : start + step])
+
+    # NumPy releases the GIL inside each operation, so blocks on two threads use two cores.
+    list(_pool().map(run, range(0, rows.shape[0], step)))
+    return out.reshape(x.shape)
+
+
+@functools.cache
+def _pool():
+    return concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+
 
 def linear(x, p):
     """y = x Wᵀ + b, with W stored (out, in) as in torch.  [..., in] -> [..., out]"""
     # BEGIN SOLUTION
-    # subtle: W.T is a free view; BLAS multiplies by a transposed matrix without copying it.
-    y = x @ p["weight"].T  # [..., in] @ [in, out] -> [..., out]
+    # subtle: W.T is a free view, and BLAS multiplies by a transposed matrix without copying it.
+    # Flattening the leading axes makes one large matrix product instead of one per batch row.
+    y = x.reshape(-1, x.shape[-1]) @ p["weight"].T  # [N, in] @ [in, out] -> [N, out]
     if "bias" in p:
         y += p["bias"]
-    return y
+    return y.reshape(*x.shape[:-1], y.shape[-1])  # [..., out]
     # END SOLUTION
 
 
@@ -33,35 +71,46 @@ def layer_norm(x, p, eps):
     by about 1e-6 relative, which parity tests at 1e-4 would not catch, so it is always passed in.
     """
     # BEGIN SOLUTION
-    mean = x.mean(axis=-1, keepdims=True)  # [..., 1]
-    centred = x - mean  # [..., D]
-    var = (centred * centred).mean(axis=-1, keepdims=True)  # [..., 1], biased (divide by D, not D-1)
-    return centred / (var + eps) ** 0.5 * p["weight"] + p["bias"]
+    def norm(x):
+        centred = x - x.mean(axis=-1, keepdims=True)  # [..., D]
+        var = (centred * centred).mean(axis=-1, keepdims=True)  # [..., 1], biased (divide by D, not D-1)
+        centred *= 1.0 / (var + eps) ** 0.5
+        centred *= p["weight"]
+        centred += p["bias"]
+        return centred
+
+    return by_rows(norm, x)
     # END SOLUTION
 
 
 # erf(x) ≈ x·P(x²)/Q(x²) on [-4, 4]: the rational approximation of Eigen / XLA for float32 erf.
-# Evaluated in float64 its error is below 7e-8 everywhere (tests/test_ops.py checks it against
-# math.erf on a dense grid); evaluated in float32 it would be ~4e-7 near |x| = 3, from rounding.
-# Beyond |x| = 4, erf(x) rounds to ±1 in float32.
-_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
-          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
-_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
-          -1.42647390514189e-02)
+# Beyond |x| = 4, erf(x) rounds to ±1 in float32. In float32 arithmetic its error is below 5e-7
+# (about 4 units in the last place near ±1; torch's own float32 GELU is as far from the exact
+# value), checked against math.erf on a dense grid by tests/test_ops.py.
+_ERF_P = tuple(np.float32(c) for c in (
+    -2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+    -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02))
+_ERF_Q = tuple(np.float32(c) for c in (
+    -1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+    -1.42647390514189e-02))
 
 
 def erf(x):
-    """The error function, elementwise, to ~1e-7 (NumPy has none; math.erf is one scalar at a time)."""
+    """The error function, elementwise, in float32 (NumPy has none; math.erf is one scalar at a time)."""
     xp = array_module(x)
-    z = xp.clip(x.astype(xp.float64), -4.0, 4.0)
+    z = xp.clip(x, -4.0, 4.0).astype(xp.float32)
     z2 = z * z
-    num = _ERF_P[0]
-    for c in _ERF_P[1:]:  # Horner's rule
-        num = num * z2 + c
-    den = _ERF_Q[0]
+    num = xp.full_like(z, _ERF_P[0])
+    for c in _ERF_P[1:]:  # Horner's rule, in place
+        num *= z2
+        num += c
+    den = xp.full_like(z, _ERF_Q[0])
     for c in _ERF_Q[1:]:
-        den = den * z2 + c
-    return (z * num / den).astype(x.dtype)
+        den *= z2
+        den += c
+    num *= z
+    num /= den
+    return num
 
 
 def gelu(x):
@@ -70,24 +119,43 @@ def gelu(x):
     subtle: not the tanh approximation; that one differs by up to ~1e-3 and fails parity.
     """
     # BEGIN SOLUTION
-    return 0.5 * x * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
+    def block(x):
+        y = erf(x * np.float32(1.0 / math.sqrt(2.0)))
+        y += 1.0
+        y *= x
+        y *= 0.5
+        return y
+
+    return by_rows(block, x)
     # END SOLUTION
 
 
 def quick_gelu(x):
     """QuickGELU, x·sigmoid(1.702·x): the CLIP vision tower's activation (only there)."""
     # BEGIN SOLUTION
-    xp = array_module(x)
-    return x / (1.0 + xp.exp(-1.702 * x))
+    def block(x):
+        xp = array_module(x)
+        e = xp.exp(x * np.float32(-1.702))
+        e += 1.0
+        return x / e
+
+    return by_rows(block, x)
     # END SOLUTION
 
 
 def softmax(x, axis=-1):
-    """Softmax along `axis`, shifted by the max so exp never overflows."""
+    """Softmax along the last axis, shifted by the max so exp never overflows."""
     # BEGIN SOLUTION
-    xp = array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    assert axis in (-1, x.ndim - 1), "minibridge only takes softmax over the last axis"
+
+    def block(x):
+        xp = array_module(x)
+        e = x - x.max(axis=-1, keepdims=True)
+        xp.exp(e, out=e)
+        e /= e.sum(axis=-1, keepdims=True)
+        return e
+
+    return by_rows(block, x)
     # END SOLUTION
 
 
@@ -118,10 +186,10 @@ def attention(q, k, v, num_heads, mask=None):
     q = q.reshape(B, Sq, num_heads, Dh).transpose(0, 2, 1, 3)  # [B, Sq, D] -> [B, H, Sq, Dh]
     k = k.reshape(B, Sk, num_heads, Dh).transpose(0, 2, 3, 1)  # [B, Sk, D] -> [B, H, Dh, Sk]
     v = v.reshape(B, Sk, num_heads, Dh).transpose(0, 2, 1, 3)  # [B, Sk, D] -> [B, H, Sk, Dh]
-    scores = (q @ k) * (1.0 / math.sqrt(Dh))  # [B, H, Sq, Sk]
+    scores = (q * (1.0 / math.sqrt(Dh))) @ k  # [B, H, Sq, Sk]; scaling q is cheaper than scaling scores
     if mask is not None:
-        scores = scores + mask  # padded keys get finfo.min and so ~0 probability
-    probs = softmax(scores, axis=-1)  # [B, H, Sq, Sk]
+        scores += mask  # padded keys get finfo.min and so ~0 probability
+    probs = softmax(scores)  # [B, H, Sq, Sk]
     context = probs @ v  # [B, H, Sq, Dh]
     context = context.transpose(0, 2, 1, 3).reshape(B, Sq, D)  # [B, H, Sq, Dh] -> [B, Sq, D]
     return context, probs

@@ -6,9 +6,9 @@ import numpy as np
 
 from minibridge import ops
 
-# erf is a rational approximation evaluated in float64, then rounded to float32: its own error is
-# below 7e-8 and the float32 rounding of values near ±1 adds up to 6e-8.
-ERF_TOL = 1.5e-7
+# erf is a rational approximation evaluated in float32: about 4 units in the last place near ±1
+# (torch's float32 GELU is as far from the exact value).
+ERF_TOL = 5e-7
 
 
 def test_erf_matches_math_erf_on_a_dense_grid():
@@ -24,8 +24,8 @@ def test_gelu_is_exact_erf_gelu_not_tanh():
     exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
     mine = ops.gelu(x)
     assert mine.dtype == np.float32
-    # a few float32 roundings (1 + erf, times x, times 0.5): ~3 half-ulps relative
-    assert (np.abs(mine - exact) / np.maximum(1, np.abs(exact))).max() < 3e-7
+    # float32 erf (4 ulp near ±1) and three roundings; torch's own float32 GELU is 1.1e-6 off
+    assert (np.abs(mine - exact) / np.maximum(1, np.abs(exact))).max() < 1.5e-6
     tanh_gelu = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
     assert np.abs(tanh_gelu - exact).max() > 1e-4  # the approximation we must not use is far off
 
