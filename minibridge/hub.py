@@ -3,7 +3,8 @@
     folder = resolve("BridgeTower/bridgetower-base-itm-mlm")   # downloaded once, offline afterwards
     folder = resolve("weights/my-checkpoint")                   # a local folder is returned as is
 
-Where downloads go: the `cache_dir` argument, else $MINIBRIDGE_HOME, else ~/.cache/minibridge; inside it
+Where downloads go: the `cache_dir` argument, else $MINIBRIDGE_HOME, else the project's `weights/`
+folder when minibridge runs from a source checkout, else ~/.cache/minibridge (see `default_home`); inside it
 one folder per repo and revision, <home>/<owner>--<name>/<revision>/ ("main" when no revision is given;
 "refs/pr/4" is stored as "refs--pr--4"). A folder that already holds config.json and weights is used
 without asking the Hub, so the second run works offline; HF_HUB_OFFLINE=1 forbids the network altogether.
@@ -54,7 +55,7 @@ def resolve(name_or_path, revision=None, cache_dir=None, *, files=DEFAULT_FILES,
     name_or_path: a folder in the Hub layout, or "owner/name" on the Hugging Face Hub.
     revision: branch, tag, commit or "refs/pr/N"; None = main, with weights from the conversion PR
         where main has no safetensors (official BridgeTower repos).
-    cache_dir: where downloads go; default $MINIBRIDGE_HOME, else ~/.cache/minibridge.
+    cache_dir: where downloads go; default `default_home()`.
     files: the non-weight files to fetch (those the repo lacks are skipped); weights: fetch weights too.
     Returns the folder (pathlib.Path); raises HubError with a message a person can act on.
     """
@@ -83,9 +84,19 @@ def resolve(name_or_path, revision=None, cache_dir=None, *, files=DEFAULT_FILES,
     return folder
 
 
+def default_home():
+    """$MINIBRIDGE_HOME; else the checkout's weights/ folder (git-ignored); else ~/.cache/minibridge."""
+    if os.environ.get("MINIBRIDGE_HOME"):
+        return Path(os.environ["MINIBRIDGE_HOME"])
+    checkout = Path(__file__).resolve().parents[1] / "weights"
+    if (checkout / "README.md").is_file() and os.access(checkout, os.W_OK):
+        return checkout  # a source checkout (pip install -e .): the design card's weights/ folder
+    return Path.home() / ".cache" / "minibridge"
+
+
 def cache_folder(repo_id, revision=None, cache_dir=None):
     """Where resolve keeps a Hub repo: <home>/<owner>--<name>/<revision>/ (see the module docstring)."""
-    home = cache_dir or os.environ.get("MINIBRIDGE_HOME") or Path.home() / ".cache" / "minibridge"
+    home = cache_dir or default_home()
     return Path(home).expanduser() / repo_id.replace("/", "--") / (revision or "main").replace("/", "--")
 
 

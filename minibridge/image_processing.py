@@ -123,7 +123,7 @@ def _check_array(a):
     """Refuse arrays that are not an image, saying what was expected."""
     shape = tuple(a.shape)
     if a.ndim not in (2, 3) or (a.ndim == 3 and shape[-1] not in (1, 3, 4)):
-        hint = (f"; it looks channels-first, use a.transpose(1, 2, 0)"
+        hint = ("; it looks channels-first, use a.transpose(1, 2, 0)"
                 if a.ndim == 3 and shape[0] in (1, 3, 4) else "")
         raise ValueError(f"an image array must be [H, W] or [H, W, C] with C in (1, 3, 4), got shape {shape}{hint}")
     _check_pixel_count(shape[0], shape[1])
@@ -245,9 +245,12 @@ class BridgeTowerImageProcessor:
                 f"size_divisor={self.size_divisor})")
 
     @classmethod
-    def from_pretrained(cls, folder):
-        """Read preprocessor_config.json: the legacy form ({"size": 294, "max_text_len": 50, …}) or
-        the dict forms transformers writes ({"size": {"shortest_edge": 288}, "crop_size": …})."""
+    def from_pretrained(cls, name_or_path, revision=None, cache_dir=None):
+        """Read preprocessor_config.json of a folder (or Hub repo id): the legacy form ({"size": 294,
+        "max_text_len": 50, …}) or the dict forms transformers writes ({"size": {"shortest_edge": 288}, …})."""
+        from .hub import resolve
+
+        folder = resolve(name_or_path, revision, cache_dir, weights=False)
         path = Path(folder) / "preprocessor_config.json"
         if not path.is_file():
             raise FileNotFoundError(f"no preprocessor_config.json in {folder}")

@@ -12,17 +12,16 @@ hidden states, which the reference returns sequence-first ([L, B, Dv]).
 """
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from .backend import array_module, to_device, to_numpy
+from .backend import array_module, to_device
 from .config import BridgeTowerConfig, ConfigError
 from .heads import (contrastive_cross_embedding, contrastive_image_embedding, contrastive_text_embedding,
                     itm_logits, mlm_logits)
 from .model import Trace, bridgetower, text_tower, vision_tower
 from .ops import cross_entropy, layer_norm, linear
-from .weights import load_weights
+from .weights import WeightsError, check_weights, head_shapes, read_checkpoint, to_tree
 
 
 # ---- outputs -----------------------------------------------------------------------------------
@@ -89,18 +88,28 @@ class BridgeTowerModel:
         self.params = params  # nested dict with the checkpoint's names, "bridgetower." prefix removed
 
     @classmethod
-    def from_pretrained(cls, folder, device="cpu"):
-        """Load a local checkpoint folder in the Hub layout (config.json + model.safetensors).
+    def from_pretrained(cls, name_or_path, revision=None, cache_dir=None, device="cpu"):
+        """Load a checkpoint: a local folder in the Hub layout (config.json + model.safetensors), or a
+        Hub repo id such as "BridgeTower/bridgetower-base-itm-mlm", downloaded once (see hub.py).
 
+        A folder with only pytorch_model.bin is converted to model.safetensors first, without torch.
         device: "cpu" (NumPy, memory-mapped, nothing copied) or "cuda" (CuPy).
         """
-        folder = Path(folder)
+        from .convert import ensure_safetensors
+        from .hub import resolve
+
+        folder = resolve(name_or_path, revision, cache_dir)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} has no config.json; expected a checkpoint folder in the "
                                     "Hugging Face layout (config.json + model.safetensors)")
         config = BridgeTowerConfig.from_json_file(folder / "config.json")
         cls._check_config(config)
-        tree = load_weights(folder, config, cls.head)
+        ensure_safetensors(folder)
+        flat = read_checkpoint(folder)
+        _check_head_present(cls, config, flat, folder)
+        tree = to_tree(check_weights(flat, config, cls.head, source=str(folder)))
+        if cls.head == "mlm" and config.tie_word_embeddings:  # the decoder *is* the embedding matrix
+            tree["mlm_score"]["decoder"] = {"weight": tree["text_model"]["embeddings"]["word_embeddings"]["weight"]}
         model = cls(config, tree)
         return model.to(device) if device != "cpu" else model
 
@@ -214,7 +223,7 @@ class BridgeTowerForContrastiveLearning(BridgeTowerModel):
         """As BridgeTowerModel.forward; return_loss=True adds the 3-term contrastive loss (labels = arange(B))."""
         feats, extras = self._backbone(input_ids, attention_mask, pixel_values, interpolate_pos_encoding,
                                        output_hidden_states, output_attentions)
-        p, cfg = self.params, self.config
+        p = self.params
         text_cls = feats["text_last"][:, 0]  # [B, Dt]: the raw last RoBERTa layer at <s>
         image_cls = self._image_cls(feats["image_last"][:, 0])  # [B, D]
         text = contrastive_text_embedding(p, text_cls)  # [B, C]
@@ -255,6 +264,17 @@ class BridgeTowerForContrastiveLearning(BridgeTowerModel):
         p, cfg = self.params, self.config
         v_ln = layer_norm(v_cls, p["vision_model"]["visual"]["ln_post"], cfg.vision_config.layer_norm_eps)
         return linear(v_ln, p["cross_modal_image_transform"]) + p["token_type_embeddings"]["weight"][1]
+
+
+def _check_head_present(cls, config, flat, folder):
+    """A plain error when the checkpoint holds none of this head's parameters (the wrong class)."""
+    own = head_shapes(config, cls.head)
+    keys = {k.removeprefix("bridgetower.") for k in flat}
+    if own and not keys & set(own):
+        saved_as = ", ".join(config.architectures) or "an unnamed class"
+        raise WeightsError(f"{folder} holds no {cls.__name__} head (none of {sorted(own)[:2]}...); "
+                           f"it was saved as {saved_as}. Load it with that class, or with BridgeTowerModel "
+                           "for the backbone alone.")
 
 
 # ---- input checks at the boundary --------------------------------------------------------------

@@ -20,8 +20,12 @@ class BridgeTowerProcessor:
         return f"BridgeTowerProcessor({self.image_processor!r}, vocab_size={self.tokenizer.vocab_size})"
 
     @classmethod
-    def from_pretrained(cls, folder):
-        """Load preprocessor_config.json and tokenizer.json (or vocab.json + merges.txt) from a folder."""
+    def from_pretrained(cls, name_or_path, revision=None, cache_dir=None):
+        """Load preprocessor_config.json and tokenizer.json (or vocab.json + merges.txt) from a folder
+        or a Hub repo id."""
+        from .hub import resolve
+
+        folder = resolve(name_or_path, revision, cache_dir, weights=False)
         return cls(BridgeTowerImageProcessor.from_pretrained(folder), RobertaTokenizer.from_pretrained(folder))
 
     def __call__(self, images=None, text=None, padding=False, truncation=False, max_length=None,

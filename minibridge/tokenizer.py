@@ -193,10 +193,12 @@ class RobertaTokenizer:
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, folder):
-        """Load from a folder holding tokenizer.json (as the BridgeTower repos ship) or
-        vocab.json + merges.txt."""
-        folder = Path(folder)
+    def from_pretrained(cls, name_or_path, revision=None, cache_dir=None):
+        """Load from a folder (or Hub repo id) holding tokenizer.json (as the BridgeTower repos ship)
+        or vocab.json + merges.txt."""
+        from .hub import resolve
+
+        folder = resolve(name_or_path, revision, cache_dir, weights=False)
         if (folder / "tokenizer.json").is_file():
             return cls(**_read_tokenizer_json(folder / "tokenizer.json"))
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():

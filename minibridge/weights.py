@@ -257,13 +257,3 @@ def _lists(node):
     if node and all(k.isdigit() for k in node):
         return [node[str(i)] for i in range(len(node))]
     return node
-
-
-def load_weights(folder, cfg, head="model"):
-    """The checked weight tree of a checkpoint folder, for the given head."""
-    flat = read_checkpoint(folder)
-    checked = check_weights(flat, cfg, head, source=str(folder))
-    tree = to_tree(checked)
-    if head == "mlm" and cfg.tie_word_embeddings:
-        tree["mlm_score"]["decoder"] = {"weight": tree["text_model"]["embeddings"]["word_embeddings"]["weight"]}
-    return tree

@@ -163,12 +163,19 @@ def test_download_goes_to_documented_place(fake, home, capsys):
     assert err.count("\n") == 1 and "refs/pr/4" in err and str(folder) in err
 
 
-def test_home_defaults_to_user_cache_and_cache_dir_overrides(fake, tmp_path, monkeypatch):
+def test_home_defaults_and_cache_dir_overrides(fake, tmp_path, monkeypatch):
+    import minibridge.hub as hub
+
     official(fake)
     monkeypatch.delenv("MINIBRIDGE_HOME")
+    # From a source checkout: the design card's weights/ folder (git-ignored).
+    assert hub.default_home() == Path(hub.__file__).resolve().parents[1] / "weights"
+    # An installed package (no weights/README.md beside it): the user's cache.
+    monkeypatch.setattr(hub, "__file__", str(tmp_path / "site-packages" / "minibridge" / "hub.py"))
     user_cache = tmp_path / "user" / ".cache" / "minibridge"
     assert resolve(BASE) == user_cache / "BridgeTower--bridgetower-base-itm-mlm" / "main"
     monkeypatch.setenv("MINIBRIDGE_HOME", str(tmp_path / "env"))
+    assert hub.default_home() == tmp_path / "env"
     assert resolve(BASE, cache_dir=tmp_path / "arg").parent.parent == tmp_path / "arg"
 
 

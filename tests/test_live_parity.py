@@ -8,7 +8,6 @@
 
 import time
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch", reason="live parity needs the reference extra: pip install -e '.[reference]'")

@@ -72,10 +72,19 @@ def test_missing_key_is_named(tmp_path):
 
 
 def test_missing_head_key_is_named(tmp_path):
+    folder = write_variant(tmp_path, lambda t: {k: v for k, v in t.items() if k != "itm_score.fc.weight"})
+    with pytest.raises(WeightsError, match=r"missing 1 tensor.*itm_score\.fc\.weight \(2, 128\)"):
+        mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
+
+
+def test_checkpoint_without_the_head_says_which_class_it_was(tmp_path):
     folder = write_variant(tmp_path, lambda t: {k: v for k, v in t.items() if not k.startswith("itm_score")})
     mb.BridgeTowerForMaskedLM.from_pretrained(folder)  # the other head is still complete
-    with pytest.raises(WeightsError, match=r"itm_score\.fc\.weight \(2, 128\)"):
+    with pytest.raises(WeightsError, match="holds no BridgeTowerForImageAndTextRetrieval head.*saved as "
+                       "BridgeTowerModel, BridgeTowerForImageAndTextRetrieval"):
         mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
+    with pytest.raises(WeightsError, match="holds no BridgeTowerForMaskedLM head.*saved as BridgeTowerModel"):
+        mb.BridgeTowerForMaskedLM.from_pretrained(FIXTURES / "tiny-interpolate-bare")
 
 
 def test_unexpected_key_is_named(tmp_path):
