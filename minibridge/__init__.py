@@ -14,11 +14,14 @@ from .modeling import (
     BridgeTowerModel,
 )
 from .weights import WeightsError
+from .hub import HubError
+from .convert import ConvertError
+from .infer import InferResult, infer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BridgeTowerConfig", "BridgeTowerTextConfig", "BridgeTowerVisionConfig", "ConfigError", "WeightsError",
     "BridgeTowerModel", "BridgeTowerForImageAndTextRetrieval", "BridgeTowerForMaskedLM",
-    "BridgeTowerForContrastiveLearning", "RobertaTokenizer", "BridgeTowerImageProcessor", "BridgeTowerProcessor",
+    "BridgeTowerForContrastiveLearning", "infer", "InferResult", "HubError", "ConvertError", "RobertaTokenizer", "BridgeTowerImageProcessor", "BridgeTowerProcessor",
 ]

@@ -214,6 +214,11 @@ class RobertaTokenizer:
         raise ValueError(f"special token {token!r} is not in the vocabulary")
 
     @property
+    def mask_token_id(self):
+        """The id of <mask> (50264 in RoBERTa's vocabulary)."""
+        return self._id_of("<mask>")
+
+    @property
     def vocab_size(self):
         return len(self.id_to_token)
 

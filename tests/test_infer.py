@@ -1,0 +1,148 @@
+"""minibridge.infer and the command line, end to end on a random checkpoint with the real tokenizer."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minibridge as mb
+from minibridge.infer import _load
+from minibridge.random_checkpoint import TINY, save_random_checkpoint
+
+from helpers import SHARED_DATA, assert_close
+
+PHOTO = SHARED_DATA / "images" / "000000039769.png"  # the COCO two-cats photo of the HF tests
+TEXTS = ["a bunch of cats laying on a tower.", "a plate of food", "two remote controls"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    if not (SHARED_DATA / "roberta-base" / "tokenizer.json").is_file():
+        pytest.skip(f"needs the real tokenizer files in {SHARED_DATA} (../shared/data next to the checkout)")
+    return save_random_checkpoint(tmp_path_factory.mktemp("ckpt"), TINY, seed=3,
+                                  tokenizer_dir=SHARED_DATA / "roberta-base")
+
+
+def test_itm_scores_are_match_probabilities(checkpoint):
+    result = mb.infer(PHOTO, TEXTS, model=checkpoint)
+    assert result.task == "itm" and len(result.scores) == 3
+    proc = mb.BridgeTowerProcessor.from_pretrained(checkpoint)
+    enc = proc(images=[PHOTO] * 3, text=TEXTS, padding=True)
+    logits = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(checkpoint)(**enc).logits
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    assert_close(result.scores, (e / e.sum(-1, keepdims=True))[:, 1], "itm scores", tol=1e-6)
+    table = str(result).splitlines()
+    assert "image-text matching" in table[0] and table[1].split() == ["rank", "score", "text"]
+    ranked = [line.split(None, 2)[2] for line in table[2:]]
+    assert ranked == [TEXTS[i] for i in np.argsort(-np.asarray(result.scores), kind="stable")]
+
+
+def test_itm_scores_match_transformers_pipeline(checkpoint):
+    """infer equals softmax(logits)[:, 1] of transformers' model fed by transformers' processor."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    proc = transformers.BridgeTowerProcessor.from_pretrained(checkpoint)
+    model = transformers.BridgeTowerForImageAndTextRetrieval.from_pretrained(checkpoint).eval()
+    from PIL import Image
+
+    image = Image.open(PHOTO).convert("RGB")
+    enc = proc(images=[image] * len(TEXTS), text=TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = model(**enc).logits.softmax(-1)[:, 1].numpy()
+    assert_close(mb.infer(PHOTO, TEXTS, model=checkpoint).scores, ref, "infer vs transformers pipeline")
+
+
+def test_mask_is_filled(checkpoint):
+    result = mb.infer(PHOTO, "a bunch of <mask> laying on a <mask>.", model=checkpoint, top_k=3)
+    assert result.task == "mlm" and len(result.candidates[0]) == 2
+    model = mb.BridgeTowerForMaskedLM.from_pretrained(checkpoint)
+    proc = mb.BridgeTowerProcessor.from_pretrained(checkpoint)
+    enc = proc(images=PHOTO, text="a bunch of <mask> laying on a <mask>.")
+    logits = model(**enc).logits[0]
+    positions = np.flatnonzero(enc["input_ids"][0] == 50264)
+    best = logits[positions].argmax(-1)
+    assert [c[0][0] for c in result.candidates[0]] == [proc.decode([int(b)]) for b in best]
+    ids = enc["input_ids"][0].copy()
+    ids[positions] = best
+    assert result.filled == [proc.decode(ids.tolist(), skip_special_tokens=True)]
+    assert all(len(c) == 3 and c[0][1] >= c[1][1] >= c[2][1] for c in result.candidates[0])
+
+
+def test_itc_scores_are_cosines_of_the_full_forward(checkpoint):
+    result = mb.infer(PHOTO, TEXTS[:2], model=checkpoint, task="itc")
+    model = mb.BridgeTowerForContrastiveLearning.from_pretrained(checkpoint)
+    enc = mb.BridgeTowerProcessor.from_pretrained(checkpoint)(images=[PHOTO] * 2, text=TEXTS[:2], padding=True)
+    out = model(**enc)
+    assert_close(result.scores, (out.text_embeds * out.image_embeds).sum(-1), "itc cosines", tol=1e-5)
+
+
+def test_model_is_loaded_once(checkpoint):
+    mb.infer(PHOTO, "x", model=checkpoint)
+    hits = _load.cache_info().hits
+    mb.infer(PHOTO, "y", model=checkpoint)
+    assert _load.cache_info().hits == hits + 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(text="no mask here", task="mlm"), "has none; write <mask>"),
+    (dict(text="x", task="nope"), "task must be one of"),
+    (dict(text=None), "text must be a string or a non-empty list"),
+    (dict(text=[]), "non-empty list"),
+])
+def test_bad_requests(checkpoint, kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        mb.infer(PHOTO, model=checkpoint, **kwargs)
+
+
+def test_missing_head_is_named(tmp_path):
+    folder = save_random_checkpoint(tmp_path, TINY, heads=("itm",))
+    with pytest.raises(ValueError, match="has no itc head; it has: itm"):
+        mb.infer(np.zeros((40, 40, 3), np.uint8), "x", model=folder, task="itc")
+
+
+# ---- the command line, as a subprocess --------------------------------------------------------
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "minibridge", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.mark.parametrize("command", ["", "infer", "download", "convert", "embed"])
+def test_help(command):
+    r = cli(*([command] if command else []), "--help")
+    assert r.returncode == 0 and "usage: minibridge" in r.stdout
+
+
+def test_cli_infer(checkpoint):
+    r = cli("infer", PHOTO, *TEXTS, "--model", checkpoint)
+    assert r.returncode == 0, r.stderr
+    scores = mb.infer(PHOTO, TEXTS, model=checkpoint).scores
+    assert f"{max(scores):.4f}" in r.stdout.splitlines()[2]
+
+
+def test_cli_offline_error_is_one_paragraph(tmp_path):
+    r = cli("infer", PHOTO, "two cats", env={"HF_HUB_OFFLINE": "1", "MINIBRIDGE_HOME": str(tmp_path)})
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "BridgeTower/bridgetower-base-itm-mlm" in r.stderr and str(tmp_path) in r.stderr
+    assert "--model path/to/folder" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_cli_bad_image_and_folder(checkpoint, tmp_path):
+    r = cli("infer", tmp_path / "nope.jpg", "x", "--model", checkpoint)
+    assert r.returncode == 1 and "no image file" in r.stderr and "Traceback" not in r.stderr
+    r = cli("infer", PHOTO, "x", "--model", tmp_path)
+    assert r.returncode == 1 and "config.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_embed(checkpoint, tmp_path):
+    out = tmp_path / "texts.npy"
+    r = cli("embed", "--model", checkpoint, "--text", "a cat", "a dog", "--out", out)
+    assert r.returncode == 0, r.stderr
+    model = mb.BridgeTowerForContrastiveLearning.from_pretrained(checkpoint)
+    enc = mb.BridgeTowerProcessor.from_pretrained(checkpoint)(text=["a cat", "a dog"], padding=True)
+    np.testing.assert_array_equal(np.load(out), model.get_text_features(enc["input_ids"], enc["attention_mask"]))
+    r = cli("embed", "--model", checkpoint, "--image", PHOTO)
+    assert r.returncode == 0 and "[32]" in r.stdout
