@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import minibridge as mb
 from minibridge.backend import to_numpy
@@ -15,6 +16,18 @@ TOL = 1e-4
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+def _gpu_available():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device
+        return False
+
+
+# Parity tests run on every backend: NumPy always, CuPy where there is a GPU (STYLE habit 6).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not _gpu_available(), reason="needs CuPy and a GPU"))]
 
 HEAD_CLASSES = {
     "model": mb.BridgeTowerModel,

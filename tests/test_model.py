@@ -10,7 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from helpers import FIXTURES, HEAD_CLASSES, assert_close, compare, run_mine
+from minibridge.backend import to_numpy
+
+from helpers import DEVICES, FIXTURES, HEAD_CLASSES, assert_close, compare, run_mine
 
 
 def _cases():
@@ -20,8 +22,9 @@ def _cases():
                 yield pytest.param(folder, case, head, meta["interpolate"], id=f"{folder.name}-{case}-{head}")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("folder, case, head, interpolate", list(_cases()))
-def test_matches_reference(folder, case, head, interpolate):
+def test_matches_reference(folder, case, head, interpolate, device):
     data = np.load(folder / "reference.npz")
     inputs = {k.split("/")[-1]: data[k] for k in data.files if k.startswith(f"{case}/inputs/")}
     label_key = f"{case}/labels/{head}"
@@ -30,7 +33,7 @@ def test_matches_reference(folder, case, head, interpolate):
     ref = {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
     keep = any(k.startswith("hidden_states") for k in ref)
 
-    model = HEAD_CLASSES[head].from_pretrained(folder)
+    model = HEAD_CLASSES[head].from_pretrained(folder, device=device)
     out = run_mine(model, head, inputs, labels, interpolate, keep)
     compare(out, ref, f"{folder.name}/{case}/{head}")
 
@@ -68,10 +71,11 @@ def test_attention_maps_are_distributions():
     assert pad.any() and (i2t * pad).max() < 1e-30  # image queries give padded text keys no weight
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", ["padded", "single", "interpolate"])
-def test_unimodal_features_equal_the_full_forward(case):
+def test_unimodal_features_equal_the_full_forward(case, device):
     """get_text_features / get_image_features run one tower each, and give the full pass's embeddings."""
-    model = HEAD_CLASSES["itc"].from_pretrained(FIXTURES / "tiny")
+    model = HEAD_CLASSES["itc"].from_pretrained(FIXTURES / "tiny", device=device)
     data = np.load(FIXTURES / "tiny" / "reference.npz")
     ids, mask, pixels = (data[f"{case}/inputs/{k}"] for k in ("input_ids", "attention_mask", "pixel_values"))
     interpolate = case == "interpolate"
@@ -79,7 +83,8 @@ def test_unimodal_features_equal_the_full_forward(case):
     text = model.get_text_features(input_ids=ids, attention_mask=mask)
     image = model.get_image_features(pixel_values=pixels, interpolate_pos_encoding=interpolate)
     # Same arithmetic in the same order, so equal to float32 rounding (1e-6), not merely within TOL.
-    np.testing.assert_allclose(text, full.text_embeds, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(image, full.image_embeds, rtol=0, atol=1e-6)
+    text, image = to_numpy(text), to_numpy(image)
+    np.testing.assert_allclose(text, to_numpy(full.text_embeds), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(image, to_numpy(full.image_embeds), rtol=0, atol=1e-6)
     np.testing.assert_allclose(text, data[f"{case}/itc/text_embeds"], rtol=0, atol=1e-5)
     assert text.shape == (len(ids), 48) and image.shape == (len(pixels), 48)
