@@ -165,6 +165,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batches", nargs="+", type=int, default=None)
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--rounds", type=int, default=2, help="times each library is run (the best counts)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="speed", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -186,7 +187,7 @@ def main(argv=None):
         print(f"benchmark: {what}; {os.cpu_count()} CPU cores; device {args.device}; "
               f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}", flush=True)
         res = {lib: {} for lib in libs}
-        for _ in range(2):  # alternate the libraries twice; keep each one's best
+        for _ in range(args.rounds):  # alternate the libraries; keep each one's best
             for lib in libs:
                 r = _run_worker(lib, folder, "speed", batches, args.device)
                 for k, v in r.items():
