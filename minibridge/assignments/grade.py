@@ -1,0 +1,230 @@
+"""The grader: run each component of a student copy on its stored inputs and compare with the snapshots.
+
+    python -m minibridge.assignments check --impl handout/ [--component softmax]
+
+The student copy is imported under a package name of its own, never as `minibridge` (which stays
+the reference that is running the grader), and module by module as components need them: a syntax
+error in tokenizer.py fails the BPE component and nothing else. Each component calls the student's
+own versions of the components it builds on, so one mistake fails its component and those above it.
+"""
+
+import contextlib
+import importlib
+import importlib.machinery
+import importlib.util
+import itertools
+import signal
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import to_numpy
+from .components import BY_NAME, COMPONENTS, Tiny, config_json, foundations, tiny_weights, weights_checksum
+
+SNAPSHOTS = Path(__file__).with_name("snapshots.npz")
+# Seconds one component may run (the full model takes well under one): a merge loop that never
+# ends fails its component instead of hanging the grader.
+TIME_LIMIT_S = 60
+MODULES = ("ops", "vision", "text", "bridge", "heads", "model", "tokenizer")  # what components call
+
+_counter = itertools.count()
+
+
+class SnapshotError(RuntimeError):
+    """snapshots.npz does not fit this version of the components."""
+
+
+@dataclass
+class Result:
+    name: str
+    passed: bool
+    message: str  # one line: the worst error, or why it failed
+    notes: list = field(default_factory=list)  # further lines: other failing outputs, failing dependencies
+
+
+# ---- the student copy ---------------------------------------------------------------------------------
+
+
+def package_dir(impl):
+    """The minibridge package folder of a student copy: IMPL/minibridge, or IMPL itself."""
+    impl = Path(impl)
+    for root in (impl / "minibridge", impl):
+        if (root / "__init__.py").is_file() and (root / "ops.py").is_file():
+            return root.resolve()
+    raise FileNotFoundError(f"no minibridge package in {impl} (expected {impl / 'minibridge' / 'ops.py'})")
+
+
+class Student:
+    """The student copy's modules (student.ops, student.vision, ...), each imported on first use.
+
+    The package's __init__ is not run, so a broken module fails only the components that use it.
+    """
+
+    def __init__(self, impl):
+        self.root = package_dir(impl)
+        self.package = f"_minibridge_student_{next(_counter)}"
+        spec = importlib.machinery.ModuleSpec(self.package, None, is_package=True)
+        spec.submodule_search_locations = [str(self.root)]
+        sys.modules[self.package] = importlib.util.module_from_spec(spec)
+
+    def __getattr__(self, module):
+        if module not in MODULES:
+            raise AttributeError(module)
+        keep, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # leave no __pycache__ in submissions
+        try:
+            return importlib.import_module(f"{self.package}.{module}")
+        finally:
+            sys.dont_write_bytecode = keep
+
+    def close(self):
+        for name in [n for n in sys.modules if n == self.package or n.startswith(self.package + ".")]:
+            del sys.modules[name]
+
+
+# ---- snapshots ----------------------------------------------------------------------------------------
+
+
+def load_snapshots(path=SNAPSHOTS):
+    """{component: (inputs, outputs)}, each {name: read-only array}; checks they fit the components."""
+    if not Path(path).is_file():
+        raise SnapshotError(f"{path} is missing; make it with: python -m minibridge.assignments snapshot")
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    stale = "; regenerate them with: python -m minibridge.assignments snapshot"
+    if str(arrays.get("meta/config")) != config_json():
+        raise SnapshotError(f"{path} was made for another tiny model config" + stale)
+    expected, found = weights_checksum(tiny_weights()), float(arrays["meta/weights_checksum"])
+    if abs(expected - found) > 1e-9 * expected:
+        raise SnapshotError(f"{path} was made with other weights (checksum {found!r}, now {expected!r})" + stale)
+    snaps = {}
+    for key, value in arrays.items():
+        if key.startswith("meta/"):
+            continue
+        component, kind, name = key.split("/", 2)
+        value.flags.writeable = False  # a student's code must not write into its inputs
+        snaps.setdefault(component, ({}, {}))[0 if kind == "in" else 1][name] = value
+    if sorted(snaps) != sorted(BY_NAME):
+        raise SnapshotError(f"{path} holds components {sorted(snaps)}, expected {sorted(BY_NAME)}" + stale)
+    return snaps
+
+
+# ---- comparing ----------------------------------------------------------------------------------------
+
+
+def compare(name, mine, ref, tol):
+    """(error / tolerance ratio, message): the worst element of `mine` against `ref`.
+
+    error = max |mine - ref| / max(1, max |ref|), as the parity tests; for strings, any difference.
+    """
+    try:
+        mine = np.asarray(to_numpy(mine))
+    except Exception as e:  # noqa: BLE001 (a ragged list, an object that is no array)
+        return np.inf, f"{name}: returned {type(mine).__name__}, not an array ({e})"
+    if mine.shape != ref.shape:
+        return np.inf, f"{name}: shape mine {mine.shape} vs reference {ref.shape}"
+    if ref.dtype.kind == "U":
+        bad = np.flatnonzero(mine.astype(str) != ref)
+        if bad.size == 0:
+            return 0.0, f"{name}: exact match"
+        i = int(bad[0])
+        return np.inf, (f"{name}: {bad.size} of {ref.size} differ; the first, at index {i}: "
+                        f"mine {str(mine.flat[i])!r} vs reference {str(ref.flat[i])!r}")
+    if mine.dtype.kind not in "biuf":
+        return np.inf, f"{name}: returned dtype {mine.dtype}, expected numbers like the reference's {ref.dtype}"
+    diff = np.abs(mine.astype(np.float64) - ref.astype(np.float64))
+    diff[np.isnan(diff)] = np.inf
+    scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
+    if diff.size == 0:
+        return 0.0, f"{name}: empty, as the reference"
+    worst = np.unravel_index(int(diff.argmax()), diff.shape)
+    err = float(diff[worst]) / scale
+    ratio = err / tol if tol else (np.inf if err else 0.0)
+    fmt = (lambda v: str(int(v))) if ref.dtype.kind in "biu" and mine.dtype.kind in "biu" else (lambda v: f"{v:.7g}")
+    index = tuple(int(i) for i in worst)
+    return ratio, (f"{name}: worst error {err:.3g} {'>' if ratio > 1 else '<='} {tol:g} at index {index}: "
+                   f"mine {fmt(mine[worst])} vs reference {fmt(ref[worst])}")
+
+
+@contextlib.contextmanager
+def _time_limit(seconds):
+    """Raise TimeoutError in the code running inside after `seconds` (POSIX main thread; else no limit)."""
+    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s (a loop that never ends?)")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _where(error, root):
+    """ "at minibridge/ops.py:120 in softmax" for the last traceback frame in the student's code."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).resolve().is_relative_to(root)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" (at minibridge/{Path(f.filename).resolve().relative_to(root).as_posix()}:{f.lineno} in {f.name})"
+
+
+def run_component(component, student, snapshot, tiny):
+    inputs, reference = snapshot
+    try:
+        with _time_limit(TIME_LIMIT_S):
+            mine = component.run(student, inputs, tiny)
+    except NotImplementedError as e:
+        return Result(component.name, False, f"not implemented: {e}")
+    except (Exception, SystemExit) as e:  # noqa: BLE001 (whatever the student's code raises fails this component)
+        hint = " (inputs and weights are read-only, as a memory-mapped checkpoint is)" if "read-only" in str(e) else ""
+        return Result(component.name, False, f"error: {type(e).__name__}: {e}{hint}{_where(e, student.root)}")
+    assert sorted(mine) == sorted(reference), f"{component.name}: run {sorted(mine)}, snapshot {sorted(reference)}"
+    checks = sorted(((*compare(name, mine[name], reference[name], component.tol), name) for name in reference),
+                    key=lambda c: -c[0])
+    (ratio, message, _), others = checks[0], [name for r, _, name in checks[1:] if r > 1]
+    if ratio > 1:
+        return Result(component.name, False, message, ["also failing: " + ", ".join(others)] if others else [])
+    if component.tol == 0:
+        return Result(component.name, True, "exact match")
+    return Result(component.name, True, f"worst error {ratio * component.tol:.2g} (tolerance {component.tol:g})")
+
+
+def grade(impl, names=None, snapshots=SNAPSHOTS):
+    """Results of the student copy at `impl` on the named components (default: all), in teaching order."""
+    unknown = [n for n in names or () if n not in BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown component(s) {unknown}; choose from {[c.name for c in COMPONENTS]}")
+    chosen = [c for c in COMPONENTS if names is None or c.name in names]
+    snaps = load_snapshots(snapshots)
+    tiny = Tiny.make()
+    student = Student(impl)
+    try:
+        results = [run_component(c, student, snaps[c.name], tiny) for c in chosen]
+    finally:
+        student.close()
+    failed = {r.name for r in results if not r.passed}
+    for r in results:
+        below = [n for n in foundations(r.name) if n in failed]
+        if not r.passed and below:
+            r.notes.append("builds on failing " + ", ".join(below) + ": fix those first")
+    return results
+
+
+def report(results):
+    """The grader's output: one line per component (plus notes), then `score: P/N components`."""
+    width = max((len(r.name) for r in results), default=0)
+    lines = []
+    for r in results:
+        lines.append(f"{'PASS' if r.passed else 'FAIL'}  {r.name:<{width}}  {r.message}")
+        lines += [f"      {'':<{width}}  {note}" for note in r.notes]
+    lines.append(f"score: {sum(r.passed for r in results)}/{len(results)} components")
+    return "\n".join(lines)

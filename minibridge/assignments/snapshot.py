@@ -1,0 +1,376 @@
+"""Regenerate snapshots.npz: every component's inputs and what the reference computes from them.
+
+    python -m minibridge.assignments snapshot          # needs the `reference` extra and a checkout
+
+The reference is torch and transformers wherever they have the piece (for the layers, the
+BridgeTower submodules loaded with `components.tiny_weights`; for the full model, the parity
+tooling of tests/reference.py), and the `tokenizers` library for the BPE merge loop. Nothing here
+is minibridge's own output, so the snapshots can catch a mistake that minibridge shares.
+
+Each component has a maker (seeded inputs, numpy) and a reference (outputs, torch); `references`
+recomputes the outputs from stored inputs, which is how tests check the committed file.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .components import COMPONENTS, TINY_CONFIG, config_json, tiny_weights, weights_checksum
+from .grade import SNAPSHOTS
+
+F32 = np.float32
+SEED = 6  # inputs: np.random.RandomState(SEED + position in COMPONENTS)
+
+# A small corpus for the BPE merges (tokenizers' trainer learns them), and the words to split:
+# seen and unseen words, repeated letters (merges are left to right, non-overlapping), digits,
+# accents and an emoji (several UTF-8 bytes each), runs of spaces.
+CORPUS = [
+    "a man riding a wave on top of a surfboard", "two cats laying on a pink blanket with remotes",
+    "a bunch of cats laying on a tower", "a plate of food with broccoli and carrots",
+    "a woman holding an umbrella in the rain", "a train traveling down the tracks near a station",
+    "the giraffe is standing next to the tall trees", "a red double decker bus driving down the street",
+    "people are flying kites on the beach on a windy day", "aaaa aaaa aa bbbbbb laying lay lays layer",
+]
+WORDS_FROM = [
+    "a man riding a wave on top of a surfboard", "two cats laying lazily on a pinker blanket",
+    "aaaaaaa aaa bbbbbbb", "unbelievably surfboarders 2024 1999", "naïve café déjà vu 😺",
+    "  spaces   and\ttabs\n", "Capitalised Words, punctuation!? (brackets) it's we're",
+]
+
+
+# ---- inputs and reference outputs, one pair of functions per component ----------------------------------
+
+
+def _normal(rng, *shape, std=1.0):
+    return (rng.standard_normal(shape) * std).astype(F32)
+
+
+def _padding_mask(lengths, T):
+    return (np.arange(T)[None, :] < np.array(lengths)[:, None]).astype(np.int64)  # [B, T] 1 = token
+
+
+def _additive(mask):
+    """[B, S] 1/0 -> [B, 1, 1, S] 0 / finfo.min, as transformers' get_extended_attention_mask."""
+    return ((1.0 - mask[:, None, None, :].astype(F32)) * np.finfo(F32).min).astype(F32)
+
+
+def make_linear(rng):
+    return {"x": _normal(rng, 2, 3, 5), "weight": _normal(rng, 4, 5), "bias": _normal(rng, 4)}
+
+
+def ref_linear(x, t, ctx):
+    F = t.nn.functional
+    return {"with_bias": F.linear(t.tensor(x["x"]), t.tensor(x["weight"]), t.tensor(x["bias"])),
+            "without_bias": F.linear(t.tensor(x["x"]), t.tensor(x["weight"]))}
+
+
+def make_layer_norm(rng):
+    # Rows of very different scales: with std 1e-3 the variance (1e-6) is far below eps (1e-5),
+    # so a LayerNorm that forgets eps, or adds it after the square root, is visibly wrong.
+    scales = np.array([1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0], dtype=F32)[:, None, None]
+    # The offsets scale with the rows: float32 cannot centre values of 1 ± 1e-3 to 1e-5 relative.
+    x = (_normal(rng, 6, 3, 16) + _normal(rng, 6, 1, 1)) * scales
+    return {"x": x, "weight": 1 + _normal(rng, 16, std=0.1), "bias": _normal(rng, 16, std=0.1),
+            "eps": np.array(1e-5)}
+
+
+def ref_layer_norm(x, t, ctx):
+    ln = t.nn.LayerNorm(x["x"].shape[-1], eps=float(x["eps"]))
+    with t.no_grad():
+        ln.weight.copy_(t.tensor(x["weight"]))
+        ln.bias.copy_(t.tensor(x["bias"]))
+        return {"y": ln(t.tensor(x["x"]))}
+
+
+def make_gelu(rng):
+    # The whole range where GELU bends (|x| < 6), densely, plus a random sample: tanh-GELU is off by
+    # up to 4.7e-4 near |x| = 2.7 (8e-5 of the largest output, 6), well beyond the tolerance.
+    return {"x": np.concatenate([np.linspace(-6, 6, 241), 3 * rng.standard_normal(59)]).astype(F32).reshape(3, 100)}
+
+
+def ref_gelu(x, t, ctx):
+    return {"y": t.nn.functional.gelu(t.tensor(x["x"]), approximate="none")}
+
+
+def make_quick_gelu(rng):
+    return make_gelu(rng)
+
+
+def ref_quick_gelu(x, t, ctx):
+    from transformers.activations import QuickGELUActivation
+
+    return {"y": QuickGELUActivation()(t.tensor(x["x"]))}
+
+
+def make_softmax(rng):
+    x = _normal(rng, 3, 4, 7, std=3.0)
+    x[0, 0] += 1000.0  # exp(1000) overflows: the max must be subtracted first
+    x[1, :, 5:] = np.finfo(F32).min  # masked keys, as attention's padding mask makes them
+    x[2, 1] = np.array([-1e4, 1e4, 0, 0, 0, 0, 0], dtype=F32)  # one dominant entry
+    return {"x": x}
+
+
+def ref_softmax(x, t, ctx):
+    return {"y": t.softmax(t.tensor(x["x"]), dim=-1)}
+
+
+def make_attention(rng):
+    # Cross-attention shapes (Sq != Sk), 4 heads, the second row padded; then unmasked self-attention.
+    B, Sq, Sk, D = 2, 5, 7, 16
+    return {"q": _normal(rng, B, Sq, D), "k": _normal(rng, B, Sk, D), "v": _normal(rng, B, Sk, D),
+            "num_heads": np.array(4), "mask": _additive(_padding_mask([7, 4], Sk)),
+            "s": _normal(rng, B, 6, D), "self_num_heads": np.array(2)}
+
+
+def ref_attention(x, t, ctx):
+    from transformers.models.bridgetower.modeling_bridgetower import eager_attention_forward
+
+    def run(q, k, v, heads, mask):
+        def split(a):  # [B, S, D] -> [B, H, S, Dh]
+            return t.tensor(a).reshape(a.shape[0], a.shape[1], heads, -1).transpose(1, 2)
+
+        out, probs = eager_attention_forward(t.nn.Module().eval(), split(q), split(k), split(v),
+                                             None if mask is None else t.tensor(mask))
+        return out.reshape(q.shape), probs  # out is [B, Sq, H, Dh] -> [B, Sq, D]
+
+    context, probs = run(x["q"], x["k"], x["v"], int(x["num_heads"]), x["mask"])
+    self_context, self_probs = run(x["s"], x["s"], x["s"], int(x["self_num_heads"]), None)
+    return {"context": context, "probs": probs, "self_context": self_context, "self_probs": self_probs}
+
+
+def make_patchify(rng):
+    # 18×13 pixels in 4-pixel patches: the last 2 rows and 1 column are dropped, as the conv drops them.
+    return {"pixels": _normal(rng, 2, 3, 18, 13), "patch_size": np.array(4), "kernel": _normal(rng, 8, 3, 4, 4)}
+
+
+def ref_patchify(x, t, ctx):
+    P = int(x["patch_size"])
+    px = t.tensor(x["pixels"])
+    B, C = px.shape[:2]
+    grid = px.unfold(2, P, P).unfold(3, P, P)  # [B, C, gh, gw, P, P]
+    patches = grid.permute(0, 2, 3, 1, 4, 5).reshape(B, -1, C * P * P)  # row-major grid, channel-major rows
+    conv = t.nn.functional.conv2d(px, t.tensor(x["kernel"]), stride=P)  # [B, Dv, gh, gw]
+    return {"patches": patches, "embeddings": conv.flatten(2).transpose(1, 2)}
+
+
+def make_vision_block(rng):
+    # std 0.1: the residual stream is small, so ln_1 and ln_2 see a variance where eps matters.
+    vc = TINY_CONFIG["vision_config"]
+    tokens = (vc["image_size"] // vc["patch_size"]) ** 2 + 1
+    return {"x": _normal(rng, 2, tokens, vc["hidden_size"], std=0.1)}
+
+
+def ref_vision_block(x, t, ctx):
+    block = ctx["model"].vision_model.visual.transformer.resblocks[0]
+    h = t.tensor(x["x"]).transpose(0, 1)  # the reference runs this tower sequence-first: [L, B, Dv]
+    out = block(h).transpose(0, 1)
+    hn = block.ln_1(h)
+    probs = block.attn(hn, hn, hn, need_weights=True, average_attn_weights=False)[1]  # [B, H, L, L]
+    return {"x": out, "probs": probs}
+
+
+def make_position_ids(rng):
+    # No padding, right padding, left padding, and pads in the middle (RoBERTa skips them all).
+    ids = np.array([[0, 7, 8, 9, 10, 11, 2, 5],
+                    [0, 7, 8, 2, 1, 1, 1, 1],
+                    [1, 1, 1, 0, 7, 8, 9, 2],
+                    [0, 7, 1, 8, 1, 1, 9, 2]], dtype=np.int64)
+    return {"input_ids": ids, "pad_token_id": np.array(1)}
+
+
+def ref_position_ids(x, t, ctx):
+    from transformers.models.bridgetower.modeling_bridgetower import BridgeTowerTextEmbeddings
+
+    return {"position_ids": BridgeTowerTextEmbeddings.create_position_ids_from_input_ids(
+        t.tensor(x["input_ids"]), int(x["pad_token_id"]))}
+
+
+def make_text_embed(rng):
+    ids = make_position_ids(rng)["input_ids"].copy()
+    ids[0, 1:6] = rng.randint(3, TINY_CONFIG["text_config"]["vocab_size"], size=5)
+    return {"input_ids": ids}
+
+
+def ref_text_embed(x, t, ctx):
+    return {"embeddings": ctx["model"].text_model.embeddings(input_ids=t.tensor(x["input_ids"]))}
+
+
+def make_bert_attention(rng):
+    D = TINY_CONFIG["hidden_size"]
+    return {"x": _normal(rng, 3, 6, D, std=0.1), "mask": _additive(_padding_mask([6, 3, 5], 6))}
+
+
+def ref_bert_attention(x, t, ctx):
+    att = ctx["model"].text_model.encoder.layer[0].attention
+    out, probs = att(t.tensor(x["x"]), attention_mask=t.tensor(x["mask"]))
+    return {"out": out, "probs": probs}
+
+
+def make_bpe(rng):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + 150, initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    merges = [m.split(" ") if isinstance(m, str) else m for m in json.loads(tok.to_str())["model"]["merges"]]
+    split = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    words = [w for text in WORDS_FROM for w, _ in split.pre_tokenize_str(text)]
+    return {"merges": np.array(merges, dtype=str), "words": np.array(words, dtype=str)}
+
+
+def ref_bpe(x, t, ctx):
+    from tokenizers import models, pre_tokenizers
+
+    merges = [tuple(m) for m in x["merges"].tolist()]
+    symbols = sorted(set(pre_tokenizers.ByteLevel.alphabet()) | {a + b for a, b in merges})
+    bpe = models.BPE(vocab={s: i for i, s in enumerate(symbols)}, merges=merges)
+    return {"tokens": np.array([" ".join(tok.value for tok in bpe.tokenize(w)) for w in x["words"].tolist()])}
+
+
+def make_link_tower(rng):
+    D = TINY_CONFIG["hidden_size"]
+    return {"h": _normal(rng, 2, 5, D, std=0.1), "c": _normal(rng, 2, 5, D, std=0.1),
+            "ln_weight": 1 + _normal(rng, D, std=0.1), "ln_bias": _normal(rng, D, std=0.1),
+            "scaled_factor": np.array(1.3, dtype=F32), "beta": np.array(0.3, dtype=F32), "eps": np.array(1e-5)}
+
+
+def ref_link_tower(x, t, ctx):
+    from transformers import BridgeTowerConfig
+    from transformers.models.bridgetower.modeling_bridgetower import BridgeTowerLinkTower
+
+    out = {}
+    for kind in ("add", "scaled_add", "interpolate"):
+        link = BridgeTowerLinkTower(BridgeTowerConfig(hidden_size=x["h"].shape[-1], link_tower_type=kind,
+                                                      layer_norm_eps=float(x["eps"])))
+        with t.no_grad():
+            link.LayerNorm.weight.copy_(t.tensor(x["ln_weight"]))
+            link.LayerNorm.bias.copy_(t.tensor(x["ln_bias"]))
+            if kind == "scaled_add":
+                link.scaled_factor.copy_(t.tensor(x["scaled_factor"]))
+            if kind == "interpolate":
+                link.beta.copy_(t.tensor(x["beta"]))
+        out[kind] = link(t.tensor(x["h"]), t.tensor(x["c"]), None)
+    return out
+
+
+def make_cross_modal_layer(rng):
+    D, vc = TINY_CONFIG["hidden_size"], TINY_CONFIG["vision_config"]
+    tokens = (vc["image_size"] // vc["patch_size"]) ** 2 + 1
+    return {"text": _normal(rng, 2, 6, D, std=0.1), "image": _normal(rng, 2, tokens, D, std=0.1),
+            "text_mask": _additive(_padding_mask([6, 4], 6))}
+
+
+def ref_cross_modal_layer(x, t, ctx):
+    m = ctx["model"]
+    text, image, mask = t.tensor(x["text"]), t.tensor(x["image"]), t.tensor(x["text_mask"])
+    tx, t_self, t_cross = m.cross_modal_text_layers[0](text, image, attention_mask=mask, encoder_attention_mask=None)
+    ix, i_self, i_cross = m.cross_modal_image_layers[0](image, text, attention_mask=None, encoder_attention_mask=mask)
+    return {"text": tx, "text_self_probs": t_self, "text_cross_probs": t_cross,
+            "image": ix, "image_self_probs": i_self, "image_cross_probs": i_cross}
+
+
+def make_heads(rng):
+    D, vc = TINY_CONFIG["hidden_size"], TINY_CONFIG["vision_config"]
+    tokens = (vc["image_size"] // vc["patch_size"]) ** 2 + 1
+    return {"text_features": _normal(rng, 2, 6, D), "image_features": _normal(rng, 2, tokens, D),
+            "pooled": _normal(rng, 2, 2 * D), "text_cls": _normal(rng, 2, D), "image_cls": _normal(rng, 2, D)}
+
+
+def ref_heads(x, t, ctx):
+    m, heads = ctx["model"], ctx["heads"]
+    text, image, pooled = t.tensor(x["text_features"]), t.tensor(x["image_features"]), t.tensor(x["pooled"])
+    normalize = t.nn.functional.normalize
+    return {"pooled": t.cat([m.cross_modal_text_pooler(text), m.cross_modal_image_pooler(image)], dim=-1),
+            "itm_logits": heads["itm_score"](pooled),
+            "mlm_logits": heads["mlm_score"](text),
+            "itc_text": normalize(heads["itc_text_head"](t.tensor(x["text_cls"])), dim=-1),
+            "itc_image": normalize(heads["itc_image_head"](t.tensor(x["image_cls"])), dim=-1),
+            "itc_cross": normalize(heads["itc_cross_modal_head"](pooled), dim=-1)}
+
+
+def make_bridgetower(rng):
+    reference = _reference_tooling()
+    return reference.make_inputs(TINY_CONFIG, lengths=[7, 4, 6], seed=int(rng.randint(1 << 30)))
+
+
+def ref_bridgetower(x, t, ctx):
+    out = _reference_tooling().run({"model": ctx["model"]}, {k: np.array(v) for k, v in x.items()}, "model")
+    return {k: out[k] for k in ("text_features", "image_features", "pooler_output")}
+
+
+# ---- the reference model ------------------------------------------------------------------------------
+
+
+def _reference_tooling():
+    """tests/reference.py of this checkout: the parity tests' way of running transformers."""
+    tests = Path(__file__).resolve().parents[2] / "tests"
+    if not (tests / "reference.py").is_file():
+        raise FileNotFoundError(f"{tests / 'reference.py'} not found: regenerate snapshots from a minibridge checkout")
+    if str(tests) not in sys.path:
+        sys.path.insert(0, str(tests))
+    import reference
+
+    return reference
+
+
+def reference_context():
+    """transformers' BridgeTowerModel and the four heads, loaded with `tiny_weights` (every key checked)."""
+    import torch
+    from transformers import BridgeTowerConfig, BridgeTowerModel
+    from transformers.models.bridgetower import modeling_bridgetower as hf
+
+    config = BridgeTowerConfig(**json.loads(json.dumps(TINY_CONFIG)))
+    config._attn_implementation = "eager"  # the implementation that returns attention probabilities
+    flat = {k: torch.from_numpy(v) for k, v in tiny_weights().items()}
+    model = BridgeTowerModel(config).eval()
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in flat.items() if not k.startswith(("itm_", "mlm_", "itc_", "logit"))}, strict=False)
+    # RoBERTa's pooler is built by the reference but never used (minibridge does not load it, SPEC §3).
+    assert not unexpected and all(k.startswith("text_model.pooler.") for k in missing), (missing, unexpected)
+    D, C = config.hidden_size, config.contrastive_hidden_size
+    heads = {"itm_score": hf.BridgeTowerITMHead(2 * D), "mlm_score": hf.BridgeTowerMLMHead(config),
+             "itc_text_head": hf.BridgeTowerContrastiveHead(D, C),
+             "itc_image_head": hf.BridgeTowerContrastiveHead(D, C),
+             "itc_cross_modal_head": hf.BridgeTowerContrastiveHead(2 * D, C)}
+    for name, head in heads.items():
+        head.eval().load_state_dict({k[len(name) + 1:]: v for k, v in flat.items() if k.startswith(name + ".")},
+                                    strict=True)
+    return {"model": model, "heads": heads}
+
+
+def references(inputs_by_component, names=None):
+    """{component: {output: np.ndarray}} computed by the reference from the given inputs."""
+    import torch
+
+    ctx = reference_context()
+    out = {}
+    with torch.no_grad():
+        for c in COMPONENTS:
+            if names is None or c.name in names:
+                ref = globals()[f"ref_{c.name}"](inputs_by_component[c.name], torch, ctx)
+                out[c.name] = {k: v.detach().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+                               for k, v in ref.items()}
+    return out
+
+
+def make(path=SNAPSHOTS):
+    """Write snapshots.npz at `path`; returns its size in bytes."""
+    import tokenizers
+    import torch
+    import transformers
+
+    inputs = {c.name: globals()[f"make_{c.name}"](np.random.RandomState(SEED + i)) for i, c in enumerate(COMPONENTS)}
+    outputs = references(inputs)
+    arrays = {"meta/config": np.array(config_json()),
+              "meta/weights_checksum": np.array(weights_checksum(tiny_weights())),
+              "meta/made_with": np.array(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+                                         f"tokenizers {tokenizers.__version__}")}
+    for c in COMPONENTS:
+        arrays.update({f"{c.name}/in/{k}": np.asarray(v) for k, v in inputs[c.name].items()})
+        arrays.update({f"{c.name}/out/{k}": v for k, v in outputs[c.name].items()})
+    np.savez_compressed(path, **arrays)
+    return Path(path).stat().st_size

@@ -1,0 +1,271 @@
+"""minibridge.assignments: the generated student copy, the grader, the snapshots (STYLE habit 14).
+
+A student copy with every component stubbed must import and score 0; the reference itself must
+score full marks; a bug planted in one function (by editing the text of a copy) must fail exactly
+its component and the components built on it, with a "mine vs reference" line.
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minibridge
+from minibridge.assignments import build as builder
+from minibridge.assignments import grade as grader
+from minibridge.assignments.__main__ import main
+from minibridge.assignments.components import BY_NAME, COMPONENTS, dependents
+
+PACKAGE = Path(minibridge.__file__).resolve().parent
+NAMES = [c.name for c in COMPONENTS]
+# The snapshots hold inputs and outputs of small arrays only (the weights are regenerated from a seed).
+SNAPSHOT_BUDGET_BYTES = 300_000
+
+
+@pytest.fixture(scope="module")
+def student_copy(tmp_path_factory):
+    out = tmp_path_factory.mktemp("handout")
+    builder.build(out)
+    return out
+
+
+def reference_copy(tmp_path):
+    """A student copy with nothing stubbed: the reference's files, to plant bugs in."""
+    builder.build(tmp_path, components=[])
+    return tmp_path
+
+
+def plant(copy, module, edits):
+    """Replace each (old, new) in minibridge/<module>; each old text must occur exactly once."""
+    path = copy / "minibridge" / module
+    text = path.read_text(encoding="utf-8")
+    for old, new in edits:
+        assert text.count(old) == 1, f"{module} no longer holds {old!r} exactly once; update this test"
+        text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")
+
+
+def failing(results):
+    return {r.name for r in results if not r.passed}
+
+
+# ---- the student copy ---------------------------------------------------------------------------------
+
+
+def test_student_copy_imports_and_scores_zero(student_copy):
+    """As a student runs it: the copy is `minibridge` on sys.path, and its own grader checks it."""
+    code = ("import sys, minibridge; print(minibridge.__file__); "
+            "from minibridge.assignments.__main__ import main; sys.exit(main(['check', '--impl', '.']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=student_copy, capture_output=True, text=True, timeout=300,
+                          check=False)
+    lines = proc.stdout.strip().splitlines()
+    assert Path(lines[0]).resolve() == (student_copy / "minibridge" / "__init__.py").resolve(), proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    assert lines[-1] == f"score: 0/{len(COMPONENTS)} components"
+    verdicts = [line for line in lines[1:-1] if not line.startswith(" ")]
+    assert [v.split()[1] for v in verdicts] == NAMES
+    assert all(v.startswith("FAIL") and "not implemented" in v for v in verdicts), "\n".join(verdicts)
+
+
+def test_student_copy_keeps_signatures_and_docstrings_but_no_solution(student_copy):
+    for c in COMPONENTS:
+        for function in c.covers:
+            module, name = function.split(".")
+            source = (student_copy / "minibridge" / f"{module}.py").read_text(encoding="utf-8")
+            assert builder.BEGIN not in source and builder.END not in source
+            fn = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == name)
+            reference = next(n for n in ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8")).body
+                             if isinstance(n, ast.FunctionDef) and n.name == name)
+            assert ast.unparse(fn.args) == ast.unparse(reference.args)
+            assert ast.get_docstring(fn) == ast.get_docstring(reference)
+            raises = [n for n in fn.body if isinstance(n, ast.Raise)]
+            assert raises and f"component {c.name}" in ast.unparse(raises[0]), function
+            if function != "model.bridgetower":  # the only region that is part of a body
+                assert len(fn.body) == 2, f"{function}: the student copy should hold docstring + raise"
+    model = (student_copy / "minibridge" / "model.py").read_text(encoding="utf-8")
+    assert "link_tower(" not in model.split("def bridgetower")[1]
+
+
+def test_banner_states_the_docstring_at_the_region_indentation(student_copy):
+    lines = (student_copy / "minibridge" / "ops.py").read_text(encoding="utf-8").splitlines()
+    start = lines.index("    # TODO (component layer_norm): write the body of layer_norm(x, p, eps).")
+    banner = lines[start : lines.index("    raise NotImplementedError(\"layer_norm in minibridge/ops.py (component "
+                                       "layer_norm) is yours to write\")") + 1]
+    assert any("[..., D] -> [..., D]" in line for line in banner)
+    assert all(line.startswith(("    # ", "    raise")) or line == "    #" for line in banner)
+
+
+def test_building_with_no_component_copies_the_source_unchanged(tmp_path):
+    """So the planted-bug copies below are the reference plus the one edit, nothing else."""
+    copy = reference_copy(tmp_path)
+    for path in PACKAGE.rglob("*.py"):
+        if "__pycache__" not in path.parts:
+            assert (copy / "minibridge" / path.relative_to(PACKAGE)).read_bytes() == path.read_bytes(), path
+
+
+def test_build_refuses_to_overwrite_without_force(tmp_path):
+    builder.build(tmp_path, components=["softmax"])
+    with pytest.raises(FileExistsError, match="--force"):
+        builder.build(tmp_path)
+    builder.build(tmp_path, force=True)
+    assert "component layer_norm" in (tmp_path / "minibridge" / "ops.py").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("source, error", [
+    ("def f():\n    # BEGIN SOLUTION\n    return 1\n", "never closed"),
+    ("def f():\n    return 1\n    # END SOLUTION\n", "without a"),
+    ("# BEGIN SOLUTION\nX = 1\n# END SOLUTION\n", "inside a function"),
+])
+def test_bad_markers_are_refused_with_file_and_line(tmp_path, source, error):
+    path = tmp_path / "mod.py"
+    path.write_text(source)
+    with pytest.raises(builder.MarkerError, match=error) as info:
+        builder.find_regions(path)
+    assert "mod.py:" in str(info.value)
+
+
+def test_regions_know_their_function_and_what_a_partial_region_must_leave_defined(tmp_path):
+    path = tmp_path / "mod.py"
+    path.write_text('def f(x):\n    # BEGIN SOLUTION\n    return x\n    # END SOLUTION\n\n\n'
+                    'def g(x, n=2):\n    """Doc."""\n    # BEGIN SOLUTION\n    y = x + 1\n    z = n\n'
+                    '    # END SOLUTION\n    return y\n')
+    f, g = builder.find_regions(path)
+    assert (f.function, f.signature, f.whole_body, f.start, f.end) == ("mod.f", "f(x)", True, 2, 4)
+    assert (g.signature, g.docstring, g.whole_body, g.keep_defined) == ("g(x, n=2)", "Doc.", False, ("y",))
+
+
+def test_every_marked_function_is_graded_and_every_graded_function_is_marked():
+    builder.check_markers(builder.package_regions())  # raises MarkerError naming the culprit otherwise
+
+
+# ---- the grader ---------------------------------------------------------------------------------------
+
+
+def test_reference_scores_full_marks(capsys):
+    assert main(["check", "--impl", str(PACKAGE)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == f"score: {len(COMPONENTS)}/{len(COMPONENTS)} components"
+    assert all(line.startswith("PASS") for line in out[:-1]), "\n".join(out)
+
+
+def test_one_component_can_be_graded_alone(student_copy, capsys):
+    assert main(["check", "--impl", str(student_copy), "--component", "softmax"]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("FAIL  softmax  not implemented") and out[-1] == "score: 0/1 components"
+
+
+# Planted bugs: (component, module, [(reference text, buggy text)]).
+BUGS = {
+    "softmax over the wrong axis": ("softmax", "ops.py", [
+        ("e = x - x.max(axis=-1, keepdims=True)", "e = x - x.max(axis=-2, keepdims=True)"),
+        ("e /= e.sum(axis=-1, keepdims=True)", "e /= e.sum(axis=-2, keepdims=True)")]),
+    "LayerNorm without eps": ("layer_norm", "ops.py", [
+        ("centred *= 1.0 / (var + eps) ** 0.5", "centred *= 1.0 / var ** 0.5")]),
+    "position ids from 0": ("position_ids", "text.py", [
+        ("return xp.cumsum(real, axis=1) * real + pad_token_id",
+         "return xp.broadcast_to(xp.arange(input_ids.shape[1]), input_ids.shape)")]),
+    "QuickGELU with sigmoid(x)": ("quick_gelu", "ops.py", [("np.float32(-1.702)", "np.float32(-1.0)")]),
+    "attention scaled by 1/Dh": ("attention", "ops.py", [
+        ("scores = (q * (1.0 / math.sqrt(Dh))) @ k", "scores = (q * (1.0 / Dh)) @ k")]),
+    "BPE merging the latest merge first": ("bpe", "tokenizer.py", [("best = min(pairs,", "best = max(pairs,")]),
+}
+
+
+@pytest.mark.parametrize("bug", list(BUGS))
+def test_planted_bug_fails_exactly_its_component_and_those_built_on_it(tmp_path, bug):
+    component, module, edits = BUGS[bug]
+    copy = reference_copy(tmp_path)
+    plant(copy, module, edits)
+    results = grader.grade(copy)
+    assert failing(results) == {component, *dependents(component)}, grader.report(results)
+    line = next(r.message for r in results if r.name == component)
+    assert " at index " in line and " vs reference " in line and "mine " in line, line
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_stubbed_component_fails_exactly_itself_and_those_built_on_it(tmp_path, name):
+    """The `needs` of every component are the calls its code makes: nothing missing, nothing extra."""
+    builder.build(tmp_path, components=[name])
+    results = grader.grade(tmp_path)
+    assert failing(results) == {name, *dependents(name)}, grader.report(results)
+    for r in results:
+        if r.name in dependents(name):
+            assert any(name in note for note in r.notes), f"{r.name} should say it builds on failing {name}"
+
+
+def test_a_module_that_does_not_import_fails_only_its_components(tmp_path):
+    copy = reference_copy(tmp_path)
+    plant(copy, "tokenizer.py", [("def bpe(word, ranks):", "def bpe(word, ranks)")])
+    results = grader.grade(copy)
+    assert failing(results) == {"bpe"}
+    assert "SyntaxError" in next(r.message for r in results if r.name == "bpe")
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGALRM"), reason="the time limit needs POSIX signals")
+def test_an_endless_loop_fails_its_component_instead_of_hanging(tmp_path, monkeypatch):
+    monkeypatch.setattr(grader, "TIME_LIMIT_S", 0.5)
+    copy = reference_copy(tmp_path)
+    plant(copy, "tokenizer.py", [("            break  # no adjacent pair", "            continue  # no adjacent pair")])
+    results = grader.grade(copy, ["bpe", "softmax"])
+    assert failing(results) == {"bpe"}
+    line = next(r.message for r in results if r.name == "bpe")
+    assert "TimeoutError" in line and "at minibridge/tokenizer.py:" in line, line
+
+
+def test_the_grader_leaves_the_installed_minibridge_alone(student_copy):
+    grader.grade(student_copy, ["layer_norm"])
+    assert sys.modules["minibridge"] is minibridge
+    assert not [name for name in sys.modules if name.startswith("_minibridge_student_")]
+    x = np.ones((1, 4), dtype=np.float32)
+    minibridge.ops.layer_norm(x, {"weight": np.ones(4, np.float32), "bias": np.zeros(4, np.float32)}, 1e-5)
+
+
+def test_compare_speaks_in_diffs():
+    ref = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
+    ratio, line = grader.compare("y", ref + np.array([[0, 0], [0.5, 0]], np.float32), ref, 1e-5)
+    assert ratio > 1 and line == "y: worst error 0.125 > 1e-05 at index (1, 0): mine 3.5 vs reference 3"
+    assert "shape mine (2,) vs reference (2, 2)" in grader.compare("y", ref[0], ref, 1e-5)[1]
+    assert grader.compare("y", ref * np.nan, ref, 1e-5)[0] == np.inf
+    words = np.array(["Ġlow er", "a"])
+    assert "mine 'Ġl ow er' vs reference 'Ġlow er'" in grader.compare("t", ["Ġl ow er", "a"], words, 0)[1]
+
+
+# ---- the snapshots ------------------------------------------------------------------------------------
+
+
+def test_snapshots_are_small_and_cover_every_component():
+    assert grader.SNAPSHOTS.stat().st_size < SNAPSHOT_BUDGET_BYTES
+    snaps = grader.load_snapshots()  # also checks the config and the seeded weights' checksum
+    assert sorted(snaps) == sorted(BY_NAME)
+
+
+def test_snapshots_are_what_the_reference_computes_from_their_inputs():
+    """Recompute every stored output with torch / transformers / tokenizers (the reference extra)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from minibridge.assignments import snapshot
+
+    snaps = grader.load_snapshots()
+    fresh = snapshot.references({name: inputs for name, (inputs, _) in snaps.items()})
+    for name, (_, outputs) in snaps.items():
+        for key, stored in outputs.items():
+            tol = 1e-6 if stored.dtype.kind == "f" else 0  # the same arithmetic again: only float noise may differ
+            ratio, line = grader.compare(f"{name}/{key}", fresh[name][key], stored, tol)
+            assert ratio <= 1, line
+
+
+def test_the_instructor_guide_lists_every_component_with_its_tolerance():
+    guide = PACKAGE.parent / "notebooks" / "assignments" / "README.md"
+    if not guide.is_file():
+        pytest.skip("the guide is in a checkout, not in an installed package")
+    lines = guide.read_text(encoding="utf-8").splitlines()
+    rows = {cells[1].strip(): cells for cells in (line.split("|") for line in lines if line.startswith("| "))}
+    for c in COMPONENTS:
+        assert c.name in rows, f"the guide's table has no row for {c.name}"
+        expected = "exact" if c.tol == 0 else f"{c.tol:.0e}"
+        found = rows[c.name][4].strip()
+        assert found == expected, f"{c.name}: the guide says {found}, not {expected}"
