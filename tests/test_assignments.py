@@ -160,7 +160,8 @@ def test_one_component_can_be_graded_alone(student_copy, capsys):
 # Planted bugs: (component, module, [(reference text, buggy text)]).
 BUGS = {
     "softmax over the wrong axis": ("softmax", "ops.py", [
-        ("e = x - x.max(axis=-1, keepdims=True)", "e = x - x.max(axis=-2, keepdims=True)"),
+        ("e = xp.subtract(x, x.max(axis=-1, keepdims=True), out=out)",
+         "e = xp.subtract(x, x.max(axis=-2, keepdims=True), out=out)"),
         ("e /= e.sum(axis=-1, keepdims=True)", "e /= e.sum(axis=-2, keepdims=True)")]),
     "LayerNorm without eps": ("layer_norm", "ops.py", [
         ("centred *= 1.0 / (var + eps) ** 0.5", "centred *= 1.0 / var ** 0.5")]),
