@@ -13,11 +13,14 @@ It reproduces the `tokenizers` library loading the checkpoint's tokenizer.json, 
 Decoding is the exact inverse: no text normalisation, no clean-up of spaces.
 """
 
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 import regex
+
+from .unicode_classes import LETTERS, NUMBERS
 
 # The text tower has 514 positions and RoBERTa numbers them from pad_id + 1 = 2, so 512 tokens
 # (the two framing tokens included) is the longest input its position table can hold.
@@ -26,12 +29,28 @@ MODEL_MAX_LENGTH = 512
 # GPT-2's pre-tokenisation rule: contractions, then runs of letters, of digits, of other
 # symbols (each with at most one leading space), then whitespace. `\s+(?!\S)` leaves the last
 # space of a run for the next word, so "a  b" splits as ["a", " ", " b"].
-# subtle: `\p{L}` / `\p{N}` need the `regex` package; the standard `re` module has no \p{..}.
+# The rule is usually written with \p{L} (letters) and \p{N} (numbers):
+#     's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+# subtle: which characters are letters depends on the regex engine's Unicode version. The
+#   reference's follows Unicode 16.0, the `regex` package follows its release (17.0 and later add
+#   ~4,600 letters), so we spell both classes out as the reference's own code-point ranges
+#   (unicode_classes.py, generated from it). For any text written before 2025 the two agree.
 # subtle: in `regex`, `\s` is Unicode White_Space, like the Rust/Oniguruma engines of the
 #   reference; str.isspace() would also count \x1c-\x1f.
-GPT2_SPLIT_PATTERN = regex.compile(
-    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-)
+def _char_class(ranges):
+    return "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)  # regex escapes, e.g. \U00000041
+
+
+@functools.cache
+def gpt2_split_pattern():
+    """GPT-2's rule, compiled on first use (a 0.1 s compile that `import minibridge` need not pay)."""
+    L, N = _char_class(LETTERS), _char_class(NUMBERS)
+    return regex.compile(rf"""'s|'t|'re|'ve|'m|'ll|'d| ?[{L}]+| ?[{N}]+| ?[^\s{L}{N}]+|\s+(?!\S)|\s+""")
+
+
+def split_words(text):
+    """GPT-2's words of a text.  split_words("Hello  world") == ["Hello", " ", " world"]"""
+    return gpt2_split_pattern().findall(text)
 
 # Words already merged are remembered; the size bound keeps memory flat on endless input
 # (the reference's cache has the same capacity, and also stops adding when it is full).
@@ -61,7 +80,7 @@ def pre_tokenize(text):
 
     pre_tokenize("Hello  world") == ["Hello", "Ġ", "Ġworld"]
     """
-    return ["".join(BYTE_ENCODER[b] for b in word.encode("utf-8")) for word in GPT2_SPLIT_PATTERN.findall(text)]
+    return ["".join(BYTE_ENCODER[b] for b in word.encode("utf-8")) for word in split_words(text)]
 
 
 def bpe(word, ranks):

@@ -355,3 +355,29 @@ def test_cache_is_bounded(tok, monkeypatch):
     monkeypatch.setattr(tk, "BPE_CACHE_SIZE", 50)
     fresh.encode(" ".join(f"w{i}" for i in range(500)))
     assert len(fresh._cache) == 50
+
+
+# ---- letters and numbers as the reference's Unicode version has them -----------------------------
+
+
+def test_newly_assigned_characters_split_as_the_reference():
+    """Regression: CJK Extension J (U+323B0, Unicode 17) is a letter to `regex` 2026 but not to the
+    reference (Unicode 16), so "\\U000323B0's" must split as [U+323B0 + "'", "s"] (the reference's
+    answer), not as a letter followed by the contraction "'s". Garay (Unicode 16) is a letter in both."""
+    from minibridge.tokenizer import split_words
+
+    assert split_words("\U000323B0's") == ["\U000323B0'", "s"]
+    assert split_words("\U0003D000's") == ["\U0003D000'", "s"]
+    assert split_words("a\U00010D4A") == ["a\U00010D4A"]
+
+
+def test_unicode_tables_are_the_references():
+    """minibridge/unicode_classes.py equals what the installed reference says, code point by code point."""
+    pytest.importorskip("tokenizers")
+    import make_unicode_tables
+
+    from minibridge.unicode_classes import LETTERS, NUMBERS
+
+    letters, numbers = make_unicode_tables.reference_classes()
+    assert letters == list(LETTERS), "letters differ: rerun python tests/make_unicode_tables.py"
+    assert numbers == list(NUMBERS), "numbers differ: rerun python tests/make_unicode_tables.py"
