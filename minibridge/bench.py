@@ -52,7 +52,7 @@ def _best(fn, repeats):
 def _peak_rss_mb():
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # Linux reports KiB; MB = 10⁶ bytes
 
 
 def worker(lib, folder, mode, batches, device):
