@@ -88,3 +88,16 @@ def test_unimodal_features_equal_the_full_forward(case, device):
     np.testing.assert_allclose(image, to_numpy(full.image_embeds), rtol=0, atol=1e-6)
     np.testing.assert_allclose(text, data[f"{case}/itc/text_embeds"], rtol=0, atol=1e-5)
     assert text.shape == (len(ids), 48) and image.shape == (len(pixels), 48)
+
+
+def test_whole_array_path_matches_reference(monkeypatch):
+    """The path CuPy takes in ops.by_rows (one call on the whole array, no row blocks), run with NumPy."""
+    from minibridge import ops
+
+    monkeypatch.setattr(ops, "_BLOCK_NUMBERS", 1 << 62)
+    folder = FIXTURES / "tiny"
+    data = np.load(folder / "reference.npz")
+    inputs = {k: data[f"padded/inputs/{k}"] for k in ("input_ids", "attention_mask", "pixel_values")}
+    ref = {k[len("padded/itc/"):]: data[k] for k in data.files if k.startswith("padded/itc/")}
+    out = run_mine(HEAD_CLASSES["itc"].from_pretrained(folder), "itc", inputs)
+    compare(out, ref, "tiny/padded/itc, whole-array path")
