@@ -7,9 +7,9 @@ pass (words come from the bounded cache), which is what a long run sees.
 
 import csv
 import sys
-import time
 from pathlib import Path
 
+from minibridge.bench import best_time
 from minibridge.tokenizer import RobertaTokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -19,16 +19,6 @@ REPEATS = 20
 def captions():
     with open(DATA / "captions" / "coco_captions.tsv", encoding="utf-8") as f:
         return [row["caption"] for row in csv.DictReader(f, delimiter="\t")]
-
-
-def best_time(fn, repeats=5):
-    """Best wall time of fn() over a few runs, in seconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main():

@@ -39,7 +39,8 @@ def _inputs(cfg_dict, batch, seed=0):
             "pixel_values": rng.standard_normal((batch, 3, size, size)).astype(np.float32)}
 
 
-def _best(fn, repeats):
+def best_time(fn, repeats=5):
+    """Best wall time of fn() in seconds, over `repeats` runs after one warm-up run."""
     fn()  # warm-up: pages the weights in, fills caches, starts thread pools
     times = []
     for _ in range(repeats):
@@ -91,7 +92,7 @@ def worker(lib, folder, mode, batches, device):
         result["peak_rss_mb"] = _peak_rss_mb()
     else:
         for b in batches:
-            result[f"forward_b{b}_s"] = _best(lambda: run(_inputs(cfg, b)), repeats=5 if b <= 8 else 3)
+            result[f"forward_b{b}_s"] = best_time(lambda: run(_inputs(cfg, b)), repeats=5 if b <= 8 else 3)
     print(json.dumps(result))
 
 
@@ -120,7 +121,7 @@ def matmul_gflops(n=3072, repeats=5):
     import numpy as np
 
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    return 2 * n**3 / _best(lambda: a @ a, repeats) / 1e9
+    return 2 * n**3 / best_time(lambda: a @ a, repeats) / 1e9
 
 
 def forward_flops(cfg, batch, text_tokens=TEXT_TOKENS):

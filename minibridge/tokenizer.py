@@ -48,13 +48,15 @@ def gpt2_split_pattern():
     return regex.compile(rf"""'s|'t|'re|'ve|'m|'ll|'d| ?[{L}]+| ?[{N}]+| ?[^\s{L}{N}]+|\s+(?!\S)|\s+""")
 
 
-# The same rule in its usual spelling: equal on ASCII (where no Unicode version differs) and 7× faster.
-_ASCII_SPLIT = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+@functools.cache
+def ascii_split_pattern():
+    """The same rule in its usual spelling: equal on ASCII (no Unicode version differs there), 7× faster."""
+    return regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 
 
 def split_words(text):
     """GPT-2's words of a text.  split_words("Hello  world") == ["Hello", " ", " world"]"""
-    return (_ASCII_SPLIT if text.isascii() else gpt2_split_pattern()).findall(text)
+    return (ascii_split_pattern() if text.isascii() else gpt2_split_pattern()).findall(text)
 
 # Words already merged are remembered; the size bound keeps memory flat on endless input
 # (the reference's cache has the same capacity, and also stops adding when it is full).
