@@ -18,6 +18,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="minibridge", description="BridgeTower in NumPy: score, fill in and "
                                      "embed images and text.", epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--traceback", action="store_true", help="show Python's traceback on an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("infer", help="score texts against an image, or fill in <mask>")
@@ -50,7 +51,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 -- every error becomes one readable paragraph, no traceback
-        if not _is_user_error(e):
+        if args.traceback or not _is_user_error(e):
             raise
         print(f"minibridge {args.command}: {e}", file=sys.stderr)
         return 1
@@ -88,7 +89,7 @@ def _embed(args):
     model = BridgeTowerForContrastiveLearning.from_pretrained(args.model, revision=args.revision)
     processor = BridgeTowerProcessor.from_pretrained(args.model, revision=args.revision)
     if args.image:
-        vectors = model.get_image_features(**{"pixel_values": processor(images=args.image)["pixel_values"]})
+        vectors = model.get_image_features(processor(images=args.image)["pixel_values"])
     else:
         enc = processor(text=args.text, padding=True)
         vectors = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
@@ -97,9 +98,12 @@ def _embed(args):
     if args.out:
         out = Path(args.out)
         tmp = out.with_name(out.name + ".partial")
-        with open(tmp, "wb") as f:
-            np.save(f, vectors)
-        tmp.replace(out)  # no half-written file if interrupted
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, vectors)
+            tmp.replace(out)  # no half-written file if interrupted
+        finally:
+            tmp.unlink(missing_ok=True)
         print(f"wrote {out}: {vectors.shape[0]} × {vectors.shape[1]} float32")
     else:
         for name, v in zip(names, vectors):

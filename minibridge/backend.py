@@ -32,7 +32,7 @@ def to_device(tree, device):
     """Copy a (nested dict / list) tree of arrays to `device`: "cpu" (NumPy) or "cuda" (CuPy)."""
     if device == "cpu":
         convert = to_numpy
-    elif device in ("cuda", "gpu") or str(device).startswith("cuda"):
+    elif device in ("cuda", "gpu"):
         try:
             import cupy
         except ImportError as e:
@@ -41,13 +41,17 @@ def to_device(tree, device):
             ) from e
         convert = cupy.asarray
     else:
-        raise ValueError(f'device must be "cpu" or "cuda", got {device!r}')
+        raise ValueError(f'device must be "cpu" or "cuda" (the current CuPy device; pick another with '
+                         f'`with cupy.cuda.Device(i):`), got {device!r}')
+    done = {}  # id -> converted array: a tied weight (one array, two names) stays one array
 
     def walk(node):
         if isinstance(node, dict):
             return {k: walk(v) for k, v in node.items()}
         if isinstance(node, list):
             return [walk(v) for v in node]
-        return convert(node)
+        if id(node) not in done:
+            done[id(node)] = convert(node)
+        return done[id(node)]
 
     return walk(tree)

@@ -100,8 +100,6 @@ class BridgeTowerConfig:
         text = BridgeTowerTextConfig(**_pick(BridgeTowerTextConfig, d.get("text_config") or {}))
         vision = BridgeTowerVisionConfig(**_pick(BridgeTowerVisionConfig, d.get("vision_config") or {}))
         top = _pick(cls, d, skip=("text_config", "vision_config"))
-        if "architectures" in top:
-            top["architectures"] = tuple(top["architectures"] or ())
         cfg = cls(text_config=text, vision_config=vision, **top)
         cfg.validate()
         return cfg
@@ -153,13 +151,23 @@ class BridgeTowerConfig:
             if act != "gelu":
                 refuse(f"{name}={act!r}", 'Every published checkpoint uses "gelu" (exact, erf); '
                        "minibridge implements only that one.")
-        if t.hidden_size % t.num_attention_heads:
+        if t.num_attention_heads < 1 or t.hidden_size % t.num_attention_heads:
             refuse(f"text_config.num_attention_heads={t.num_attention_heads}",
                    f"It must divide text_config.hidden_size={t.hidden_size}.")
-        if v.hidden_size % 64:
+        if v.hidden_size < 64 or v.hidden_size % 64:
             refuse(f"vision_config.hidden_size={v.hidden_size}", "It must be a multiple of 64 (CLIP heads are 64 wide).")
-        if t.type_vocab_size < 1:
-            refuse(f"text_config.type_vocab_size={t.type_vocab_size}", "It must be at least 1.")
+        sizes = {"hidden_size": self.hidden_size, "text_config.vocab_size": t.vocab_size,
+                 "text_config.num_hidden_layers": t.num_hidden_layers, "text_config.intermediate_size": t.intermediate_size,
+                 "text_config.num_attention_heads": t.num_attention_heads, "text_config.type_vocab_size": t.type_vocab_size,
+                 "text_config.max_position_embeddings": t.max_position_embeddings - t.pad_token_id - 1,
+                 "vision_config.patch_size": v.patch_size, "vision_config.image_size": v.image_size,
+                 "vision_config.num_channels": v.num_channels}
+        for name, value in sizes.items():
+            if value < 1:
+                refuse(f"{name} (too small)", "Every size must be at least 1 (and the position table must "
+                       "hold a token past the pad id).")
+        if v.patch_size > v.image_size:
+            refuse(f"vision_config.patch_size={v.patch_size} > image_size={v.image_size}", "An image must hold a patch.")
 
 
 def _pick(klass, d, skip=()):
@@ -176,7 +184,12 @@ def _pick(klass, d, skip=()):
             raise ConfigError(f"config field {f.name} should be true or false, found {value!r}")
         if kind == "float" and not isinstance(value, (int, float)):
             raise ConfigError(f"config field {f.name} should be a number, found {value!r}")
-        if kind == "int | None" and value is not None and not isinstance(value, int):
+        if kind == "int | None" and value is not None and not (isinstance(value, int) and not isinstance(value, bool)):
             raise ConfigError(f"config field {f.name} should be an integer, found {value!r}")
+        if kind == "float | None" and value is not None and not (isinstance(value, (int, float))
+                                                                  and not isinstance(value, bool)):
+            raise ConfigError(f"config field {f.name} should be a number, found {value!r}")
+        if kind == "tuple":  # architectures: a list of class names (a bare string is one name)
+            value = (value,) if isinstance(value, str) else tuple(value or ())
         out[f.name] = float(value) if kind == "float" else value
     return out

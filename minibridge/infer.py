@@ -4,8 +4,8 @@
     >>> mb.infer("cats.jpg", ["two cats on a sofa", "a plate of food"])
     BridgeTower/bridgetower-base-itm-mlm · image-text matching: probability that the text fits the image
       rank  score   text
-      1     0.9731  two cats on a sofa
-      2     0.0012  a plate of food
+      1     …       two cats on a sofa
+      2     …       a plate of food
 
 The readout follows the checkpoint and the text (or `task=`):
 * "itm": image-text matching heads; scores are softmax(logits)[:, 1], one per text.
@@ -15,7 +15,7 @@ The readout follows the checkpoint and the text (or `task=`):
 
 import functools
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class InferResult:
     texts: list
     scores: list = None  # itm: match probability; itc: cosine similarity
     filled: list = None  # mlm: each text with its masks replaced by the best token
-    candidates: list = field(default=None, repr=False)  # mlm: per text, per mask, [(token, probability)]
+    candidates: list = None  # mlm: per text, per mask, [(token, probability)]
 
     def __str__(self):
         lines = [f"{self.model} · {_TITLES[self.task]}"]
@@ -68,6 +68,8 @@ def infer(image, text, model=DEFAULT_MODEL, task=None, top_k=5, revision=None, d
     model: Hub id or local folder; task: None (chosen from the checkpoint and the text), "itm",
     "mlm" or "itc". The model is loaded once per process and reused by later calls.
     """
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     texts = [text] if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else None
     if not texts or not all(isinstance(t, str) for t in texts):
         raise TypeError(f"text must be a string or a non-empty list of strings, got {text!r}")

@@ -26,14 +26,14 @@ from .vision import vision_block, vision_embed
 class Trace:
     """What a forward pass can leave behind besides its outputs (kept only when asked for).
 
-    text_hidden:    L+1 × [B, T, Dt]   embeddings, then each RoBERTa layer's output
-    image_hidden:   L+1 × [B, L, Dv]   ln_pre output, then each ViT block's output (residual stream,
+    text_hidden:    depth+1 × [B, T, Dt]   embeddings, then each RoBERTa layer's output
+    image_hidden:   depth+1 × [B, L, Dv]   ln_pre output, then each ViT block's output (residual stream,
                                       not ln_post-ed; batch-first, unlike the reference)
     cross_hidden:   N × ([B, T, D], [B, L, D])   each cross-modal layer's (text, image) output
     cross_self_attentions:  N × ([B, H, T, T], [B, H, L, L])   self-attention in each cross layer
     cross_attentions:       N × ([B, H, T, L], [B, H, L, T])   text→image and image→text attention
-    text_attentions:        L × [B, H, T, T]    RoBERTa self-attention
-    vision_attentions:      L × [B, Hv, L, L]   ViT self-attention
+    text_attentions:        depth × [B, H, T, T]    RoBERTa self-attention
+    vision_attentions:      depth × [B, Hv, L, L]   ViT self-attention
     """
 
     keep_hidden: bool = False
@@ -141,6 +141,7 @@ def bridgetower(p, cfg, input_ids, attention_mask, pixel_values, interpolate_pos
         t, v = text_layer(i, t), vision_layer(i, v)  # the same layer index in both towers
         h_text = linear(t, text_transform(l + 1)) + type_text  # [B, T, D]
         h_image = linear(layer_norm(v, visual["ln_post"], vc.layer_norm_eps), image_transform(l + 1)) + type_image
+        # [B, L, Dv] -> [B, L, D]
         x_in = link_tower(p["cross_modal_text_link_tower"][l], h_text, x, cfg.link_tower_type, cfg.layer_norm_eps)
         y_in = link_tower(p["cross_modal_image_link_tower"][l], h_image, y, cfg.link_tower_type, cfg.layer_norm_eps)
         x, y = cross_layers(l + 1, x_in, y_in)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import array_module, to_device
+from .backend import array_module, to_device, to_numpy
 from .config import BridgeTowerConfig, ConfigError
 from .heads import (contrastive_cross_embedding, contrastive_image_embedding, contrastive_text_embedding,
                     itm_logits, mlm_logits)
@@ -31,12 +31,13 @@ from .weights import WeightsError, check_weights, head_shapes, read_checkpoint, 
 class _Extras:
     """Present only when asked for (output_hidden_states=True / output_attentions=True).
 
-    hidden_states: (text, image, cross) as in the reference: text is L+1 × [B, T, Dt], image is
-        L+1 × [B, L, Dv] (batch-first, *not* the reference's [L, B, Dv]), cross is N × (text, image).
+    hidden_states: (text, image, cross) as in the reference: text is depth+1 × [B, T, Dt], image is
+        depth+1 × [B, L, Dv] (batch-first, *not* the reference's [L, B, Dv]), cross is N × (text, image).
     attentions: N × ([B, H, T, T], [B, H, L, L]), the cross-modal layers' self-attention, as the reference.
     Beyond the reference, with output_attentions=True:
     cross_attentions: N × ([B, H, T, L] text→image, [B, H, L, T] image→text)
-    text_attentions: L × [B, H, T, T] (RoBERTa layers); vision_attentions: L × [B, Hv, L, L] (ViT blocks).
+    text_attentions: depth × [B, H, T, T] (RoBERTa layers); vision_attentions: depth × [B, Hv, L, L] (ViT
+        blocks); depth = the towers' number of layers, L = image tokens.
     """
 
     hidden_states: tuple | None = None
@@ -142,14 +143,18 @@ class BridgeTowerModel:
         """numpy or cupy: wherever the weights are."""
         return array_module(self.params["token_type_embeddings"]["weight"])
 
+    def _here(self, x):
+        """An input array moved to where the weights are (a CuPy input to a CPU model comes back)."""
+        xp = self._xp()
+        return xp.asarray(to_numpy(x)) if xp is np else xp.asarray(x)
+
     def _backbone(self, input_ids, attention_mask, pixel_values, interpolate_pos_encoding,
                   output_hidden_states, output_attentions):
         input_ids, attention_mask, pixel_values = check_inputs(
             self.config, input_ids, attention_mask, pixel_values, interpolate_pos_encoding)
-        xp = self._xp()
         trace = Trace(keep_hidden=output_hidden_states, keep_attentions=output_attentions)
-        feats = bridgetower(self.params, self.config, xp.asarray(input_ids), xp.asarray(attention_mask),
-                            xp.asarray(pixel_values), interpolate_pos_encoding, trace)
+        feats = bridgetower(self.params, self.config, self._here(input_ids), self._here(attention_mask),
+                            self._here(pixel_values), interpolate_pos_encoding, trace)
         extras = {}
         if output_hidden_states:
             extras["hidden_states"] = (tuple(trace.text_hidden), tuple(trace.image_hidden), tuple(trace.cross_hidden))
@@ -237,7 +242,7 @@ class BridgeTowerForContrastiveLearning(BridgeTowerModel):
             # subtle: three one-directional terms, text→image, text→cross, image→cross (SPEC §7.3).
             loss = (cross_entropy(scale * text @ image.T, labels) + cross_entropy(scale * text @ cross.T, labels)
                     + cross_entropy(scale * image @ cross.T, labels)) / 3.0
-        return ContrastiveOutput(logits=xp.stack([text, image, cross], axis=-2), text_embeds=text,
+        return ContrastiveOutput(logits=xp.stack([text, image, cross], axis=-2), text_embeds=text,  # 3 × [B, C] -> [B, 3, C]
                                  image_embeds=image, cross_embeds=cross, logit_scale=scale, loss=loss, **extras)
 
     def get_text_features(self, input_ids=None, attention_mask=None):
@@ -246,8 +251,7 @@ class BridgeTowerForContrastiveLearning(BridgeTowerModel):
         Exactly the `text_embeds` of the full forward pass, which reads the raw last RoBERTa layer.
         """
         input_ids, attention_mask = check_text(self.config.text_config, input_ids, attention_mask)
-        xp = self._xp()
-        t = text_tower(self.params, self.config, xp.asarray(input_ids), xp.asarray(attention_mask))  # [B, T, Dt]
+        t = text_tower(self.params, self.config, self._here(input_ids), self._here(attention_mask))  # [B, T, Dt]
         return contrastive_text_embedding(self.params, t[:, 0])
 
     def get_image_features(self, pixel_values=None, interpolate_pos_encoding=False):
@@ -256,7 +260,7 @@ class BridgeTowerForContrastiveLearning(BridgeTowerModel):
         Exactly the `image_embeds` of the full forward pass.
         """
         pixel_values = check_pixels(self.config.vision_config, pixel_values, interpolate_pos_encoding)
-        v = vision_tower(self.params, self.config, self._xp().asarray(pixel_values), interpolate_pos_encoding)
+        v = vision_tower(self.params, self.config, self._here(pixel_values), interpolate_pos_encoding)  # [B, L, Dv]
         return contrastive_image_embedding(self.params, self._image_cls(v[:, 0]))
 
     def _image_cls(self, v_cls):
@@ -281,7 +285,8 @@ def _check_head_present(cls, config, flat, folder):
 
 
 def check_inputs(cfg, input_ids, attention_mask, pixel_values, interpolate_pos_encoding):
-    """Validated (input_ids, attention_mask, pixel_values); every problem is named with what came."""
+    """Validated (input_ids [B, T] int64, attention_mask [B, T], pixel_values [B, C, H, W] float32);
+    every problem is named with what came."""
     input_ids, attention_mask = check_text(cfg.text_config, input_ids, attention_mask)
     pixel_values = check_pixels(cfg.vision_config, pixel_values, interpolate_pos_encoding)
     if pixel_values.shape[0] != input_ids.shape[0]:
@@ -346,6 +351,7 @@ def check_pixels(vc, pixel_values, interpolate_pos_encoding):
 
 
 def check_labels(labels, shape, num_classes, name, allow_ignore):
+    """Validated integer labels of the given shape, in [0, num_classes) (or -100 where allowed)."""
     labels = _as_array(labels, name)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"{name} must be integers, got dtype {labels.dtype}")

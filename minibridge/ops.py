@@ -31,7 +31,9 @@ def by_rows(fn, x, out=None):
     runs once on the whole array: there, one big kernel per step is the fast way.
     """
     xp = array_module(x)
-    out = xp.empty_like(x) if out is None else out
+    x = xp.ascontiguousarray(x)  # subtle: the row view below must not be a copy (a transposed input)
+    out = xp.empty(x.shape, x.dtype) if out is None else out
+    assert out.flags.c_contiguous and out.shape == x.shape, "by_rows writes into a C-contiguous out of x's shape"
     if xp is not np or x.size <= _BLOCK_NUMBERS:
         fn(x, out)
         return out
@@ -104,7 +106,7 @@ def erf(x):
 
 
 def gelu(x):
-    """Exact GELU, x·Φ(x) = 0.5·x·(1 + erf(x/√2)): the text, cross-modal and MLM-head activation.
+    """Exact GELU, x·Φ(x) = 0.5·x·(1 + erf(x/√2)): the text, cross-modal and MLM-head activation.  [...] -> [...]
 
     subtle: not the tanh approximation; that one differs by up to ~1e-3 and fails parity.
     """
@@ -120,7 +122,7 @@ def gelu(x):
 
 
 def quick_gelu(x):
-    """QuickGELU, x·sigmoid(1.702·x): the CLIP vision tower's activation (only there)."""
+    """QuickGELU, x·sigmoid(1.702·x): the CLIP vision tower's activation (only there).  [...] -> [...]"""
     # BEGIN SOLUTION
     def block(x, out):
         xp = array_module(x)
@@ -133,7 +135,7 @@ def quick_gelu(x):
 
 
 def softmax(x, axis=-1, out=None):
-    """Softmax along the last axis, shifted by the max so exp never overflows (out=x: in place)."""
+    """Softmax along the last axis, shifted by the max so exp never overflows (out=x: in place).  [..., S] -> [..., S]"""
     # BEGIN SOLUTION
     assert axis in (-1, x.ndim - 1), "minibridge only takes softmax over the last axis"
 
@@ -199,7 +201,7 @@ def cross_entropy(logits, labels, ignore_index=-100):
     xp = array_module(logits)
     logits = logits.astype(xp.float64)
     keep = labels != ignore_index  # [N]
-    logits, labels = logits[keep], labels[keep]
+    logits, labels = logits[keep], labels[keep]  # [N, K] -> [N', K], [N] -> [N']
     shift = logits.max(axis=-1, keepdims=True)  # [N, 1]
     log_z = xp.log(xp.exp(logits - shift).sum(axis=-1)) + shift[:, 0]  # [N]
     picked = logits[xp.arange(labels.shape[0]), labels]  # [N]

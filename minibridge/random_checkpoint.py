@@ -42,13 +42,18 @@ def save_random_checkpoint(folder, config=TINY, heads=("itm", "mlm", "itc"), see
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = BridgeTowerConfig.from_dict(config)
+    if "itc" in heads and (cfg.contrastive_hidden_size is None or cfg.logit_scale_init_value is None):
+        raise ValueError("the itc head needs contrastive_hidden_size and logit_scale_init_value in the config")
     rng = np.random.default_rng(seed)
-    tensors = {"bridgetower." + k: _init(k, s, rng) for k, s in expected_shapes(cfg, "model").items()}
+    tensors = {"bridgetower." + k: _init(k, s, rng, cfg) for k, s in expected_shapes(cfg, "model").items()}
     for head in heads:  # as the transformers head classes save them: backbone prefixed, head keys not
-        tensors.update({k: _init(k, s, rng) for k, s in head_shapes(cfg, head).items()})
+        tensors.update({k: _init(k, s, rng, cfg) for k, s in head_shapes(cfg, head).items()})
     tmp = folder / "model.safetensors.partial"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(folder / "model.safetensors")  # never leave half a file behind
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        tmp.replace(folder / "model.safetensors")  # never leave half a file behind
+    finally:
+        tmp.unlink(missing_ok=True)
 
     written = dict(config, architectures=[ARCHITECTURES[h] for h in heads], model_type="bridgetower")
     (folder / "config.json").write_text(json.dumps(written, indent=2))
@@ -63,10 +68,10 @@ def save_random_checkpoint(folder, config=TINY, heads=("itm", "mlm", "itc"), see
     return folder
 
 
-def _init(key, shape, rng):
-    """Noise around what training leaves: LayerNorm weights near 1, everything else near 0."""
+def _init(key, shape, rng, cfg):
+    """Noise around what training leaves: LayerNorm weights near 1, the log-scale near its init, the rest near 0."""
     if key == "logit_scale":
-        return np.asarray(2.6592 + 0.1 * rng.standard_normal(), dtype=np.float32)
+        return np.asarray(cfg.logit_scale_init_value + 0.1 * rng.standard_normal(), dtype=np.float32)
     x = rng.standard_normal(shape).astype(np.float32)
     parts = key.split(".")
     if parts[-1] == "weight" and any("layernorm" in p.lower() or p.startswith("ln_") for p in parts):

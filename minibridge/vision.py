@@ -25,7 +25,7 @@ def patchify(pixels, patch_size):
     # BEGIN SOLUTION
     B, C, H, W = pixels.shape
     gh, gw = H // patch_size, W // patch_size
-    x = pixels[:, :, : gh * patch_size, : gw * patch_size]
+    x = pixels[:, :, : gh * patch_size, : gw * patch_size]  # [B, C, H, W] -> [B, C, gh·P, gw·P]
     x = x.reshape(B, C, gh, patch_size, gw, patch_size)  # [B, C, gh, P, gw, P]
     x = x.transpose(0, 2, 4, 1, 3, 5)  # -> [B, gh, gw, C, P, P]: patches in row-major grid order
     return x.reshape(B, gh * gw, C * patch_size * patch_size)  # -> [B, N, C·P·P]

@@ -221,12 +221,14 @@ def check_weights(flat, cfg, head="model", source="checkpoint"):
         weights.pop("mlm_score.decoder.weight", None)  # if saved at all, it is a copy of the embeddings
 
     expected = expected_shapes(cfg, head)
+    own = tuple(k.split(".")[0] for k in head_shapes(cfg, head))  # this head's prefixes: no unknown keys there
     missing = [k for k in expected if k not in weights]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         raise WeightsError(f"{source} is missing {len(missing)} tensor(s) that the config implies: "
                            + ", ".join(f"{k} {expected[k]}" for k in missing[:5]) + more)
-    unexpected = [k for k in weights if k not in expected and not _ALLOWED_EXTRA.fullmatch(k)]
+    unexpected = [k for k in weights if k not in expected
+                  and (not _ALLOWED_EXTRA.fullmatch(k) or k.split(".")[0] in own)]
     if unexpected:
         raise WeightsError(f"{source} holds tensor(s) the config does not account for: "
                            + ", ".join(f"{k} {tuple(weights[k].shape)}" for k in unexpected[:5])

@@ -32,7 +32,21 @@ def test_gelu_is_exact_erf_gelu_not_tanh():
 
 def test_quick_gelu():
     x = np.array([-3.0, -0.5, 0.0, 0.7, 4.0], dtype=np.float32)
-    np.testing.assert_allclose(ops.quick_gelu(x), x / (1 + np.exp(-1.702 * x)), rtol=1e-6)
+    x64 = x.astype(np.float64)
+    # against float64: a float32 exp and divide are good to a few ulps (rtol 1e-6)
+    np.testing.assert_allclose(ops.quick_gelu(x), x64 / (1 + np.exp(-1.702 * x64)), rtol=1e-6, atol=1e-7)
+
+
+def test_row_blocks_and_non_contiguous_inputs():
+    """Big arrays go through ops.by_rows in row blocks; a transposed (non-contiguous) input too."""
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((64, 40, 96)).astype(np.float32).transpose(1, 0, 2)  # 245 K numbers, not contiguous
+    dense = np.ascontiguousarray(big)
+    p = {"weight": rng.standard_normal(96).astype(np.float32), "bias": rng.standard_normal(96).astype(np.float32)}
+    for name, fn in (("layer_norm", lambda a: ops.layer_norm(a, p, 1e-5)), ("gelu", ops.gelu),
+                     ("quick_gelu", ops.quick_gelu), ("softmax", ops.softmax)):
+        small = np.concatenate([fn(dense[i : i + 1]) for i in range(len(dense))])  # each below the block size
+        np.testing.assert_array_equal(fn(big), small, err_msg=name)
 
 
 def test_layer_norm_uses_biased_variance_and_eps():
@@ -41,7 +55,7 @@ def test_layer_norm_uses_biased_variance_and_eps():
     p = {"weight": rng.standard_normal(8).astype(np.float32), "bias": rng.standard_normal(8).astype(np.float32)}
     x64 = x.astype(np.float64)
     ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) * p["weight"] + p["bias"]
-    np.testing.assert_allclose(ops.layer_norm(x, p, 1e-5), ref, atol=2e-6)
+    np.testing.assert_allclose(ops.layer_norm(x, p, 1e-5), ref, atol=2e-6)  # float32 sums of 8 values: ~1e-6
 
 
 def test_softmax_is_stable_and_normalised():

@@ -46,7 +46,7 @@ def test_prefixed_and_unprefixed_checkpoints_load():
     assert len(bare.params["vision_model"]["visual"]["ln_separate"]) == 3
 
 
-def test_every_head_key_is_used():
+def test_each_head_adds_its_own_keys():
     cfg = mb.BridgeTowerConfig.from_json_file(TINY / "config.json")
     n_model = len(expected_shapes(cfg, "model"))
     assert len(expected_shapes(cfg, "itm")) == n_model + 2
@@ -91,6 +91,14 @@ def test_unexpected_key_is_named(tmp_path):
     folder = write_variant(tmp_path, lambda t: {**t, "bridgetower.extra_layer.weight": np.zeros((3, 4), np.float32)})
     with pytest.raises(WeightsError, match=r"does not account for: extra_layer\.weight \(3, 4\)"):
         mb.BridgeTowerModel.from_pretrained(folder)
+
+
+def test_unknown_key_of_the_loaded_head_is_an_error(tmp_path):
+    # A sibling head's keys are allowed (checkpoints hold several heads), but not unknown keys of this head.
+    folder = write_variant(tmp_path, lambda t: {**t, "itm_score.fc.extra": np.zeros(2, np.float32)})
+    mb.BridgeTowerForMaskedLM.from_pretrained(folder)
+    with pytest.raises(WeightsError, match=r"does not account for: itm_score\.fc\.extra \(2,\)"):
+        mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
 
 
 def test_allow_listed_extras_load(tmp_path):
