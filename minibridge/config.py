@@ -4,7 +4,7 @@
     cfg.text_config.num_hidden_layers   # 12
     cfg.num_hidden_layers               # 6 cross-modal layers
 
-Only fields that change the forward pass are kept; the rest of config.json (dropout rates, init
+Fields that change the forward pass are kept (and a few noted as inert); the rest of config.json (dropout rates, init
 factors, training leftovers such as max_text_len) is read and ignored, as the reference does.
 Flags that the reference accepts but cannot run are refused here, by name, rather than crashing
 deep inside the forward pass.
