@@ -91,12 +91,8 @@ def bridgetower(p, cfg, input_ids, attention_mask, pixel_values, interpolate_pos
     mask = additive_mask(attention_mask)  # [B, 1, 1, T], or None when nothing is padded
     type_text, type_image = p["token_type_embeddings"]["weight"][:2]  # [D] each; image type index is 1
 
-    def text_transform(l):  # subtle: "share_cross_modal_transformer_layers" shares only these Linears
-        w = p["cross_modal_text_transform"]
-        return w if cfg.share_cross_modal_transformer_layers else w[l]
-
-    def image_transform(l):
-        w = p["cross_modal_image_transform"]
+    def transform(side, l):  # subtle: "share_cross_modal_transformer_layers" shares only these Linears
+        w = p[f"cross_modal_{side}_transform"]  # side: "text" or "image"
         return w if cfg.share_cross_modal_transformer_layers else w[l]
 
     def text_layer(i, t):
@@ -130,18 +126,19 @@ def bridgetower(p, cfg, input_ids, attention_mask, pixel_values, interpolate_pos
 
     # 2. The first cross-modal layer: its inputs are the projected uni-modal states, LayerNormed.
     # BEGIN SOLUTION
-    x_in = layer_norm(linear(t, text_transform(0)) + type_text, p["cross_modal_text_layernorm"], cfg.layer_norm_eps)
+    x_in = layer_norm(linear(t, transform("text", 0)) + type_text, p["cross_modal_text_layernorm"],
+                      cfg.layer_norm_eps)  # [B, T, Dt] -> [B, T, D]
     v_ln = layer_norm(v, visual["ln_post"], vc.layer_norm_eps)  # subtle: bridges read ln_post(v); v stays raw
-    y_in = layer_norm(linear(v_ln, image_transform(0)) + type_image, p["cross_modal_image_layernorm"],
-                      cfg.layer_norm_eps)  # [B, L, D]
+    y_in = layer_norm(linear(v_ln, transform("image", 0)) + type_image, p["cross_modal_image_layernorm"],
+                      cfg.layer_norm_eps)  # [B, L, Dv] -> [B, L, D]
     x, y = cross_layers(0, x_in, y_in)
 
     # 3. Each further tower layer feeds the next cross-modal layer through a bridge (link tower).
     for l, i in enumerate(range(cfg.split_index + 1, tc.num_hidden_layers)):
         t, v = text_layer(i, t), vision_layer(i, v)  # the same layer index in both towers
-        h_text = linear(t, text_transform(l + 1)) + type_text  # [B, T, D]
-        h_image = linear(layer_norm(v, visual["ln_post"], vc.layer_norm_eps), image_transform(l + 1)) + type_image
-        # [B, L, Dv] -> [B, L, D]
+        h_text = linear(t, transform("text", l + 1)) + type_text  # [B, T, Dt] -> [B, T, D]
+        v_ln = layer_norm(v, visual["ln_post"], vc.layer_norm_eps)  # [B, L, Dv]
+        h_image = linear(v_ln, transform("image", l + 1)) + type_image  # [B, L, Dv] -> [B, L, D]
         x_in = link_tower(p["cross_modal_text_link_tower"][l], h_text, x, cfg.link_tower_type, cfg.layer_norm_eps)
         y_in = link_tower(p["cross_modal_image_link_tower"][l], h_image, y, cfg.link_tower_type, cfg.layer_norm_eps)
         x, y = cross_layers(l + 1, x_in, y_in)

@@ -278,7 +278,7 @@ COMPONENTS = (
                "linear", "layer_norm"), MODEL_TOL, f"{_HF}: BridgeTowerModel, via tests/reference.py",
               "the full forward pass: towers, bridges, cross-modal stack, poolers", _bridgetower,
               {"model.bridgetower": "Steps 2 and 3 of the diagram at the top of model.py; the helpers defined "
-                                    "above (text_transform, image_transform, text_layer, vision_layer, "
+                                    "above (transform, text_layer, vision_layer, "
                                     "cross_layers) do the bookkeeping."}),
 )
 
