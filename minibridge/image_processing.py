@@ -20,19 +20,16 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from .tokenizer import BatchEncoding
+
 # CLIP's normalisation constants, which BridgeTower's vision tower (a CLIP ViT) was trained with.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class BatchFeature(dict):
-    """A dict of arrays ({"pixel_values": …, "pixel_mask": …}) with attribute access."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
+class BatchFeature(BatchEncoding):
+    """A dict of arrays ({"pixel_values": …, "pixel_mask": …}) with attribute access: the tokenizer's
+    BatchEncoding under the name transformers gives the image processor's output."""
 
 
 # -------------------------------------------------------------------- 1. load and convert to RGB
