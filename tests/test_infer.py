@@ -148,3 +148,21 @@ def test_cli_embed(checkpoint, tmp_path):
     np.testing.assert_array_equal(np.load(out), model.get_text_features(enc["input_ids"], enc["attention_mask"]))
     r = cli("embed", "--model", checkpoint, "--image", PHOTO)
     assert r.returncode == 0 and "[32]" in r.stdout
+
+
+def test_image_by_url(checkpoint):
+    """An http(s) image is fetched (here from a server on loopback) and scores like the file itself."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(PHOTO.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{PHOTO.name}"
+        assert mb.infer(url, TEXTS, model=checkpoint).scores == mb.infer(PHOTO, TEXTS, model=checkpoint).scores
+        with pytest.raises(OSError, match="could not download the image"):
+            mb.infer(url.replace(PHOTO.name, "missing.png"), TEXTS, model=checkpoint)
+    finally:
+        server.shutdown()
