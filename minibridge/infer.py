@@ -19,12 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import BridgeTowerConfig
 from .modeling import (BridgeTowerForContrastiveLearning, BridgeTowerForImageAndTextRetrieval,
-                       BridgeTowerForMaskedLM)
+                       BridgeTowerForMaskedLM, open_checkpoint)
 from .ops import softmax
 from .processing import BridgeTowerProcessor
-from .weights import head_shapes, read_checkpoint
+from .weights import head_shapes
 
 DEFAULT_MODEL = "BridgeTower/bridgetower-base-itm-mlm"
 TASKS = {"itm": BridgeTowerForImageAndTextRetrieval, "mlm": BridgeTowerForMaskedLM,
@@ -111,16 +110,8 @@ def _fill_masks(tok, ids, logits, top_k):
 @functools.lru_cache(maxsize=8)
 def _checkpoint(model, revision):
     """(local folder, heads the checkpoint holds) of a Hub id or folder."""
-    from .convert import ensure_safetensors
-    from .hub import resolve
-
-    folder = resolve(model, revision)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} has no config.json; expected a checkpoint folder in the Hugging Face "
-                                "layout (config.json + model.safetensors)")
-    config = BridgeTowerConfig.from_json_file(folder / "config.json")
-    ensure_safetensors(folder)
-    keys = {k.removeprefix("bridgetower.") for k in read_checkpoint(folder)}
+    folder, config, flat = open_checkpoint(model, revision)
+    keys = {k.removeprefix("bridgetower.") for k in flat}
     heads = [h for h in TASKS if (h != "itc" or config.contrastive_hidden_size)
              and set(head_shapes(config, h)) <= keys | {"mlm_score.decoder.weight"}]
     return folder, tuple(heads)

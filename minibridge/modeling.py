@@ -96,17 +96,8 @@ class BridgeTowerModel:
         A folder with only pytorch_model.bin is converted to model.safetensors first, without torch.
         device: "cpu" (NumPy, memory-mapped, nothing copied) or "cuda" (CuPy).
         """
-        from .convert import ensure_safetensors
-        from .hub import resolve
-
-        folder = resolve(name_or_path, revision, cache_dir)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} has no config.json; expected a checkpoint folder in the "
-                                    "Hugging Face layout (config.json + model.safetensors)")
-        config = BridgeTowerConfig.from_json_file(folder / "config.json")
+        folder, config, flat = open_checkpoint(name_or_path, revision, cache_dir)
         cls._check_config(config)
-        ensure_safetensors(folder)
-        flat = read_checkpoint(folder)
         _check_head_present(cls, config, flat, folder)
         tree = to_tree(check_weights(flat, config, cls.head, source=str(folder)))
         if cls.head == "mlm" and config.tie_word_embeddings:  # the decoder *is* the embedding matrix
@@ -268,6 +259,21 @@ class BridgeTowerForContrastiveLearning(BridgeTowerModel):
         p, cfg = self.params, self.config
         v_ln = layer_norm(v_cls, p["vision_model"]["visual"]["ln_post"], cfg.vision_config.layer_norm_eps)
         return linear(v_ln, p["cross_modal_image_transform"]) + p["token_type_embeddings"]["weight"][1]
+
+
+def open_checkpoint(name_or_path, revision=None, cache_dir=None):
+    """(folder, config, {key: array}) of a checkpoint folder or Hub id: downloaded if need be, a lone
+    pytorch_model.bin converted to safetensors, the tensors memory-mapped (not yet checked)."""
+    from .convert import ensure_safetensors
+    from .hub import resolve
+
+    folder = resolve(name_or_path, revision, cache_dir)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json; expected a checkpoint folder in the "
+                                "Hugging Face layout (config.json + model.safetensors)")
+    config = BridgeTowerConfig.from_json_file(folder / "config.json")
+    ensure_safetensors(folder)
+    return folder, config, read_checkpoint(folder)
 
 
 def _check_head_present(cls, config, flat, folder):
