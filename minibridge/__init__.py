@@ -1,27 +1,42 @@
 """minibridge: BridgeTower (arXiv 2206.08657) from scratch in NumPy.
 
-Reading order: tokenizer → image_processing → ops → vision → text → bridge → heads → model → modeling (config and weights load them).
+Reading order of the model: ops → vision → text → bridge → heads → model (the forward pass);
+around it, tokenizer and image_processing (inputs), config and weights (loading), modeling (the
+transformers-style classes) and infer (one call from a photo to an answer). README.md has the map.
+
+The names below are imported on first use, so `import minibridge.model` (or `.ops`) needs only
+NumPy: no Pillow, huggingface_hub or safetensors until something asks for them.
 """
 
-from .tokenizer import RobertaTokenizer
-from .image_processing import BridgeTowerImageProcessor
-from .processing import BridgeTowerProcessor
-from .config import BridgeTowerConfig, BridgeTowerTextConfig, BridgeTowerVisionConfig, ConfigError
-from .modeling import (
-    BridgeTowerForContrastiveLearning,
-    BridgeTowerForImageAndTextRetrieval,
-    BridgeTowerForMaskedLM,
-    BridgeTowerModel,
-)
-from .weights import WeightsError
-from .hub import HubError
-from .convert import ConvertError
-from .infer import InferResult, infer
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BridgeTowerConfig", "BridgeTowerTextConfig", "BridgeTowerVisionConfig", "ConfigError", "WeightsError",
-    "BridgeTowerModel", "BridgeTowerForImageAndTextRetrieval", "BridgeTowerForMaskedLM",
-    "BridgeTowerForContrastiveLearning", "infer", "InferResult", "HubError", "ConvertError", "RobertaTokenizer", "BridgeTowerImageProcessor", "BridgeTowerProcessor",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "RobertaTokenizer": "tokenizer",
+    "BridgeTowerImageProcessor": "image_processing",
+    "BridgeTowerProcessor": "processing",
+    "BridgeTowerConfig": "config", "BridgeTowerTextConfig": "config", "BridgeTowerVisionConfig": "config",
+    "ConfigError": "config",
+    "BridgeTowerModel": "modeling", "BridgeTowerForImageAndTextRetrieval": "modeling",
+    "BridgeTowerForMaskedLM": "modeling", "BridgeTowerForContrastiveLearning": "modeling",
+    "WeightsError": "weights",
+    "HubError": "hub",
+    "ConvertError": "convert",
+    "infer": "infer", "InferResult": "infer",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'minibridge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

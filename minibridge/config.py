@@ -87,9 +87,17 @@ class BridgeTowerConfig:
     architectures: tuple = ()
 
     @property
-    def split_index(self):
-        """Text/vision layers run before the first bridge: L − N (0-based index of the first bridged layer)."""
-        return self.text_config.num_hidden_layers - self.num_hidden_layers
+    def depth(self):
+        """Layers per tower (the vision tower has as many as the text tower; `validate` checks it)."""
+        return self.text_config.num_hidden_layers
+
+    @property
+    def first_bridged_layer(self):
+        """depth − N: the 0-based index of the first tower layer that feeds the cross-modal stack.
+
+        Layers 0 … first_bridged_layer − 1 run alone; layer first_bridged_layer + l feeds cross-modal layer l.
+        """
+        return self.depth - self.num_hidden_layers
 
     # ---- reading ------------------------------------------------------------------------------
 

@@ -1,22 +1,22 @@
-"""Poolers and the three task heads on top of the cross-modal stack (SPEC §6-7).
+"""Poolers and the three task heads on top of the cross-modal stack (bridgetower.md §6-7).
 
-    pooled = pool(p, text_features, image_features)      # [B, 2D]
-    itm_logits(p["itm_score"], pooled)                   # [B, 2]   image-text matching
-    mlm_logits(p["mlm_score"], text_features, ...)       # [B, T, V] masked language modelling
-    contrastive_*_embedding(...)                         # [B, C] text / image / cross
+Each function takes its own weight subtree, named as in the checkpoint:
+
+    pooler(p["cross_modal_text_pooler"], text_features)       # [B, T, D] -> [B, D]
+    itm_logits(p["itm_score"], pooled)                        # [B, 2D] -> [B, 2]     image-text matching
+    mlm_logits(p["mlm_score"], text_features, eps)            # [B, T, D] -> [B, T, V] masked language modelling
+    contrastive_embedding(p["itc_text_head"], text_cls)       # [B, ·] -> [B, C]       contrastive (ITC)
+    contrastive_loss(text, image, cross, scale)               # the ITC loss
 """
 
 from .backend import array_module
-from .ops import gelu, l2_normalize, layer_norm, linear
+from .ops import cross_entropy, gelu, l2_normalize, layer_norm, linear
 
 
-def pool(p, text_features, image_features):
-    """[CLS] of each stream through Linear + tanh, concatenated.  [B, T, D], [B, L, D] -> [B, 2D]"""
+def pooler(p, features):
+    """A stream's first token ([CLS] / <s>) through Linear + tanh.  [B, S, D] -> [B, D]"""
     # BEGIN SOLUTION
-    xp = array_module(text_features)
-    text = xp.tanh(linear(text_features[:, 0], p["cross_modal_text_pooler"]["dense"]))  # [B, D]
-    image = xp.tanh(linear(image_features[:, 0], p["cross_modal_image_pooler"]["dense"]))  # [B, D]
-    return xp.concatenate([text, image], axis=-1)  # [B, 2D]
+    return array_module(features).tanh(linear(features[:, 0], p["dense"]))
     # END SOLUTION
 
 
@@ -36,29 +36,24 @@ def mlm_logits(p, text_features, eps):
     # END SOLUTION
 
 
-def contrastive_text_embedding(p, text_cls):
-    """ITC text embedding: the raw last RoBERTa layer at <s>, projected.  [B, Dt] -> [B, C], unit length
+def contrastive_embedding(p, x):
+    """One ITC head: Linear, then scaled to unit length.  [B, in] -> [B, C]
 
-    subtle: no cross-modal transform, no LayerNorm, no token type on this side (SPEC §7.3).
+    Its input depends on the head (model.py passes them, bridgetower.md §7.3): itc_text_head reads the
+    raw last RoBERTa layer at <s> [B, Dt]; itc_image_head the last vision layer's CLS put into the
+    cross-modal space [B, D]; itc_cross_modal_head the pooled pair [B, 2D].
     """
     # BEGIN SOLUTION
-    return l2_normalize(linear(text_cls, p["itc_text_head"]["fc"]))
+    return l2_normalize(linear(x, p["fc"]))
     # END SOLUTION
 
 
-def contrastive_image_embedding(p, image_cls_projected):
-    """ITC image embedding.  [B, D] -> [B, C], unit length
+def contrastive_loss(text, image, cross, scale):
+    """The ITC loss: the i-th text belongs with the i-th image.  [B, C] × 3, scalar -> scalar
 
-    image_cls_projected: the last vision layer's CLS after ln_post, the shared image transform and
-    token type 1 (the model class computes it), as the reference does.
+    subtle: three one-directional terms (text→image, text→cross, image→cross), averaged; no
+    image→text term (bridgetower.md §7.3).
     """
-    # BEGIN SOLUTION
-    return l2_normalize(linear(image_cls_projected, p["itc_image_head"]["fc"]))
-    # END SOLUTION
-
-
-def contrastive_cross_embedding(p, pooled):
-    """ITC cross-modal embedding of the pooled pair.  [B, 2D] -> [B, C], unit length"""
-    # BEGIN SOLUTION
-    return l2_normalize(linear(pooled, p["itc_cross_modal_head"]["fc"]))
-    # END SOLUTION
+    labels = array_module(text).arange(text.shape[0])
+    return (cross_entropy(scale * text @ image.T, labels) + cross_entropy(scale * text @ cross.T, labels)
+            + cross_entropy(scale * image @ cross.T, labels)) / 3.0

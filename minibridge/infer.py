@@ -23,7 +23,6 @@ from .modeling import (BridgeTowerForContrastiveLearning, BridgeTowerForImageAnd
                        BridgeTowerForMaskedLM, open_checkpoint)
 from .ops import softmax
 from .processing import BridgeTowerProcessor
-from .weights import head_shapes
 
 DEFAULT_MODEL = "BridgeTower/bridgetower-base-itm-mlm"
 TASKS = {"itm": BridgeTowerForImageAndTextRetrieval, "mlm": BridgeTowerForMaskedLM,
@@ -72,9 +71,8 @@ def infer(image, text, model=DEFAULT_MODEL, task=None, top_k=5, revision=None, d
     texts = [text] if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else None
     if not texts or not all(isinstance(t, str) for t in texts):
         raise TypeError(f"text must be a string or a non-empty list of strings, got {text!r}")
-    folder, heads = _checkpoint(str(model), revision)
-    task = _choose_task(task, heads, texts, model)
-    net, processor = _load(folder, task, device)
+    task = _choose_task(task, _checkpoint(str(model), revision).heads, texts, model)
+    net, processor = _load(str(model), revision, task, device)
     pixels = processor.image_processor(_open(image))["pixel_values"]  # [1, 3, S, S]
     enc = processor.tokenizer(texts, padding=True, return_tensors="np")  # [B, T]
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -107,19 +105,17 @@ def _fill_masks(tok, ids, logits, top_k):
     return filled, candidates
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)  # a few checkpoints at most: each holds its weights (memory-mapped)
 def _checkpoint(model, revision):
-    """(local folder, heads the checkpoint holds) of a Hub id or folder."""
-    folder, config, flat = open_checkpoint(model, revision)
-    keys = {k.removeprefix("bridgetower.") for k in flat}
-    heads = [h for h in TASKS if (h != "itc" or config.contrastive_hidden_size)
-             and set(head_shapes(config, h)) <= keys | {"mlm_score.decoder.weight"}]
-    return folder, tuple(heads)
+    """The opened checkpoint of a Hub id or folder: resolved, converted and memory-mapped once."""
+    return open_checkpoint(model, revision)
 
 
-@functools.lru_cache(maxsize=4)  # a few models at most: each holds its weights (memory-mapped)
-def _load(folder, task, device):
-    return TASKS[task].from_pretrained(folder, device=device), BridgeTowerProcessor.from_pretrained(folder)
+@functools.lru_cache(maxsize=4)
+def _load(model, revision, task, device):
+    """(the model of this task's class, its processor), built on the one opening of the checkpoint."""
+    checkpoint = _checkpoint(model, revision)
+    return TASKS[task].from_checkpoint(checkpoint, device), BridgeTowerProcessor.from_pretrained(checkpoint.folder)
 
 
 def _choose_task(task, heads, texts, model):

@@ -1,23 +1,26 @@
-"""The BridgeTower forward pass as one function over (params, config, arrays) (SPEC §5-7).
+"""The BridgeTower forward pass, as functions over (params, config, arrays) (bridgetower.md §5-7).
 
-Reading order: the two towers run side by side; after their first L − N layers, each of their
-top N layers feeds, through a bridge, one layer of the cross-modal stack, in which text attends to
+Reading order: the two towers run side by side, layer i of each at the same time. The first
+`first` layers (first = depth − N) run alone; from tower layer `first` on, each layer's output
+enters the cross-modal space and feeds one of the N cross-modal layers, in which text attends to
 the image and the image to the text:
 
-    text:   emb ─ layer 0 … layer L−N ─┬─ layer L−N+1 ─┬─ …  ─┬─ layer L−1
-                                       │bridge         │bridge │bridge
-    cross:                     cross 0 ┴─── cross 1 ───┴─ …  ──┴─ cross N−1 ─ poolers ─ heads
-                                       │bridge         │bridge │bridge
-    image:  emb ─ block 0 … block L−N ─┴─ block L−N+1 ─┴─ …  ─┴─ block L−1
+    text:   emb ─ layers 0 … first−1 ─ layer first ─ layer first+1 ─ … ─ layer depth−1
+                                           │ LN            │ bridge          │ bridge
+    cross:                              cross 0 ──────── cross 1 ── … ──── cross N−1 ─ poolers ─ heads
+                                           │ LN            │ bridge          │ bridge
+    image:  emb ─ blocks 0 … first−1 ─ block first ─ block first+1 ─ … ─ block depth−1
 
-Shapes: B batch, T text tokens, L image tokens, D width (SPEC §1 for the published sizes).
+Shapes: B batch, T text tokens, L image tokens, Dt / Dv / D the text, vision and cross-modal
+widths; depth = layers per tower, N = cross-modal layers (bridgetower.md §1.4 for the sizes).
 """
 
 from dataclasses import dataclass, field
 
-from .bridge import cross_modal_layer, link_tower
-from .heads import pool
-from .ops import additive_mask, layer_norm, linear
+from .backend import array_module
+from .bridge import cross_modal_layer, link_tower, to_cross_space
+from .heads import contrastive_embedding, pooler
+from .ops import additive_mask, layer_norm
 from .text import bert_layer, text_embed
 from .vision import vision_block, vision_embed
 
@@ -28,50 +31,40 @@ class Trace:
 
     text_hidden:    depth+1 × [B, T, Dt]   embeddings, then each RoBERTa layer's output
     image_hidden:   depth+1 × [B, L, Dv]   ln_pre output, then each ViT block's output (residual stream,
-                                      not ln_post-ed; batch-first, unlike the reference)
+                                           not ln_post-ed; batch-first, unlike the reference)
+    text_attentions:        depth × [B, H, T, T]    RoBERTa self-attention
+    vision_attentions:      depth × [B, Hv, L, L]   ViT self-attention
     cross_hidden:   N × ([B, T, D], [B, L, D])   each cross-modal layer's (text, image) output
     cross_self_attentions:  N × ([B, H, T, T], [B, H, L, L])   self-attention in each cross layer
     cross_attentions:       N × ([B, H, T, L], [B, H, L, T])   text→image and image→text attention
-    text_attentions:        depth × [B, H, T, T]    RoBERTa self-attention
-    vision_attentions:      depth × [B, Hv, L, L]   ViT self-attention
     """
 
     keep_hidden: bool = False
     keep_attentions: bool = False
     text_hidden: list = field(default_factory=list)
     image_hidden: list = field(default_factory=list)
+    text_attentions: list = field(default_factory=list)
+    vision_attentions: list = field(default_factory=list)
     cross_hidden: list = field(default_factory=list)
     cross_self_attentions: list = field(default_factory=list)
     cross_attentions: list = field(default_factory=list)
-    text_attentions: list = field(default_factory=list)
-    vision_attentions: list = field(default_factory=list)
 
-    def hidden(self, name, value):
+    def towers(self, t, v, t_probs=None, v_probs=None):
+        """One tower layer (or the embeddings, without attention): text [B, T, Dt], image [B, L, Dv]."""
         if self.keep_hidden:
-            getattr(self, name).append(value)
+            self.text_hidden.append(t)
+            self.image_hidden.append(v)
+        if self.keep_attentions and t_probs is not None:
+            self.text_attentions.append(t_probs)
+            self.vision_attentions.append(v_probs)
 
-    def attn(self, name, value):
+    def cross(self, x, y, self_probs, cross_probs):
+        """One cross-modal layer: outputs (text, image), self- and cross-attention (text, image)."""
+        if self.keep_hidden:
+            self.cross_hidden.append((x, y))
         if self.keep_attentions:
-            getattr(self, name).append(value)
-
-
-def text_tower(p, cfg, input_ids, attention_mask):
-    """The text tower alone, all L layers: [B, T] ids -> [B, T, Dt] (for text-only embeddings)."""
-    tc = cfg.text_config
-    mask = additive_mask(attention_mask)
-    t = text_embed(p["text_model"]["embeddings"], input_ids, tc)
-    for layer in p["text_model"]["encoder"]["layer"]:
-        t, _ = bert_layer(layer, t, tc, mask)
-    return t
-
-
-def vision_tower(p, cfg, pixel_values, interpolate_pos_encoding=False):
-    """The vision tower alone, all L blocks: [B, 3, H, W] -> [B, L, Dv] residual stream (not ln_post-ed)."""
-    visual = p["vision_model"]["visual"]
-    v = vision_embed(visual, pixel_values, cfg.vision_config, interpolate_pos_encoding)
-    for block in visual["transformer"]["resblocks"]:
-        v, _ = vision_block(block, v, cfg.vision_config)
-    return v
+            self.cross_self_attentions.append(self_probs)
+            self.cross_attentions.append(cross_probs)
 
 
 def bridgetower(p, cfg, input_ids, attention_mask, pixel_values, interpolate_pos_encoding=False, trace=None):
@@ -83,66 +76,83 @@ def bridgetower(p, cfg, input_ids, attention_mask, pixel_values, interpolate_pos
     and, for the contrastive head, text_last [B, T, Dt] and image_last [B, L, Dv] (the last
     layer of each tower). `trace` (a Trace) collects hidden states and attention maps.
     """
-    tc, vc = cfg.text_config, cfg.vision_config
+    tc, vc, eps = cfg.text_config, cfg.vision_config, cfg.layer_norm_eps
     trace = trace or Trace()
-    visual = p["vision_model"]["visual"]
     text_layers = p["text_model"]["encoder"]["layer"]
-    vision_blocks = visual["transformer"]["resblocks"]
+    vision_blocks = p["vision_model"]["visual"]["transformer"]["resblocks"]
     mask = additive_mask(attention_mask)  # [B, 1, 1, T], or None when nothing is padded
-    type_text, type_image = p["token_type_embeddings"]["weight"][:2]  # [D] each; image type index is 1
 
-    def transform(side, l):  # subtle: "share_cross_modal_transformer_layers" shares only these Linears
-        w = p[f"cross_modal_{side}_transform"]  # side: "text" or "image"
-        return w if cfg.share_cross_modal_transformer_layers else w[l]
-
-    def text_layer(i, t):
-        t, probs = bert_layer(text_layers[i], t, tc, mask)  # [B, T, Dt]
-        trace.hidden("text_hidden", t)
-        trace.attn("text_attentions", probs)
-        return t
-
-    def vision_layer(i, v):
-        v, probs = vision_block(vision_blocks[i], v, vc)  # [B, L, Dv]
-        trace.hidden("image_hidden", v)
-        trace.attn("vision_attentions", probs)
-        return v
-
-    def cross_layers(l, x_in, y_in):
-        # subtle: both streams read the *inputs* of this layer; the image does not see the new text.
-        x, tp, t2i = cross_modal_layer(p["cross_modal_text_layers"][l], x_in, y_in, tc, mask, None)
-        y, ip, i2t = cross_modal_layer(p["cross_modal_image_layers"][l], y_in, x_in, tc, None, mask)
-        trace.hidden("cross_hidden", (x, y))
-        trace.attn("cross_self_attentions", (tp, ip))
-        trace.attn("cross_attentions", (t2i, i2t))
-        return x, y  # [B, T, D], [B, L, D]
-
-    # 1. Both towers up to the first bridged layer (0-based index L − N).
     t = text_embed(p["text_model"]["embeddings"], input_ids, tc)  # [B, T] -> [B, T, Dt]
-    v = vision_embed(visual, pixel_values, vc, interpolate_pos_encoding)  # [B, 3, H, W] -> [B, L, Dv]
-    trace.hidden("text_hidden", t)
-    trace.hidden("image_hidden", v)
-    for i in range(cfg.split_index + 1):
-        t, v = text_layer(i, t), vision_layer(i, v)
+    v = vision_embed(p["vision_model"]["visual"], pixel_values, vc, interpolate_pos_encoding)  # [B, 3, H, W] -> [B, L, Dv]
+    trace.towers(t, v)
+    first = cfg.first_bridged_layer  # depth − N: the tower layer that feeds cross-modal layer 0
+    for i in range(cfg.depth):
+        t, t_probs = bert_layer(text_layers[i], t, tc, mask)  # [B, T, Dt]
+        v, v_probs = vision_block(vision_blocks[i], v, vc)  # [B, L, Dv]; the same layer index in both towers
+        trace.towers(t, v, t_probs, v_probs)
+        if i < first:
+            continue  # below the bridges the towers run alone
+        # BEGIN SOLUTION
+        l = i - first  # the cross-modal layer this tower layer feeds
+        h_text = to_cross_space(p, cfg, "text", t, l)  # [B, T, Dt] -> [B, T, D]
+        h_image = to_cross_space(p, cfg, "image", v, l)  # [B, L, Dv] -> [B, L, D]
+        if l == 0:  # the first cross-modal layer: nothing to bridge with yet
+            x_in = layer_norm(h_text, p["cross_modal_text_layernorm"], eps)
+            y_in = layer_norm(h_image, p["cross_modal_image_layernorm"], eps)
+        else:  # link tower l − 1 joins cross-modal layer l − 1's output to layer l's input
+            x_in = link_tower(p["cross_modal_text_link_tower"][l - 1], h_text, x, cfg.link_tower_type, eps)
+            y_in = link_tower(p["cross_modal_image_link_tower"][l - 1], h_image, y, cfg.link_tower_type, eps)
+        # subtle: both streams read the *inputs* of this layer; the image does not see the new text.
+        x, x_self, x_cross = cross_modal_layer(p["cross_modal_text_layers"][l], x_in, y_in, tc, mask, None)
+        y, y_self, y_cross = cross_modal_layer(p["cross_modal_image_layers"][l], y_in, x_in, tc, None, mask)
+        # END SOLUTION
+        trace.cross(x, y, (x_self, y_self), (x_cross, y_cross))  # [B, T, D], [B, L, D]
 
-    # 2. The first cross-modal layer: its inputs are the projected uni-modal states, LayerNormed.
-    # BEGIN SOLUTION
-    x_in = layer_norm(linear(t, transform("text", 0)) + type_text, p["cross_modal_text_layernorm"],
-                      cfg.layer_norm_eps)  # [B, T, Dt] -> [B, T, D]
-    v_ln = layer_norm(v, visual["ln_post"], vc.layer_norm_eps)  # subtle: bridges read ln_post(v); v stays raw
-    y_in = layer_norm(linear(v_ln, transform("image", 0)) + type_image, p["cross_modal_image_layernorm"],
-                      cfg.layer_norm_eps)  # [B, L, Dv] -> [B, L, D]
-    x, y = cross_layers(0, x_in, y_in)
+    xp = array_module(x)
+    pooled = xp.concatenate([pooler(p["cross_modal_text_pooler"], x),
+                             pooler(p["cross_modal_image_pooler"], y)], axis=-1)  # 2 × [B, D] -> [B, 2D]
+    return {"text_features": x, "image_features": y, "pooler_output": pooled, "text_last": t, "image_last": v}
 
-    # 3. Each further tower layer feeds the next cross-modal layer through a bridge (link tower).
-    for l, i in enumerate(range(cfg.split_index + 1, tc.num_hidden_layers)):
-        t, v = text_layer(i, t), vision_layer(i, v)  # the same layer index in both towers
-        h_text = linear(t, transform("text", l + 1)) + type_text  # [B, T, Dt] -> [B, T, D]
-        v_ln = layer_norm(v, visual["ln_post"], vc.layer_norm_eps)  # [B, L, Dv]
-        h_image = linear(v_ln, transform("image", l + 1)) + type_image  # [B, L, Dv] -> [B, L, D]
-        x_in = link_tower(p["cross_modal_text_link_tower"][l], h_text, x, cfg.link_tower_type, cfg.layer_norm_eps)
-        y_in = link_tower(p["cross_modal_image_link_tower"][l], h_image, y, cfg.link_tower_type, cfg.layer_norm_eps)
-        x, y = cross_layers(l + 1, x_in, y_in)
-    # END SOLUTION
 
-    return {"text_features": x, "image_features": y, "pooler_output": pool(p, x, y),
-            "text_last": t, "image_last": v}
+# ---- one tower alone, and the contrastive embeddings ------------------------------------------
+
+
+def text_tower(p, cfg, input_ids, attention_mask):
+    """The text tower alone, every layer: [B, T] ids -> [B, T, Dt] (for text-only embeddings)."""
+    tc = cfg.text_config
+    mask = additive_mask(attention_mask)
+    t = text_embed(p["text_model"]["embeddings"], input_ids, tc)
+    for layer in p["text_model"]["encoder"]["layer"]:
+        t, _ = bert_layer(layer, t, tc, mask)
+    return t
+
+
+def vision_tower(p, cfg, pixel_values, interpolate_pos_encoding=False):
+    """The vision tower alone, every block: [B, 3, H, W] -> [B, L, Dv] residual stream (not ln_post-ed)."""
+    visual = p["vision_model"]["visual"]
+    v = vision_embed(visual, pixel_values, cfg.vision_config, interpolate_pos_encoding)
+    for block in visual["transformer"]["resblocks"]:
+        v, _ = vision_block(block, v, cfg.vision_config)
+    return v
+
+
+def text_embedding(p, text_last):
+    """ITC text embedding from the last RoBERTa layer.  [B, T, Dt] -> [B, C], unit length
+
+    subtle: read raw at <s>: no cross-modal transform, no LayerNorm, no token type (bridgetower.md §7.3).
+    """
+    return contrastive_embedding(p["itc_text_head"], text_last[:, 0])
+
+
+def image_embedding(p, cfg, image_last):
+    """ITC image embedding from the last vision block.  [B, L, Dv] -> [B, C], unit length
+
+    Its CLS goes into the cross-modal space as a bridge input does (ln_post, the shared image
+    transform, token type 1), then through the head.
+    """
+    return contrastive_embedding(p["itc_image_head"], to_cross_space(p, cfg, "image", image_last[:, 0]))
+
+
+def cross_embedding(p, pooled):
+    """ITC embedding of the pooled pair.  [B, 2D] -> [B, C], unit length"""
+    return contrastive_embedding(p["itc_cross_modal_head"], pooled)

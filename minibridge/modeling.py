@@ -12,16 +12,17 @@ hidden states, which the reference returns sequence-first ([L, B, Dv]).
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .backend import array_module, to_device, to_numpy
+from .backend import array_module, is_cupy, to_device, to_numpy
 from .config import BridgeTowerConfig, ConfigError
-from .heads import (contrastive_cross_embedding, contrastive_image_embedding, contrastive_text_embedding,
-                    itm_logits, mlm_logits)
-from .model import Trace, bridgetower, text_tower, vision_tower
-from .ops import cross_entropy, layer_norm, linear
-from .weights import WeightsError, check_weights, head_shapes, read_checkpoint, to_tree
+from .heads import contrastive_loss, itm_logits, mlm_logits
+from .model import (Trace, bridgetower, cross_embedding, image_embedding, text_embedding, text_tower,
+                    vision_tower)
+from .ops import cross_entropy
+from .weights import WeightsError, check_weights, head_shapes, heads_in, read_checkpoint, to_tree
 
 
 # ---- outputs -----------------------------------------------------------------------------------
@@ -96,10 +97,19 @@ class BridgeTowerModel:
         A folder with only pytorch_model.bin is converted to model.safetensors first, without torch.
         device: "cpu" (NumPy, memory-mapped, nothing copied) or "cuda" (CuPy).
         """
-        folder, config, flat = open_checkpoint(name_or_path, revision, cache_dir)
+        return cls.from_checkpoint(open_checkpoint(name_or_path, revision, cache_dir), device)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, device="cpu"):
+        """This class's model from an opened `Checkpoint` (several classes can share one opening)."""
+        config = checkpoint.config
         cls._check_config(config)
-        _check_head_present(cls, config, flat, folder)
-        tree = to_tree(check_weights(flat, config, cls.head, source=str(folder)))
+        if cls.head != "model" and cls.head not in checkpoint.heads:
+            saved_as = ", ".join(config.architectures) or "an unnamed class"
+            raise WeightsError(f"{checkpoint.folder} holds no {cls.__name__} head (none of "
+                               f"{sorted(head_shapes(config, cls.head))[:2]}...); it was saved as {saved_as}. "
+                               "Load it with that class, or with BridgeTowerModel for the backbone alone.")
+        tree = to_tree(check_weights(checkpoint.tensors, config, cls.head, source=str(checkpoint.folder)))
         if cls.head == "mlm" and config.tie_word_embeddings:  # the decoder *is* the embedding matrix
             tree["mlm_score"]["decoder"] = {"weight": tree["text_model"]["embeddings"]["word_embeddings"]["weight"]}
         model = cls(config, tree)
@@ -204,15 +214,15 @@ class BridgeTowerForContrastiveLearning(BridgeTowerModel):
     def _check_config(cls, config):
         if config.contrastive_hidden_size is None or config.logit_scale_init_value is None:
             raise ConfigError("BridgeTowerForContrastiveLearning needs contrastive_hidden_size and "
-                              "logit_scale_init_value in config.json (SPEC §1.3); this config has "
+                              "logit_scale_init_value in config.json (bridgetower.md §1.3); this config has "
                               f"contrastive_hidden_size={config.contrastive_hidden_size}, "
                               f"logit_scale_init_value={config.logit_scale_init_value}")
         if not config.share_cross_modal_transformer_layers:
             raise ConfigError("unsupported config: share_cross_modal_transformer_layers=False with the "
-                              "contrastive head, which calls the shared image transform (SPEC §10.5)")
+                              "contrastive head, which calls the shared image transform (bridgetower.md §10.5)")
         if config.vision_config.hidden_size != config.hidden_size:
             raise ConfigError(f"unsupported config: vision_config.hidden_size={config.vision_config.hidden_size}"
-                              f" != hidden_size={config.hidden_size} with the contrastive head (SPEC §7.3)")
+                              f" != hidden_size={config.hidden_size} with the contrastive head (bridgetower.md §7.3)")
 
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, pixel_mask=None, return_loss=False,
                 interpolate_pos_encoding=False, output_hidden_states=False, output_attentions=False):
@@ -220,19 +230,12 @@ class BridgeTowerForContrastiveLearning(BridgeTowerModel):
         feats, extras = self._backbone(input_ids, attention_mask, pixel_values, interpolate_pos_encoding,
                                        output_hidden_states, output_attentions)
         p = self.params
-        text_cls = feats["text_last"][:, 0]  # [B, Dt]: the raw last RoBERTa layer at <s>
-        image_cls = self._image_cls(feats["image_last"][:, 0])  # [B, D]
-        text = contrastive_text_embedding(p, text_cls)  # [B, C]
-        image = contrastive_image_embedding(p, image_cls)  # [B, C]
-        cross = contrastive_cross_embedding(p, feats["pooler_output"])  # [B, C]
+        text = text_embedding(p, feats["text_last"])  # [B, C]
+        image = image_embedding(p, self.config, feats["image_last"])  # [B, C]
+        cross = cross_embedding(p, feats["pooler_output"])  # [B, C]
         xp = array_module(text)
         scale = xp.exp(p["logit_scale"])  # stored in log space
-        loss = None
-        if return_loss:
-            labels = xp.arange(text.shape[0])
-            # subtle: three one-directional terms, text→image, text→cross, image→cross (SPEC §7.3).
-            loss = (cross_entropy(scale * text @ image.T, labels) + cross_entropy(scale * text @ cross.T, labels)
-                    + cross_entropy(scale * image @ cross.T, labels)) / 3.0
+        loss = contrastive_loss(text, image, cross, scale) if return_loss else None
         return ContrastiveOutput(logits=xp.stack([text, image, cross], axis=-2), text_embeds=text,  # 3 × [B, C] -> [B, 3, C]
                                  image_embeds=image, cross_embeds=cross, logit_scale=scale, loss=loss, **extras)
 
@@ -243,7 +246,7 @@ class BridgeTowerForContrastiveLearning(BridgeTowerModel):
         """
         input_ids, attention_mask = check_text(self.config.text_config, input_ids, attention_mask)
         t = text_tower(self.params, self.config, self._here(input_ids), self._here(attention_mask))  # [B, T, Dt]
-        return contrastive_text_embedding(self.params, t[:, 0])
+        return text_embedding(self.params, t)
 
     def get_image_features(self, pixel_values=None, interpolate_pos_encoding=False):
         """Image embeddings alone, running only the vision tower: [B, 3, H, W] -> [B, C], L2-normalised.
@@ -252,18 +255,25 @@ class BridgeTowerForContrastiveLearning(BridgeTowerModel):
         """
         pixel_values = check_pixels(self.config.vision_config, pixel_values, interpolate_pos_encoding)
         v = vision_tower(self.params, self.config, self._here(pixel_values), interpolate_pos_encoding)  # [B, L, Dv]
-        return contrastive_image_embedding(self.params, self._image_cls(v[:, 0]))
+        return image_embedding(self.params, self.config, v)
 
-    def _image_cls(self, v_cls):
-        """ln_post, the shared image transform and token type 1 on the vision CLS.  [B, Dv] -> [B, D]"""
-        p, cfg = self.params, self.config
-        v_ln = layer_norm(v_cls, p["vision_model"]["visual"]["ln_post"], cfg.vision_config.layer_norm_eps)
-        return linear(v_ln, p["cross_modal_image_transform"]) + p["token_type_embeddings"]["weight"][1]
+
+# ---- opening a checkpoint ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """An opened checkpoint: its folder, config, tensors (memory-mapped, not yet checked) and task heads."""
+
+    folder: Path
+    config: BridgeTowerConfig
+    tensors: dict  # {key as stored: array}
+    heads: tuple  # the task heads it holds, e.g. ("itm", "mlm") (weights.heads_in)
 
 
 def open_checkpoint(name_or_path, revision=None, cache_dir=None):
-    """(folder, config, {key: array}) of a checkpoint folder or Hub id: downloaded if need be, a lone
-    pytorch_model.bin converted to safetensors, the tensors memory-mapped (not yet checked)."""
+    """Open a checkpoint folder or Hub id: downloaded if need be, a lone pytorch_model.bin converted
+    to safetensors, the tensors memory-mapped. Returns a Checkpoint."""
     from .convert import ensure_safetensors
     from .hub import resolve
 
@@ -273,18 +283,8 @@ def open_checkpoint(name_or_path, revision=None, cache_dir=None):
                                 "Hugging Face layout (config.json + model.safetensors)")
     config = BridgeTowerConfig.from_json_file(folder / "config.json")
     ensure_safetensors(folder)
-    return folder, config, read_checkpoint(folder)
-
-
-def _check_head_present(cls, config, flat, folder):
-    """A plain error when the checkpoint holds none of this head's parameters (the wrong class)."""
-    own = head_shapes(config, cls.head)
-    keys = {k.removeprefix("bridgetower.") for k in flat}
-    if own and not keys & set(own):
-        saved_as = ", ".join(config.architectures) or "an unnamed class"
-        raise WeightsError(f"{folder} holds no {cls.__name__} head (none of {sorted(own)[:2]}...); "
-                           f"it was saved as {saved_as}. Load it with that class, or with BridgeTowerModel "
-                           "for the backbone alone.")
+    tensors = read_checkpoint(folder)
+    return Checkpoint(folder, config, tensors, heads_in(config, tensors))
 
 
 # ---- input checks at the boundary --------------------------------------------------------------
@@ -373,7 +373,7 @@ def check_labels(labels, shape, num_classes, name, allow_ignore):
 
 
 def _as_array(x, name):
-    if type(x).__module__.startswith("cupy"):
+    if is_cupy(x):
         return x
     try:
         return np.asarray(x)

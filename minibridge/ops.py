@@ -1,4 +1,4 @@
-"""Primitives: the few array operations every part of BridgeTower is built from (SPEC §2).
+"""Primitives: the few array operations every part of BridgeTower is built from (bridgetower.md §2).
 
 Axis legend used in shape comments across minibridge:
     B batch, T text tokens, L image tokens (1 + grid²), S either (a sequence), D hidden size,
@@ -7,41 +7,16 @@ Axis legend used in shape comments across minibridge:
 Parameters are nested dicts keyed by the checkpoint's own names, e.g. a Linear is
 {"weight": [out, in], "bias": [out]} as torch stores it.
 
-Speed, in one idea: NumPy runs each elementwise operation as a separate pass over memory, and a
-chain of them on a big array (GELU on [8, 325, 3072] is 8 M numbers) spends its time moving data
-and allocating temporaries, not computing. `by_rows` feeds such chains a block of rows at a time,
-small enough to stay in the CPU cache, which makes them 5-10× faster with the same arithmetic.
+Each primitive is written as its formula. The elementwise ones carry `@rowwise`, which runs the
+formula on cache-sized blocks of rows (the one speed technique, in backend.py); the arithmetic is
+the formula's, and tests/test_ops.py checks that the blocked and the plain form agree.
 """
 
 import math
 
 import numpy as np
 
-from .backend import array_module
-
-# Rows per block in `by_rows`: 32 K float32 numbers (128 KB), a few of which fit in a core's L2 cache.
-_BLOCK_NUMBERS = 1 << 15
-
-
-def by_rows(fn, x, out=None):
-    """fn(block, out_block) over blocks of rows of x (all axes but the last flattened); returns out.
-
-    fn reads a block of rows and writes its result into out_block; it must work row by row
-    (elementwise, or along the last axis). out may be x itself (in place). On a GPU (CuPy) fn
-    runs once on the whole array: there, one big kernel per step is the fast way.
-    """
-    xp = array_module(x)
-    x = xp.ascontiguousarray(x)  # subtle: the row view below must not be a copy (a transposed input)
-    out = xp.empty(x.shape, x.dtype) if out is None else out
-    assert out.flags.c_contiguous and out.shape == x.shape, "by_rows writes into a C-contiguous out of x's shape"
-    if xp is not np or x.size <= _BLOCK_NUMBERS:
-        fn(x, out)
-        return out
-    rows, out_rows = x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1])  # [N, last], views
-    step = max(1, _BLOCK_NUMBERS // x.shape[-1])
-    for start in range(0, rows.shape[0], step):
-        fn(rows[start : start + step], out_rows[start : start + step])
-    return out
+from .backend import array_module, rowwise
 
 
 def linear(x, p):
@@ -51,11 +26,12 @@ def linear(x, p):
     # Flattening the leading axes makes one large matrix product instead of one per batch row.
     y = x.reshape(-1, x.shape[-1]) @ p["weight"].T  # [N, in] @ [in, out] -> [N, out]
     if "bias" in p:
-        y += p["bias"]
+        y = y + p["bias"]
     return y.reshape(*x.shape[:-1], y.shape[-1])  # [..., out]
     # END SOLUTION
 
 
+@rowwise
 def layer_norm(x, p, eps):
     """LayerNorm over the last axis with the *biased* variance, as torch.  [..., D] -> [..., D]
 
@@ -63,15 +39,9 @@ def layer_norm(x, p, eps):
     by about 1e-6 relative, which parity tests at 1e-4 would not catch, so it is always passed in.
     """
     # BEGIN SOLUTION
-    def norm(x, out):
-        xp = array_module(x)
-        centred = xp.subtract(x, x.mean(axis=-1, keepdims=True), out=out)  # [..., D]
-        var = (centred * centred).mean(axis=-1, keepdims=True)  # [..., 1], biased (divide by D, not D-1)
-        centred *= 1.0 / (var + eps) ** 0.5
-        centred *= p["weight"]
-        centred += p["bias"]
-
-    return by_rows(norm, x)
+    centred = x - x.mean(axis=-1, keepdims=True)  # [..., D]
+    var = (centred * centred).mean(axis=-1, keepdims=True)  # [..., 1], biased: divide by D, not D − 1
+    return centred / (var + eps) ** 0.5 * p["weight"] + p["bias"]
     # END SOLUTION
 
 
@@ -89,63 +59,41 @@ _ERF_Q = tuple(np.float32(c) for c in (
 
 def erf(x):
     """The error function, elementwise, in float32 (NumPy has none; math.erf is one scalar at a time)."""
-    xp = array_module(x)
-    z = xp.clip(x, -4.0, 4.0).astype(xp.float32)
+    z = array_module(x).clip(x, -4.0, 4.0).astype(np.float32)
     z2 = z * z
-    num = xp.full_like(z, _ERF_P[0])
-    for c in _ERF_P[1:]:  # Horner's rule, in place
-        num *= z2
-        num += c
-    den = xp.full_like(z, _ERF_Q[0])
+    num, den = _ERF_P[0], _ERF_Q[0]
+    for c in _ERF_P[1:]:  # Horner's rule: P(z²) = (((p0·z² + p1)·z² + p2)·z² …)
+        num = num * z2 + c
     for c in _ERF_Q[1:]:
-        den *= z2
-        den += c
-    num *= z
-    num /= den
-    return num
+        den = den * z2 + c
+    return z * num / den
 
 
+@rowwise
 def gelu(x):
     """Exact GELU, x·Φ(x) = 0.5·x·(1 + erf(x/√2)): the text, cross-modal and MLM-head activation.  [...] -> [...]
 
     subtle: not the tanh approximation; that one differs by up to ~1e-3 and fails parity.
     """
     # BEGIN SOLUTION
-    def block(x, out):
-        xp = array_module(x)
-        y = xp.add(erf(x * np.float32(1.0 / math.sqrt(2.0))), 1.0, out=out)
-        y *= x
-        y *= 0.5
-
-    return by_rows(block, x)
+    return 0.5 * x * (1.0 + erf(x * np.float32(1.0 / math.sqrt(2.0))))
     # END SOLUTION
 
 
+@rowwise
 def quick_gelu(x):
     """QuickGELU, x·sigmoid(1.702·x): the CLIP vision tower's activation (only there).  [...] -> [...]"""
     # BEGIN SOLUTION
-    def block(x, out):
-        xp = array_module(x)
-        e = xp.exp(x * np.float32(-1.702))
-        e += 1.0
-        xp.divide(x, e, out=out)
-
-    return by_rows(block, x)
+    return x / (1.0 + array_module(x).exp(x * np.float32(-1.702)))  # x·sigmoid(1.702·x)
     # END SOLUTION
 
 
-def softmax(x, axis=-1, out=None):
-    """Softmax along the last axis, shifted by the max so exp never overflows (out=x: in place).  [..., S] -> [..., S]"""
+@rowwise
+def softmax(x):
+    """Softmax along the last axis, shifted by the max so exp never overflows.  [..., S] -> [..., S]"""
     # BEGIN SOLUTION
-    assert axis in (-1, x.ndim - 1), "minibridge only takes softmax over the last axis"
-
-    def block(x, out):
-        xp = array_module(x)
-        e = xp.subtract(x, x.max(axis=-1, keepdims=True), out=out)
-        xp.exp(e, out=e)
-        e /= e.sum(axis=-1, keepdims=True)
-
-    return by_rows(block, x, out)
+    e = array_module(x).exp(x - x.max(axis=-1, keepdims=True))  # [..., S], every entry in (0, 1]
+    return e / e.sum(axis=-1, keepdims=True)
     # END SOLUTION
 
 
@@ -178,8 +126,8 @@ def attention(q, k, v, num_heads, mask=None):
     v = v.reshape(B, Sk, num_heads, Dh).transpose(0, 2, 1, 3)  # [B, Sk, D] -> [B, H, Sk, Dh]
     scores = (q * (1.0 / math.sqrt(Dh))) @ k  # [B, H, Sq, Sk]; scaling q is cheaper than scaling scores
     if mask is not None:
-        scores += mask  # padded keys get finfo.min and so ~0 probability
-    probs = softmax(scores, out=scores)  # [B, H, Sq, Sk], in place: the scores are not needed after
+        scores = scores + mask  # padded keys get finfo.min and so ~0 probability
+    probs = softmax(scores, out=scores)  # [B, H, Sq, Sk], written over the scores (rowwise's out=)
     context = probs @ v  # [B, H, Sq, Dh]
     context = context.transpose(0, 2, 1, 3).reshape(B, Sq, D)  # [B, H, Sq, Dh] -> [B, Sq, D]
     return context, probs

@@ -2,7 +2,7 @@
 
     x = vision_embed(p["vision_model"]["visual"], pixels, cfg)   # [B, 3, H, W] -> [B, L, Dv]
     x, probs = vision_block(block_params, x, cfg)                  # [B, L, Dv] -> [B, L, Dv]
-    y = layer_norm(x, visual["ln_post"], eps)                      # what the bridges read
+    y = layer_norm(x, visual["ln_post"], eps)                      # what the bridges read (bridge.py)
 
 subtle: the reference runs this tower sequence-first ([L, B, Dv]) because it uses
 torch.nn.MultiheadAttention; we do not (STYLE habit 5), and transpose only in the parity tests.
@@ -32,12 +32,20 @@ def patchify(pixels, patch_size):
     # END SOLUTION
 
 
+def patch_embed(pixels, kernel):
+    """The patch conv (kernel = stride = P, no bias) as one matrix product.  [B, C, H, W] -> [B, N, Dv]
+
+    kernel: the conv weight [Dv, C, P, P]; each flattened patch row meets each flattened filter.
+    """
+    patches = patchify(pixels, kernel.shape[-1])  # [B, N, C·P·P]
+    return patches @ kernel.reshape(kernel.shape[0], -1).T  # [B, N, C·P·P] @ [C·P·P, Dv] -> [B, N, Dv]
+
+
 def vision_embed(p, pixels, cfg, interpolate_pos_encoding=False):
     """Patch embedding + CLS token + position embedding, then ln_pre.  [B, C, H, W] -> [B, L, Dv]"""
     emb = p["embeddings"]
     P = cfg.patch_size
-    kernel = emb["patch_embedding"]["weight"]  # [Dv, C, P, P]
-    patches = patchify(pixels, P) @ kernel.reshape(kernel.shape[0], -1).T  # [B, N, C·P·P] -> [B, N, Dv]
+    patches = patch_embed(pixels, emb["patch_embedding"]["weight"])  # [B, N, Dv]
     xp = array_module(patches)
     B = patches.shape[0]
     cls = xp.broadcast_to(emb["class_embedding"], (B, 1, patches.shape[-1]))  # [Dv] -> [B, 1, Dv]

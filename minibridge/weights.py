@@ -198,6 +198,16 @@ def head_shapes(cfg, head):
     raise ValueError(f"head must be one of {HEADS}, got {head!r}")
 
 
+def heads_in(cfg, keys):
+    """The task heads ("itm", "mlm", "itc") whose parameters appear among a checkpoint's `keys`.
+
+    A head counts as present when any of its own keys is there; whether all of them are, with the
+    right shapes, is `check_weights`' business when that head is loaded.
+    """
+    keys = {k.removeprefix("bridgetower.") for k in keys}
+    return tuple(h for h in HEADS if h != "model" and keys & set(head_shapes(cfg, h)))
+
+
 # Keys a checkpoint may hold that no minibridge class reads. Anything else unexpected is an error.
 _ALLOWED_EXTRA = re.compile(
     r"text_model\.pooler\.dense\.(weight|bias)"  # RoBERTa's pooler: built, saved, never used (SPEC §3)

@@ -81,7 +81,7 @@ def test_student_copy_keeps_signatures_and_docstrings_but_no_solution(student_co
                              if isinstance(n, ast.FunctionDef) and n.name == name)
             assert ast.unparse(fn.args) == ast.unparse(reference.args)
             assert ast.get_docstring(fn) == ast.get_docstring(reference)
-            raises = [n for n in fn.body if isinstance(n, ast.Raise)]
+            raises = [n for n in ast.walk(fn) if isinstance(n, ast.Raise)]  # a partial region may sit in a loop
             assert raises and f"component {c.name}" in ast.unparse(raises[0]), function
             if function != "model.bridgetower":  # the only region that is part of a body
                 assert len(fn.body) == 2, f"{function}: the student copy should hold docstring + raise"
@@ -160,11 +160,10 @@ def test_one_component_can_be_graded_alone(student_copy, capsys):
 # Planted bugs: (component, module, [(reference text, buggy text)]).
 BUGS = {
     "softmax over the wrong axis": ("softmax", "ops.py", [
-        ("e = xp.subtract(x, x.max(axis=-1, keepdims=True), out=out)",
-         "e = xp.subtract(x, x.max(axis=-2, keepdims=True), out=out)"),
-        ("e /= e.sum(axis=-1, keepdims=True)", "e /= e.sum(axis=-2, keepdims=True)")]),
+        ("exp(x - x.max(axis=-1, keepdims=True))", "exp(x - x.max(axis=-2, keepdims=True))"),
+        ("return e / e.sum(axis=-1, keepdims=True)", "return e / e.sum(axis=-2, keepdims=True)")]),
     "LayerNorm without eps": ("layer_norm", "ops.py", [
-        ("centred *= 1.0 / (var + eps) ** 0.5", "centred *= 1.0 / var ** 0.5")]),
+        ("return centred / (var + eps) ** 0.5", "return centred / var ** 0.5")]),
     "position ids from 0": ("position_ids", "text.py", [
         ("return xp.cumsum(real, axis=1) * real + pad_token_id",
          "return xp.broadcast_to(xp.arange(input_ids.shape[1]), input_ids.shape)")]),

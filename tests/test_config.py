@@ -13,7 +13,7 @@ from helpers import FIXTURES
 def test_defaults_are_the_base_checkpoint():
     cfg = BridgeTowerConfig.from_dict({})
     assert cfg.text_config.num_hidden_layers == 12 and cfg.num_hidden_layers == 6
-    assert cfg.split_index == 6
+    assert cfg.first_bridged_layer == 6 and cfg.depth == 12
     assert cfg.vision_config.num_positions == 325  # 18×18 patches + CLS (SPEC §1.4)
     assert cfg.vision_config.num_attention_heads == 12
     assert cfg.text_config.max_text_length == 512
@@ -33,7 +33,7 @@ def test_contrastive_extras_and_large_sizes_are_read():
         "drop_rate": 0.1, "max_text_len": 50, "text_config_dict": None,  # inert keys found on the Hub
     })
     assert cfg.contrastive_hidden_size == 512 and cfg.logit_scale_init_value == pytest.approx(2.6592)
-    assert cfg.vision_config.num_positions == 442 and cfg.split_index == 18
+    assert cfg.vision_config.num_positions == 442 and cfg.first_bridged_layer == 18
     assert cfg.vision_config.num_attention_heads == 16
 
 

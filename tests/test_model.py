@@ -95,11 +95,11 @@ def test_unimodal_features_equal_the_full_forward(case, device):
 
 
 def test_row_blocked_path_matches_reference(monkeypatch):
-    """ops.by_rows cuts big arrays into row blocks; the tiny fixtures are below the block size, so
+    """@rowwise cuts big arrays into row blocks; the tiny fixtures are below the block size, so
     force blocks of 64 numbers here (the full-size live tests meet the real size)."""
-    from minibridge import ops
+    from minibridge import backend
 
-    monkeypatch.setattr(ops, "_BLOCK_NUMBERS", 64)
+    monkeypatch.setattr(backend, "BLOCK_NUMBERS", 64)
     folder = FIXTURES / "tiny"
     data = np.load(folder / "reference.npz")
     for case in ("padded", "interpolate"):

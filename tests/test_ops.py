@@ -3,8 +3,10 @@
 import math
 
 import numpy as np
+import pytest
 
 from minibridge import ops
+from minibridge.backend import BLOCK_NUMBERS
 
 # erf is a rational approximation evaluated in float32: about 4 units in the last place near ±1
 # (torch's float32 GELU is as far from the exact value).
@@ -37,16 +39,21 @@ def test_quick_gelu():
     np.testing.assert_allclose(ops.quick_gelu(x), x64 / (1 + np.exp(-1.702 * x64)), rtol=1e-6, atol=1e-7)
 
 
-def test_row_blocks_and_non_contiguous_inputs():
-    """Big arrays go through ops.by_rows in row blocks; a transposed (non-contiguous) input too."""
+@pytest.mark.parametrize("name", ["layer_norm", "gelu", "quick_gelu", "softmax"])
+def test_row_blocks_equal_the_plain_formula(name):
+    """@rowwise runs a primitive on blocks of rows; the result equals the formula on the whole array,
+    for a big transposed (non-contiguous) input and when written in place (out=x)."""
     rng = np.random.default_rng(1)
     big = rng.standard_normal((64, 40, 96)).astype(np.float32).transpose(1, 0, 2)  # 245 K numbers, not contiguous
-    dense = np.ascontiguousarray(big)
+    assert big.size > BLOCK_NUMBERS  # so the blocked path is the one taken
     p = {"weight": rng.standard_normal(96).astype(np.float32), "bias": rng.standard_normal(96).astype(np.float32)}
-    for name, fn in (("layer_norm", lambda a: ops.layer_norm(a, p, 1e-5)), ("gelu", ops.gelu),
-                     ("quick_gelu", ops.quick_gelu), ("softmax", ops.softmax)):
-        small = np.concatenate([fn(dense[i : i + 1]) for i in range(len(dense))])  # each below the block size
-        np.testing.assert_array_equal(fn(big), small, err_msg=name)
+    args = (p, 1e-5) if name == "layer_norm" else ()
+    blocked, plain = getattr(ops, name), getattr(ops, name).__wrapped__
+    expected = plain(big, *args)
+    np.testing.assert_array_equal(blocked(big, *args), expected, err_msg=name)
+    in_place = np.ascontiguousarray(big)
+    assert blocked(in_place, *args, out=in_place) is in_place
+    np.testing.assert_array_equal(in_place, expected, err_msg=f"{name}, in place")
 
 
 def test_layer_norm_uses_biased_variance_and_eps():

@@ -140,9 +140,8 @@ def _attention(mb, x, tiny):
 
 def _patchify(mb, x, tiny):
     patches = mb.vision.patchify(x["pixels"], int(x["patch_size"]))  # [B, N, C·P·P]
-    kernel = x["kernel"]  # [Dv, C, P, P]: the patch conv's weight
-    # The patch embedding is a matrix product of these rows with the flattened kernel (vision_embed).
-    return {"patches": patches, "embeddings": patches @ kernel.reshape(kernel.shape[0], -1).T}
+    # The patch embedding: those rows times the flattened conv kernel [Dv, C, P, P] (vision.patch_embed).
+    return {"patches": patches, "embeddings": mb.vision.patch_embed(x["pixels"], x["kernel"])}
 
 
 def _vision_block(mb, x, tiny):
@@ -196,12 +195,14 @@ def _heads(mb, x, tiny):
     tree, h = tiny.tree, mb.heads
     # Each head gets its own stored input (not the student's pooled output), so a wrong pooler
     # fails "pooled" alone and each head is judged on its own.
-    return {"pooled": h.pool(tree, x["text_features"], x["image_features"]),
+    pooled = np.concatenate([h.pooler(tree["cross_modal_text_pooler"], x["text_features"]),
+                             h.pooler(tree["cross_modal_image_pooler"], x["image_features"])], axis=-1)
+    return {"pooled": pooled,
             "itm_logits": h.itm_logits(tree["itm_score"], x["pooled"]),
             "mlm_logits": h.mlm_logits(tree["mlm_score"], x["text_features"], tiny.cfg.layer_norm_eps),
-            "itc_text": h.contrastive_text_embedding(tree, x["text_cls"]),
-            "itc_image": h.contrastive_image_embedding(tree, x["image_cls"]),
-            "itc_cross": h.contrastive_cross_embedding(tree, x["pooled"])}
+            "itc_text": h.contrastive_embedding(tree["itc_text_head"], x["text_cls"]),
+            "itc_image": h.contrastive_embedding(tree["itc_image_head"], x["image_cls"]),
+            "itc_cross": h.contrastive_embedding(tree["itc_cross_modal_head"], x["pooled"])}
 
 
 def _bridgetower(mb, x, tiny):
@@ -262,24 +263,23 @@ COMPONENTS = (
               "self-attention, co-attention to the other stream, FFN; both streams", _cross_modal_layer,
               {"bridge.cross_modal_layer": 'p = {"attention", "crossattention", "intermediate", "output"}: '
                                            'text.bert_attention and text.bert_ffn take these subtrees.'}),
-    Component("heads", ("heads.pool", "heads.itm_logits", "heads.mlm_logits", "heads.contrastive_text_embedding",
-                        "heads.contrastive_image_embedding", "heads.contrastive_cross_embedding"),
+    Component("heads", ("heads.pooler", "heads.itm_logits", "heads.mlm_logits", "heads.contrastive_embedding"),
               ("linear", "layer_norm", "gelu"), LAYER_TOL,
               f"{_HF}: BridgeTowerPooler, BridgeTowerITMHead, BridgeTowerMLMHead, BridgeTowerContrastiveHead",
               "poolers, ITM, MLM and the three contrastive embeddings", _heads,
-              {"heads.pool": 'p: the whole tree; the poolers are p["cross_modal_text_pooler"] and '
-                             'p["cross_modal_image_pooler"], each {"dense"}.',
+              {"heads.pooler": 'p = {"dense"} (cross_modal_text_pooler or cross_modal_image_pooler).',
                "heads.mlm_logits": 'p = {"transform": {"dense", "LayerNorm"}, "decoder": {"weight"}, "bias"}.',
-               "heads.contrastive_text_embedding": 'p: the whole tree; the head is p["itc_text_head"]["fc"].',
-               "heads.contrastive_image_embedding": 'p: the whole tree; the head is p["itc_image_head"]["fc"].',
-               "heads.contrastive_cross_embedding": 'p: the whole tree; the head is p["itc_cross_modal_head"]["fc"].'}),
-    Component("bridgetower", ("model.bridgetower",),
+               "heads.contrastive_embedding": 'p = {"fc"} (itc_text_head, itc_image_head or itc_cross_modal_head).'}),
+    Component("bridgetower", ("bridge.to_cross_space", "model.bridgetower"),
               ("patchify", "vision_block", "text_embed", "bert_attention", "link_tower", "cross_modal_layer", "heads",
                "linear", "layer_norm"), MODEL_TOL, f"{_HF}: BridgeTowerModel, via tests/reference.py",
               "the full forward pass: towers, bridges, cross-modal stack, poolers", _bridgetower,
-              {"model.bridgetower": "Steps 2 and 3 of the diagram at the top of model.py; the helpers defined "
-                                    "above (transform, text_layer, vision_layer, "
-                                    "cross_layers) do the bookkeeping."}),
+              {"bridge.to_cross_space": 'p: the whole tree: p["cross_modal_{side}_transform"] (a list of Linears '
+                                        'when not cfg.share_cross_modal_transformer_layers), '
+                                        'p["token_type_embeddings"]["weight"] [2, D], TOKEN_TYPE[side], and for '
+                                        'the image p["vision_model"]["visual"]["ln_post"].',
+               "model.bridgetower": "The cross-modal part of one step of the loop (the diagram at the top of "
+                                    "model.py): tower layer i feeds cross-modal layer l = i - first."}),
 )
 
 BY_NAME = {c.name: c for c in COMPONENTS}
