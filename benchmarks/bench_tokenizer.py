@@ -1,5 +1,5 @@
 """Tokenizer throughput: minibridge's pure-Python BPE vs the Rust `tokenizers` library, on the 105
-COCO captions in ../shared/data. Not a test; run `python benchmarks/bench_tokenizer.py`.
+COCO captions of the shared test data (tests/paths.py). Not a test; run `python benchmarks/bench_tokenizer.py`.
 
 Two numbers for ours: a cold pass (fresh tokenizer, every word goes through the BPE loop) and a warm
 pass (words come from the bounded cache), which is what a long run sees.
@@ -9,10 +9,11 @@ import csv
 import sys
 from pathlib import Path
 
-from minibridge.bench import best_time
 from minibridge.tokenizer import RobertaTokenizer
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from bench import best_time  # noqa: E402  (beside this file)
+from paths import SHARED_DATA as DATA  # noqa: E402
 REPEATS = 20
 
 

@@ -6,7 +6,7 @@
 2. on random weights of the published base architecture, every head: CuPy outputs vs the NumPy
    backend's, with the parity tolerance (max |cupy − numpy| ≤ 1e-4 × max(1, max |numpy|));
 3. forward time at batch 8 and 32, CuPy vs transformers on the same GPU, float32
-   (python -m minibridge.bench --device cuda).
+   (python benchmarks/bench.py --device cuda).
 Writes OUT_DIR/gpu_check.json and prints a summary.
 """
 
@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import minibridge as mb  # noqa: E402
 from minibridge.backend import to_numpy  # noqa: E402
-from minibridge.random_checkpoint import BASE, save_random_checkpoint  # noqa: E402
+from minibridge.config import BASE  # noqa: E402
+from minibridge.weights import save_random_checkpoint  # noqa: E402
 
 TOL = 1e-4
 HEADS = {"model": mb.BridgeTowerModel, "itm": mb.BridgeTowerForImageAndTextRetrieval,
@@ -83,7 +84,7 @@ def main(out_dir):
         print(head, report["base_parity"][head], flush=True)
 
     step("3. forward time, CuPy vs transformers (CUDA, float32)")
-    r = subprocess.run([sys.executable, "-m", "minibridge.bench", "--device", "cuda", "--model", str(folder),
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--device", "cuda", "--model", str(folder),
                         "--batches", "8", "32", "--json", str(out_dir / "bench_gpu.json")],
                        cwd=ROOT, capture_output=True, text=True)
     print(r.stdout[-3000:], r.stderr[-3000:])

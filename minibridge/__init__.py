@@ -4,11 +4,13 @@ Reading order of the model: ops → vision → text → bridge → heads → mod
 around it, tokenizer and image_processing (inputs), config and weights (loading), modeling (the
 transformers-style classes) and infer (one call from a photo to an answer). README.md has the map.
 
-The names below are imported on first use, so `import minibridge.model` (or `.ops`) needs only
-NumPy: no Pillow, huggingface_hub or safetensors until something asks for them.
+The other names below are imported on first use, so `import minibridge.model` (or `.ops`) needs
+only NumPy: no Pillow, huggingface_hub or safetensors until something asks for them.
 """
 
 import importlib
+
+from .infer import InferResult, infer  # subtle: eager, so that `minibridge.infer` is the function, not its module
 
 __version__ = "0.1.0"
 
@@ -24,10 +26,9 @@ _EXPORTS = {
     "WeightsError": "weights",
     "HubError": "hub",
     "ConvertError": "convert",
-    "infer": "infer", "InferResult": "infer",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = ["infer", "InferResult", *_EXPORTS]
 
 
 def __getattr__(name):

@@ -22,7 +22,6 @@ import numpy as np
 from .modeling import (BridgeTowerForContrastiveLearning, BridgeTowerForImageAndTextRetrieval,
                        BridgeTowerForMaskedLM, open_checkpoint)
 from .ops import softmax
-from .processing import BridgeTowerProcessor
 
 DEFAULT_MODEL = "BridgeTower/bridgetower-base-itm-mlm"
 TASKS = {"itm": BridgeTowerForImageAndTextRetrieval, "mlm": BridgeTowerForMaskedLM,
@@ -114,6 +113,8 @@ def _checkpoint(model, revision):
 @functools.lru_cache(maxsize=4)
 def _load(model, revision, task, device):
     """(the model of this task's class, its processor), built on the one opening of the checkpoint."""
+    from .processing import BridgeTowerProcessor  # here: it needs Pillow, and `import minibridge` does not
+
     checkpoint = _checkpoint(model, revision)
     return TASKS[task].from_checkpoint(checkpoint, device), BridgeTowerProcessor.from_pretrained(checkpoint.folder)
 

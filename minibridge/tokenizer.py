@@ -117,6 +117,24 @@ def bpe(word, ranks):
     # END SOLUTION
 
 
+def bpe_steps(word, ranks):
+    """The merges `bpe` makes on one word, in order (to show it, merge by merge): [(symbols, merged pair or None, its rank), …].
+
+    It runs the package's own `bpe` with the merge table cut off after each rank that could apply to
+    this word, so the steps are bpe's, not a second implementation. (Merges apply in rising rank
+    order: a pair can only be learned after the symbols it joins exist, so every cut-off table
+    yields a prefix of the full merge sequence.)
+    """
+    relevant = sorted((rank, pair) for pair, rank in ranks.items() if pair[0] + pair[1] in word)
+    steps, table = [(list(word), None, None)], {}
+    for rank, pair in relevant:
+        table[pair] = rank
+        symbols = bpe(word, table)
+        if symbols != steps[-1][0]:
+            steps.append((symbols, pair, rank))
+    return steps
+
+
 def token_bytes(token):
     """The bytes a vocabulary entry stands for (the inverse of the printable table).
 

@@ -12,6 +12,7 @@ implies, and `check_weights` refuses a missing key, an unknown key or a wrong sh
 import json
 import mmap
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,78 @@ def _lists(node):
     if node and all(k.isdigit() for k in node):
         return [node[str(i)] for i in range(len(node))]
     return node
+
+
+# ---- random weights: for tests, benchmarks and running offline ---------------------------------
+
+
+def random_weights(cfg, heads=("itm", "mlm", "itc"), seed=0):
+    """{key: float32 array} of the backbone and the given heads: noise around what training leaves.
+
+    LayerNorm weights near 1, everything else near 0: matrices and embeddings with std 0.05, vectors
+    and scalars 0.1 (uniform noise). Small weights keep activations small, so that LayerNorm's eps
+    (1e-5) is visible at the parity tolerances. Every tensor is noise, LayerNorms included: a
+    LayerNorm left at weight 1, bias 0 would hide a skipped or swapped LayerNorm. Keys unprefixed.
+    subtle: np.random.RandomState's stream is frozen by NumPy's compatibility policy, and uniform
+    draws are pure integer arithmetic, so these are the same numbers on every platform and version
+    (the course's snapshots rely on it).
+    """
+    shapes = dict(expected_shapes(cfg, "model"))
+    for head in heads:
+        shapes.update(head_shapes(cfg, head))
+    rng = np.random.RandomState(seed)
+    flat = {}
+    for key in sorted(shapes):
+        shape = shapes[key]
+        noise = (rng.random_sample(shape) * 2 - 1) * 3**0.5  # uniform with unit std
+        parts = key.split(".")
+        if parts[-1] == "weight" and any("layernorm" in p.lower() or p.startswith("ln_") for p in parts):
+            value = 1.0 + 0.1 * noise
+        else:
+            value = (0.05 if len(shape) >= 2 else 0.1) * noise
+        flat[key] = np.asarray(value, dtype=np.float32)
+    return flat
+
+
+_ARCHITECTURES = {"itm": "BridgeTowerForImageAndTextRetrieval", "mlm": "BridgeTowerForMaskedLM",
+                  "itc": "BridgeTowerForContrastiveLearning"}
+
+
+def save_random_checkpoint(folder, config, heads=("itm", "mlm", "itc"), seed=0, tokenizer_dir=None):
+    """Write a checkpoint of `random_weights` in the Hub layout, made without torch or the network.
+
+    folder gets config.json (`config`, a config.json dict such as config.TINY or config.BASE, with
+    "architectures" naming the heads), model.safetensors (backbone keys `bridgetower.`-prefixed, head
+    keys not, as transformers saves a head class) and preprocessor_config.json; tokenizer.json,
+    vocab.json and merges.txt are copied from `tokenizer_dir` if given. The outputs of such a model
+    mean nothing. Returns the folder.
+    """
+    from safetensors.numpy import save_file
+
+    from .config import BridgeTowerConfig
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = BridgeTowerConfig.from_dict(config)
+    if "itc" in heads and (cfg.contrastive_hidden_size is None or cfg.logit_scale_init_value is None):
+        raise ValueError("the itc head needs contrastive_hidden_size and logit_scale_init_value in the config")
+    own = {k for h in heads for k in head_shapes(cfg, h)}
+    tensors = {(k if k in own else "bridgetower." + k): v for k, v in random_weights(cfg, heads, seed).items()}
+    tmp = folder / "model.safetensors.partial"
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        tmp.replace(folder / "model.safetensors")  # never leave half a file behind
+    finally:
+        tmp.unlink(missing_ok=True)
+
+    written = dict(config, architectures=[_ARCHITECTURES[h] for h in heads], model_type="bridgetower")
+    (folder / "config.json").write_text(json.dumps(written, indent=2))
+    size = cfg.vision_config.image_size
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"size": {"shortest_edge": size}, "crop_size": {"shortest_edge": size},
+         "size_divisor": min(32, size), "image_processor_type": "BridgeTowerImageProcessor"}, indent=2))
+    if tokenizer_dir is not None:
+        for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copy(Path(tokenizer_dir) / name, folder / name)
+    return folder

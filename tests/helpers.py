@@ -1,33 +1,25 @@
 """Shared test helpers: the parity tolerance, a diff-speaking comparison, and the output mapping."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import minibridge as mb
-from minibridge.backend import to_numpy
+from minibridge.backend import gpu_available, to_numpy
+from minibridge.config import TINY, derived
+from paths import FIXTURES, PHOTOS, ROBERTA, SHARED_DATA  # noqa: F401 (re-exported for the tests)
 
 # Tolerance of every parity check: max |mine − reference| ≤ TOL × max(1, max |reference|).
 # float32 sums in a different order drift by ~1e-6 relative per tower, and the large vision
-# residual stream reaches ~1e-5 (SPEC §12); 1e-4 leaves room for that, while a real mistake
+# residual stream reaches ~1e-5 (bridgetower.md §12); 1e-4 leaves room for that, while a real mistake
 # (a skipped LayerNorm, a wrong eps order of magnitude, tanh-GELU) moves outputs by 1e-3 or more.
 TOL = 1e-4
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# config.TINY with the real RoBERTa vocabulary and text length, for tests that tokenize real text
+# with the real tokenizer files (TINY's own vocabulary has 50 tokens).
+TINY_REAL_VOCAB = derived(TINY, text_config={"vocab_size": 50265, "max_position_embeddings": 514})
 
-def _gpu_available():
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver, no device
-        return False
-
-
-# Parity tests run on every backend: NumPy always, CuPy where there is a GPU (STYLE habit 6).
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not _gpu_available(), reason="needs CuPy and a GPU"))]
+# Parity tests run on every backend: NumPy always, CuPy where there is a GPU (CONTRIBUTING.md habit 6).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a GPU"))]
 
 HEAD_CLASSES = {
     "model": mb.BridgeTowerModel,

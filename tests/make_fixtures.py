@@ -10,44 +10,44 @@ Together they stay a few MB, so the default test run needs no torch.
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reference as ref  # noqa: E402
+import reference as ref
+from minibridge.config import TINY, derived
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 # name -> (config overrides, heads, how it is saved, cases)
 # A case: batch text lengths (right-padded to the longest), image size, interpolate flag,
 # whether to keep every hidden state and attention map.
+# Each recipe is config.TINY with what it covers changed. All are 64 wide where TINY is 128 (a
+# quarter of the weights, so that the committed files stay small).
+NARROW = dict(hidden_size=64, text_config=dict(hidden_size=64))  # D = Dt = 64; Dv stays 128
 SPECS = {
-    # The default flags, every head in one file (as the published base-itm-mlm holds two heads).
+    # The default flags, every head in one file (as the published base-itm-mlm holds two heads);
+    # Dv = D = 64 for the contrastive head, 3 layers deep so that one tower layer runs below the bridges.
     "tiny": dict(
-        config={}, heads=["model", "itm", "mlm", "itc"], save="multi-head",
+        config=derived(TINY, hidden_size=64, text_config=dict(hidden_size=64, num_hidden_layers=3),
+                       vision_config=dict(hidden_size=64, num_hidden_layers=3)),
+        heads=["model", "itm", "mlm", "itc"], save="multi-head",
         cases={
             "padded": dict(lengths=[9, 5, 7], maps=True),
             "single": dict(lengths=[6]),
             "interpolate": dict(lengths=[6, 4], image_hw=(24, 20), interpolate=True),
         }),
-    # scaled_add bridges, one transform per cross layer, tied MLM decoder, 2 vision heads, Dv != D.
+    # scaled_add bridges, one transform per cross layer, tied MLM decoder, Dv = 128 != D = 64 (two
+    # vision heads), and N = depth (no tower layer runs alone).
     "tiny-scaled-untied-transforms": dict(
-        config=dict(link_tower_type="scaled_add", share_cross_modal_transformer_layers=False,
-                    tie_word_embeddings=True, num_hidden_layers=2,
-                    text=dict(hidden_size=32, num_attention_heads=2, intermediate_size=48,
-                              vocab_size=100, num_hidden_layers=2),
-                    vision=dict(hidden_size=128, num_hidden_layers=2)),
+        config=derived(TINY, link_tower_type="scaled_add", share_cross_modal_transformer_layers=False,
+                       tie_word_embeddings=True, **NARROW),
         heads=["model", "itm", "mlm"], save="multi-head",
         cases={"padded": dict(lengths=[4, 8], maps=True), "single": dict(lengths=[5])}),
-    # interpolate bridges, N = L (no uni-modal layer before the first bridge), separate vision
-    # LayerNorms present but unused, saved by transformers' own save_pretrained without prefix.
+    # interpolate bridges, separate vision LayerNorms present but unused, saved by transformers' own
+    # save_pretrained without prefix.
     "tiny-interpolate-bare": dict(
-        config=dict(link_tower_type="interpolate", num_hidden_layers=3,
-                    text=dict(hidden_size=32, num_attention_heads=2, intermediate_size=48,
-                              vocab_size=100, num_hidden_layers=3),
-                    vision=dict(num_hidden_layers=3, share_layernorm=False)),
+        config=derived(TINY, link_tower_type="interpolate", vision_config=dict(share_layernorm=False), **NARROW),
         heads=["model"], save="save_pretrained",
         cases={"padded": dict(lengths=[3, 7, 5]), "interpolate": dict(lengths=[5], image_hw=(28, 28),
                                                                       interpolate=True)}),
@@ -68,7 +68,7 @@ def labels_for(head, inputs, seed):
 
 def generate(spec, seed, folder):
     """Build, perturb and save one fixture checkpoint in `folder`; return (arrays, cases) of its reference runs."""
-    cfg = ref.tiny_config(**json.loads(json.dumps(spec["config"])))
+    cfg = spec["config"]
     models = ref.build(cfg, spec["heads"], seed)
     if spec["save"] == "save_pretrained":
         models["model"].save_pretrained(folder)  # transformers' own writer: unprefixed keys

@@ -1,10 +1,11 @@
-"""Reference tooling: build BridgeTower models with transformers, perturb them, run them.
+"""Reference tooling: build BridgeTower models with transformers, set their weights, run them.
 
 Used by make_fixtures.py (to write the committed fixtures) and by the live parity tests. Needs
 the `reference` extra (torch, transformers); nothing in minibridge imports this.
 
-Every parameter gets noise, LayerNorm weights and biases included: a freshly initialised
-LayerNorm is weight 1, bias 0, which would hide a skipped or swapped LayerNorm.
+Every parameter is set from minibridge's one random-weight rule (weights.random_weights): noise
+everywhere, LayerNorm weights and biases included (a freshly initialised LayerNorm is weight 1,
+bias 0, which would hide a skipped or swapped LayerNorm).
 """
 
 import json
@@ -13,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
+
+import minibridge as mb
+from minibridge.weights import random_weights
 from transformers import (
     BridgeTowerConfig,
     BridgeTowerForContrastiveLearning,
@@ -29,68 +33,32 @@ HEAD_CLASSES = {
 }
 
 
-def tiny_config(**top):
-    """A small but complete BridgeTower config dict: 4 layers per tower, 3 cross-modal layers."""
-    text = {"vocab_size": 120, "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
-            "intermediate_size": 96, "max_position_embeddings": 40, "hidden_act": "gelu",
-            "layer_norm_eps": 1e-5, "type_vocab_size": 1, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
-    vision = {"hidden_size": 64, "num_hidden_layers": 4, "patch_size": 4, "image_size": 16,
-              "layer_norm_eps": 1e-5, "share_layernorm": True, "remove_last_layer": False}
-    text.update(top.pop("text", {}))
-    vision.update(top.pop("vision", {}))
-    cfg = {"hidden_size": text["hidden_size"], "num_hidden_layers": 3, "num_attention_heads": 4,
-           "link_tower_type": "add", "share_cross_modal_transformer_layers": True,
-           "share_link_tower_layers": False, "tie_word_embeddings": False, "layer_norm_eps": 1e-5,
-           "hidden_act": "gelu", "contrastive_hidden_size": 48, "logit_scale_init_value": 2.6592,
-           "text_config": text, "vision_config": vision}
-    cfg.update(top)
-    return cfg
-
-
-def base_config():
-    """The published base architecture (bridgetower-base, -base-itm-mlm; SPEC §1.4)."""
-    return {"hidden_size": 768, "num_hidden_layers": 6, "num_attention_heads": 12,
-            "link_tower_type": "add", "share_cross_modal_transformer_layers": True,
-            "share_link_tower_layers": False, "tie_word_embeddings": False, "layer_norm_eps": 1e-5,
-            "text_config": {}, "vision_config": {}}
-
-
-def large_config():
-    """The published large architecture with the contrastive head (bridgetower-large-itm-mlm-itc)."""
-    return {"hidden_size": 1024, "num_hidden_layers": 6, "num_attention_heads": 16,
-            "link_tower_type": "add", "share_cross_modal_transformer_layers": True,
-            "share_link_tower_layers": False, "tie_word_embeddings": False, "layer_norm_eps": 1e-5,
-            "contrastive_hidden_size": 512, "logit_scale_init_value": 2.6592,
-            "text_config": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
-                            "intermediate_size": 4096},
-            "vision_config": {"hidden_size": 1024, "num_hidden_layers": 24, "patch_size": 14, "image_size": 294}}
-
-
-def perturb(module, seed, matrix_std=0.05, vector_std=0.1):
-    """Add Gaussian noise to every parameter (matrices a little, vectors and scalars more)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted(module.named_parameters()):
-            std = matrix_std if p.ndim >= 2 else vector_std
-            p.add_(torch.randn(p.shape, generator=g) * std)
-
-
 def build(config_dict, heads, seed):
-    """{head: eval-mode transformers model}, all heads sharing one perturbed backbone."""
+    """{head: eval-mode transformers model}, all heads sharing one backbone, every tensor set from
+    minibridge's one random-weight rule (weights.random_weights)."""
     config = BridgeTowerConfig(**json.loads(json.dumps(config_dict)))
-    torch.manual_seed(seed)
-    models = {}
-    backbone = None
-    for i, head in enumerate(heads):
-        m = HEAD_CLASSES[head](config).eval()
-        perturb(m, seed + 1 + i)
-        core = m if head == "model" else m.bridgetower
-        if backbone is None:
-            backbone = core.state_dict()
-        else:
-            core.load_state_dict(backbone)
-        models[head] = m
-    return models
+    flat = random_weights(mb.BridgeTowerConfig.from_dict(config_dict), [h for h in heads if h != "model"], seed)
+    return {head: load_weights(HEAD_CLASSES[head](config).eval(), flat) for head in heads}
+
+
+def load_weights(model, flat):
+    """Set a transformers BridgeTower model's tensors from {unprefixed key: array}; returns the model.
+
+    Every tensor the model holds is set, except the RoBERTa pooler, which the reference builds but
+    never uses (bridgetower.md §3), and an MLM decoder tied to the word embeddings (set through them).
+    """
+    own = model.state_dict()
+    state = {}
+    for key, value in flat.items():
+        name = key if key in own else "bridgetower." + key
+        if name in own:  # (a sibling head's keys are not this model's)
+            state[name] = torch.from_numpy(value)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    left = [k for k in missing if not k.removeprefix("bridgetower.").startswith("text_model.pooler.")
+            and not (tied and k == "mlm_score.decoder.weight")]
+    assert not unexpected and not left, (left, unexpected)
+    return model
 
 
 def state_dict_numpy(models, prefixed=True):

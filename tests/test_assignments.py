@@ -1,4 +1,4 @@
-"""minibridge.assignments: the generated student copy, the grader, the snapshots (STYLE habit 14).
+"""minibridge.assignments: the generated student copy, the grader, the snapshots (CONTRIBUTING.md habit 14).
 
 A student copy with every component stubbed must import and score 0; the reference itself must
 score full marks; a bug planted in one function (by editing the text of a copy) must fail exactly
@@ -247,10 +247,10 @@ def test_snapshots_are_what_the_reference_computes_from_their_inputs():
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("tokenizers")
-    from minibridge.assignments import snapshot
+    import make_snapshots
 
     snaps = grader.load_snapshots()
-    fresh = snapshot.references({name: inputs for name, (inputs, _) in snaps.items()})
+    fresh = make_snapshots.references({name: inputs for name, (inputs, _) in snaps.items()})
     for name, (_, outputs) in snaps.items():
         for key, stored in outputs.items():
             tol = 1e-6 if stored.dtype.kind == "f" else 0  # the same arithmetic again: only float noise may differ

@@ -1,22 +1,27 @@
-"""The benchmark runs end to end and counts FLOPs right (it measures; nothing here asserts a time)."""
+"""benchmarks/bench.py runs end to end and counts FLOPs right (it measures; nothing here asserts a time)."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import minibridge as mb
-from minibridge import bench, bridge, heads, model, ops, text, vision
-from minibridge.random_checkpoint import TINY, save_random_checkpoint
+from minibridge import bridge, heads, model, ops, text, vision
+from minibridge.weights import save_random_checkpoint
 
-from helpers import SHARED_DATA
+from helpers import ROBERTA, TINY_REAL_VOCAB
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+sys.path.insert(0, str(BENCH.parent))
+import bench  # noqa: E402
 
 
 def test_forward_flops_counts_every_matrix_product(tmp_path, monkeypatch):
     """bench.forward_flops equals the FLOPs of the matrix products an ITM forward really runs."""
-    folder = save_random_checkpoint(tmp_path, TINY, heads=("itm",))
+    folder = save_random_checkpoint(tmp_path, TINY_REAL_VOCAB, heads=("itm",))
     m = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
     counted = []
 
@@ -33,7 +38,7 @@ def test_forward_flops_counts_every_matrix_product(tmp_path, monkeypatch):
             if hasattr(module, name):
                 monkeypatch.setattr(module, name, fn)
     B, T, vc = 3, bench.TEXT_TOKENS, m.config.vision_config
-    inputs = bench._inputs(TINY, B)
+    inputs = bench._inputs(TINY_REAL_VOCAB, B)
     m(**inputs)
     patch_embedding = 2 * B * (vc.num_positions - 1) * 3 * vc.patch_size**2 * vc.hidden_size  # a direct @
     assert inputs["input_ids"].shape == (B, T)
@@ -41,10 +46,10 @@ def test_forward_flops_counts_every_matrix_product(tmp_path, monkeypatch):
 
 
 def test_bench_runs_and_reports(tmp_path):
-    if not (SHARED_DATA / "roberta-base").is_dir():
-        pytest.skip(f"needs the real tokenizer files in {SHARED_DATA}")
-    folder = save_random_checkpoint(tmp_path / "ckpt", TINY, heads=("itm",), tokenizer_dir=SHARED_DATA / "roberta-base")
-    r = subprocess.run([sys.executable, "-m", "minibridge.bench", "--model", str(folder), "--batches", "1",
+    if not ROBERTA.is_dir():
+        pytest.skip(f"needs the real tokenizer files in {ROBERTA}")
+    folder = save_random_checkpoint(tmp_path / "ckpt", TINY_REAL_VOCAB, heads=("itm",), tokenizer_dir=ROBERTA)
+    r = subprocess.run([sys.executable, str(BENCH), "--model", str(folder), "--batches", "1",
                         "--rounds", "1", "--json", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "out.json").read_text())

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import minibridge as mb
+from minibridge.config import TINY
 from minibridge.convert import ConvertError, convert_folder, ensure_safetensors, read_torch_bin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,10 +51,9 @@ def tiny_checkpoints(tmp_path_factory):
     """The same tiny ITM model saved twice: by torch.save as a .bin, and by transformers as safetensors."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    sys.path.insert(0, str(ROOT / "tests"))
     import reference as ref
 
-    cfg = ref.tiny_config()
+    cfg = TINY
     model = ref.build(cfg, ["itm", "mlm"], seed=7)["itm"]
     root = tmp_path_factory.mktemp("tiny")
     as_bin, as_safetensors = root / "bin", root / "safetensors"

@@ -15,7 +15,8 @@ from minibridge.image_processing import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Brid
                                          center_crop, load_image, pad_batch, rescale_and_normalize,
                                          resize_output_size)
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from paths import SHARED_DATA as DATA
+
 PHOTOS = sorted(glob.glob(str(DATA / "images" / "*")))
 
 # Both sides call the same Pillow resize and do the same float64 → float32 arithmetic, so today they

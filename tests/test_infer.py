@@ -9,9 +9,9 @@ import pytest
 
 import minibridge as mb
 from minibridge.infer import _load
-from minibridge.random_checkpoint import TINY, save_random_checkpoint
+from minibridge.weights import save_random_checkpoint
 
-from helpers import SHARED_DATA, assert_close
+from helpers import SHARED_DATA, TINY_REAL_VOCAB, assert_close
 
 PHOTO = SHARED_DATA / "images" / "000000039769.png"  # the COCO two-cats photo of the HF tests
 TEXTS = ["a bunch of cats laying on a tower.", "a plate of food", "two remote controls"]
@@ -21,7 +21,7 @@ TEXTS = ["a bunch of cats laying on a tower.", "a plate of food", "two remote co
 def checkpoint(tmp_path_factory):
     if not (SHARED_DATA / "roberta-base" / "tokenizer.json").is_file():
         pytest.skip(f"needs the real tokenizer files in {SHARED_DATA} (../shared/data next to the checkout)")
-    return save_random_checkpoint(tmp_path_factory.mktemp("ckpt"), TINY, seed=3,
+    return save_random_checkpoint(tmp_path_factory.mktemp("ckpt"), TINY_REAL_VOCAB, seed=3,
                                   tokenizer_dir=SHARED_DATA / "roberta-base")
 
 
@@ -99,7 +99,7 @@ def test_bad_requests(checkpoint, kwargs, message):
 
 
 def test_missing_head_is_named(tmp_path):
-    folder = save_random_checkpoint(tmp_path, TINY, heads=("itm",))
+    folder = save_random_checkpoint(tmp_path, TINY_REAL_VOCAB, heads=("itm",))
     with pytest.raises(ValueError, match="has no itc head; it has: itm"):
         mb.infer(np.zeros((40, 40, 3), np.uint8), "x", model=folder, task="itc")
 
@@ -147,7 +147,7 @@ def test_cli_embed(checkpoint, tmp_path):
     enc = mb.BridgeTowerProcessor.from_pretrained(checkpoint)(text=["a cat", "a dog"], padding=True)
     np.testing.assert_array_equal(np.load(out), model.get_text_features(enc["input_ids"], enc["attention_mask"]))
     r = cli("embed", "--model", checkpoint, "--image", PHOTO)
-    assert r.returncode == 0 and "[32]" in r.stdout
+    assert r.returncode == 0 and f"[{TINY_REAL_VOCAB['contrastive_hidden_size']}]" in r.stdout
 
 
 def test_image_by_url(checkpoint):

@@ -16,6 +16,7 @@ pytest.importorskip("transformers", reason="live parity needs the reference extr
 import make_fixtures  # noqa: E402
 import reference as ref  # noqa: E402
 from helpers import HEAD_CLASSES, compare, run_mine  # noqa: E402
+from minibridge.config import BASE, LARGE  # noqa: E402
 
 
 @pytest.mark.parametrize("name", list(make_fixtures.SPECS))
@@ -56,12 +57,12 @@ def _check_full_size(models, folder, inputs, head, label):
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    return _full_size(ref.base_config(), ["itm", "mlm"], tmp_path_factory, seed=7, lengths=[16, 11])
+    return _full_size(BASE, ["itm", "mlm"], tmp_path_factory, seed=7, lengths=[16, 11])
 
 
 @pytest.fixture(scope="module")
 def large(tmp_path_factory):
-    return _full_size(ref.large_config(), ["itc"], tmp_path_factory, seed=8, lengths=[16, 9])
+    return _full_size(LARGE, ["itc"], tmp_path_factory, seed=8, lengths=[16, 9])
 
 
 @pytest.mark.slow

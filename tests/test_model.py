@@ -91,7 +91,8 @@ def test_unimodal_features_equal_the_full_forward(case, device):
     np.testing.assert_allclose(text, to_numpy(full.text_embeds), rtol=0, atol=1e-6)
     np.testing.assert_allclose(image, to_numpy(full.image_embeds), rtol=0, atol=1e-6)
     np.testing.assert_allclose(text, data[f"{case}/itc/text_embeds"], rtol=0, atol=1e-5)
-    assert text.shape == (len(ids), 48) and image.shape == (len(pixels), 48)
+    C = model.config.contrastive_hidden_size
+    assert text.shape == (len(ids), C) and image.shape == (len(pixels), C)
 
 
 def test_row_blocked_path_matches_reference(monkeypatch):

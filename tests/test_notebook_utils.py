@@ -1,14 +1,17 @@
-"""notebook_utils: the MINIBRIDGE_MODEL switch, the offline photos, bpe_steps and displayable."""
+"""notebooks/notebook_utils.py: the MINIBRIDGE_MODEL switch, the offline photos and displayable."""
+
+import sys
 
 import numpy as np
 import PIL.Image
 import pytest
 
-from minibridge import notebook_utils as nu
 from minibridge.image_processing import BridgeTowerImageProcessor, rescale_and_normalize
-from minibridge.tokenizer import bpe
 
-from helpers import SHARED_DATA
+from paths import PHOTOS
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "notebooks"))
+import notebook_utils as nu  # noqa: E402  (it lives beside the notebooks, which run in that folder)
 
 
 def test_model_id_follows_the_environment(monkeypatch):
@@ -20,10 +23,11 @@ def test_model_id_follows_the_environment(monkeypatch):
     assert nu.offline()
 
 
-def test_offline_photos_come_from_shared_data(monkeypatch):
-    if not (SHARED_DATA / "images" / "000000039769.png").is_file():
-        pytest.skip(f"needs the photos in {SHARED_DATA / 'images'}")
+def test_offline_photos_come_from_the_photo_folder(monkeypatch):
+    if not (PHOTOS / "000000039769.png").is_file():
+        pytest.skip(f"needs the photos in {PHOTOS}")
     monkeypatch.setenv(nu.MODEL_ENV, "/some/folder")  # offline: no download is tried
+    monkeypatch.setenv(nu.PHOTOS_ENV, str(PHOTOS))
     photos = nu.sample_photos(3)
     assert [source.rsplit("/", 1)[-1][:12] for _, source, _ in photos] == ["000000039769", "000000397133",
                                                                            "000000377575"]
@@ -32,36 +36,14 @@ def test_offline_photos_come_from_shared_data(monkeypatch):
     assert photo.size == (640, 480) and source == photos[0][1]
 
 
-def test_without_shared_data_matplotlib_pictures_stand_in(monkeypatch):
+def test_without_a_photo_folder_matplotlib_pictures_stand_in(monkeypatch):
     pytest.importorskip("matplotlib", reason="the last offline fallback is matplotlib's sample data")
     monkeypatch.setenv(nu.MODEL_ENV, "/some/folder")
-    monkeypatch.setattr(nu, "shared_data", lambda: None)
+    monkeypatch.delenv(nu.PHOTOS_ENV, raising=False)
     photos = nu.sample_photos(5)
     assert len(photos) == len(nu.MATPLOTLIB_PHOTOS)  # fewer than asked for: there are only three
     assert photos[0][1].endswith("grace_hopper.jpg") and photos[0][0].mode == "RGB"
     assert photos[1][0].mode == "RGB"  # a transparent PNG, put on white
-
-
-def test_bpe_steps_on_a_hand_checkable_table():
-    ranks = {("l", "o"): 0, ("lo", "w"): 1, ("e", "r"): 2, ("low", "er"): 3, ("x", "y"): 4}
-    steps = nu.bpe_steps("lower", ranks)
-    assert steps == [(list("lower"), None, None), (["lo", "w", "e", "r"], ("l", "o"), 0),
-                     (["low", "e", "r"], ("lo", "w"), 1), (["low", "er"], ("e", "r"), 2),
-                     (["lower"], ("low", "er"), 3)]
-    assert steps[-1][0] == bpe("lower", ranks)
-
-
-def test_bpe_steps_end_where_bpe_ends_on_the_real_merges():
-    if not (SHARED_DATA / "roberta-base" / "tokenizer.json").is_file():
-        pytest.skip(f"needs the tokenizer files in {SHARED_DATA / 'roberta-base'}")
-    from minibridge import RobertaTokenizer
-
-    tok = RobertaTokenizer.from_pretrained(SHARED_DATA / "roberta-base")
-    for word in ["Ġunbelievable", "ĠBridgeTower", "Ġtokenization", "a"]:
-        steps = nu.bpe_steps(word, tok.ranks)
-        assert steps[-1][0] == bpe(word, tok.ranks)
-        ranks = [rank for _, _, rank in steps[1:]]
-        assert ranks == sorted(ranks)  # merges apply in rising rank order
 
 
 def test_displayable_undoes_the_normalisation():

@@ -1,6 +1,6 @@
 """The walkthrough notebooks (notebooks/0*.ipynb) run top to bottom, offline, on a small random checkpoint.
 
-MINIBRIDGE_MODEL points every notebook at a TINY random checkpoint in the Hub layout (random_checkpoint.py)
+MINIBRIDGE_MODEL points every notebook at a TINY random checkpoint in the Hub layout (weights.save_random_checkpoint)
 with the real RoBERTa tokenizer files, so nothing is downloaded; MPLBACKEND=Agg draws without a display.
 Needs the `notebook-tests` extra (nbclient, nbformat, ipykernel, matplotlib) and ../shared/data/roberta-base;
 skips with a message when either is missing. The committed notebooks must carry no outputs: outputs of
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 import minibridge
-from minibridge.random_checkpoint import TINY, save_random_checkpoint
+from minibridge.weights import save_random_checkpoint
 
-from helpers import SHARED_DATA
+from helpers import PHOTOS, SHARED_DATA, TINY_REAL_VOCAB
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("0*.ipynb"))
 
@@ -46,7 +46,7 @@ def test_committed_without_outputs(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebooks_import_minibridge_and_redefine_none_of_it(path):
-    """STYLE habit 13: a notebook explains, the package computes. No `def` may reuse a package function's name."""
+    """CONTRIBUTING.md habit 13: a notebook explains, the package computes. No `def` may reuse a package function's name."""
     package_functions = {name for module in _minibridge_modules()
                          for name, obj in inspect.getmembers(module, inspect.isfunction)
                          if obj.__module__ == module.__name__}
@@ -77,7 +77,7 @@ def tiny_checkpoint(tmp_path_factory):
         pytest.importorskip(module, reason=f"running the notebooks needs {module}: pip install -e '.[notebook-tests]'")
     if not (SHARED_DATA / "roberta-base" / "tokenizer.json").is_file():
         pytest.skip(f"running the notebooks needs the real tokenizer files in {SHARED_DATA / 'roberta-base'}")
-    return save_random_checkpoint(tmp_path_factory.mktemp("tiny"), TINY, seed=0,
+    return save_random_checkpoint(tmp_path_factory.mktemp("tiny"), TINY_REAL_VOCAB, seed=0,
                                   tokenizer_dir=SHARED_DATA / "roberta-base")
 
 
@@ -100,6 +100,7 @@ def test_notebook_runs_offline(path, tiny_checkpoint, timings, monkeypatch):
 
     # The kernel inherits this process's environment.
     monkeypatch.setenv("MINIBRIDGE_MODEL", str(tiny_checkpoint))
+    monkeypatch.setenv("MINIBRIDGE_PHOTOS", str(PHOTOS))  # the COCO photos, from disk
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     notebook = nbformat.read(path, as_version=4)

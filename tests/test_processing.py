@@ -11,8 +11,8 @@ import pytest
 from minibridge.image_processing import BridgeTowerImageProcessor
 from minibridge.processing import BridgeTowerProcessor
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ROBERTA = DATA / "roberta-base"
+from paths import ROBERTA
+from paths import SHARED_DATA as DATA
 
 # Pixels agree to the bit today; see PIXEL_ATOL in test_image_processing.py for why 1e-6.
 PIXEL_ATOL = 1e-6

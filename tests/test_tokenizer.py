@@ -11,10 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minibridge import tokenizer as tk
-from minibridge.tokenizer import RobertaTokenizer, bpe, bytes_to_unicode, pre_tokenize
+from minibridge.tokenizer import RobertaTokenizer, bpe, bpe_steps, bytes_to_unicode, pre_tokenize
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ROBERTA = DATA / "roberta-base"
+from paths import ROBERTA
+from paths import SHARED_DATA as DATA
+
 CAPTIONS = DATA / "captions" / "coco_captions.tsv"
 
 
@@ -390,3 +391,23 @@ def test_ascii_fast_path_splits_as_the_exact_pattern():
     for c in ascii_chars:
         for text in ("a" + c, "1" + c, c + "a", " " + c + "'s", c * 3 + " x"):
             assert ascii_split_pattern().findall(text) == gpt2_split_pattern().findall(text), repr(text)
+
+
+def test_bpe_steps_on_a_hand_checkable_table():
+    ranks = {("l", "o"): 0, ("lo", "w"): 1, ("e", "r"): 2, ("low", "er"): 3, ("x", "y"): 4}
+    steps = bpe_steps("lower", ranks)
+    assert steps == [(list("lower"), None, None), (["lo", "w", "e", "r"], ("l", "o"), 0),
+                     (["low", "e", "r"], ("lo", "w"), 1), (["low", "er"], ("e", "r"), 2),
+                     (["lower"], ("low", "er"), 3)]
+    assert steps[-1][0] == bpe("lower", ranks)
+
+
+def test_bpe_steps_end_where_bpe_ends_on_the_real_merges():
+    if not (ROBERTA / "tokenizer.json").is_file():
+        pytest.skip(f"needs the tokenizer files in {ROBERTA}")
+    tok = RobertaTokenizer.from_pretrained(ROBERTA)
+    for word in ["Ġunbelievable", "ĠBridgeTower", "Ġtokenization", "a"]:
+        steps = bpe_steps(word, tok.ranks)
+        assert steps[-1][0] == bpe(word, tok.ranks)
+        ranks = [rank for _, _, rank in steps[1:]]
+        assert ranks == sorted(ranks)  # merges apply in rising rank order

@@ -43,7 +43,7 @@ def test_prefixed_and_unprefixed_checkpoints_load():
         assert set(m.params) >= {"text_model", "vision_model", "cross_modal_text_layers", "token_type_embeddings"}
         assert "bridgetower" not in m.params
     # bare has separate vision LayerNorms (share_layernorm=False): loaded, unused
-    assert len(bare.params["vision_model"]["visual"]["ln_separate"]) == 3
+    assert len(bare.params["vision_model"]["visual"]["ln_separate"]) == bare.config.depth
 
 
 def test_each_head_adds_its_own_keys():
@@ -55,7 +55,7 @@ def test_each_head_adds_its_own_keys():
 
 
 def test_base_key_inventory_matches_spec():
-    # SPEC §7.4: BridgeTowerModel has 695 keys and 326,347,008 parameters (base), ITM 697, MLM 701, ITC 702.
+    # bridgetower.md §7.4: BridgeTowerModel has 695 keys and 326,347,008 parameters (base), ITM 697, MLM 701, ITC 702.
     cfg = mb.BridgeTowerConfig.from_dict({"contrastive_hidden_size": 512, "logit_scale_init_value": 2.6592})
     s = expected_shapes(cfg, "model")
     n_params = sum(int(np.prod(v)) for v in s.values())
@@ -65,9 +65,9 @@ def test_base_key_inventory_matches_spec():
 
 
 def test_missing_key_is_named(tmp_path):
-    key = "bridgetower.cross_modal_image_link_tower.1.LayerNorm.bias"
+    key = "bridgetower.cross_modal_image_link_tower.0.LayerNorm.bias"
     folder = write_variant(tmp_path, lambda t: {k: v for k, v in t.items() if k != key})
-    with pytest.raises(WeightsError, match=r"missing 1 tensor.*cross_modal_image_link_tower\.1\.LayerNorm\.bias \(64,\)"):
+    with pytest.raises(WeightsError, match=r"missing 1 tensor.*cross_modal_image_link_tower\.0\.LayerNorm\.bias \(64,\)"):
         mb.BridgeTowerModel.from_pretrained(folder)
 
 

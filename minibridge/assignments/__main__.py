@@ -32,8 +32,6 @@ def main(argv=None):
                    help="grade only this component (repeatable; default: all)")
 
     sub.add_parser("list", help="the components: what each covers, builds on, its tolerance and snapshot source")
-    p = sub.add_parser("snapshot", help="regenerate snapshots.npz from torch/transformers/tokenizers (reference extra)")
-    p.add_argument("--out", help="write here instead of minibridge/assignments/snapshots.npz")
 
     args = parser.parse_args(argv)
     try:
@@ -69,21 +67,7 @@ def list_command(args):
     return 0
 
 
-def snapshot_command(args):
-    from .grade import SNAPSHOTS
-    from .snapshot import make
-
-    path = args.out or SNAPSHOTS
-    try:
-        size = make(path)
-    except ImportError as e:
-        print(f"error: {e}; snapshots need the reference extra: pip install 'minibridge[reference]'", file=sys.stderr)
-        return 2
-    print(f"wrote {path} ({size / 1e3:.0f} kB, {len(COMPONENTS)} components)")
-    return 0
-
-
-COMMANDS = {"build": build_command, "check": check_command, "list": list_command, "snapshot": snapshot_command}
+COMMANDS = {"build": build_command, "check": check_command, "list": list_command}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,7 @@ A component is one box of the architecture, smallest first. For each one:
     covers   the functions whose `# BEGIN SOLUTION` … `# END SOLUTION` regions the student copy empties
     needs    the components it calls, so it runs on the student's own versions of those too
     tol      how far from the snapshot it may be (the constants below)
-    source   where its snapshot comes from (snapshot.py computes it)
+    source   where its snapshot comes from (tests/make_snapshots.py computes it)
     run      (student, inputs, tiny) -> {output name: array}: one call into the student's code
 
 The inputs live in snapshots.npz beside the outputs. The weights of the layer and model components
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import BridgeTowerConfig
-from ..weights import expected_shapes, head_shapes, to_tree
+from ..config import TINY, BridgeTowerConfig
+from ..weights import random_weights, to_tree
 
 # Tolerances: max |mine - reference| <= tol * max(1, max |reference|), output by output, as the
 # parity tests measure (tests/helpers.py). They tighten from the whole model down to primitives:
@@ -32,47 +32,16 @@ LAYER_TOL = 3e-5  # a block of ~10 primitives (attention + LayerNorms + MLP): th
 MODEL_TOL = 1e-4  # the full forward pass: the parity tests' tolerance (tests/helpers.py TOL)
 EXACT = 0  # integers and strings (position ids, BPE tokens): right or wrong, nothing in between
 
-# The model every layer and model component runs on: two layers per tower, two cross-modal layers
-# (so one bridge per side), 12-pixel images in 4-pixel patches (1 + 9 tokens), Dv = 128 so the
-# vision tower has two heads (CLIP heads are 64 wide), and every head.
-TINY_CONFIG = {
-    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "link_tower_type": "add",
-    "share_cross_modal_transformer_layers": True, "layer_norm_eps": 1e-5,
-    "contrastive_hidden_size": 16, "logit_scale_init_value": 2.6592,
-    "text_config": {"vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                    "intermediate_size": 48, "max_position_embeddings": 16, "layer_norm_eps": 1e-5,
-                    "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2},
-    "vision_config": {"hidden_size": 128, "num_hidden_layers": 2, "patch_size": 4, "image_size": 12,
-                      "layer_norm_eps": 1e-5},
-}
 WEIGHTS_SEED = 2206_08657  # the paper's arXiv number
 
 
-def tiny_weights(config=TINY_CONFIG, seed=WEIGHTS_SEED):
-    """{checkpoint key: float32 array} of the backbone and all three heads, as noise around trained values.
+def tiny_weights():
+    """{checkpoint key: float32 array} of config.TINY with every head: weights.random_weights, seeded.
 
-    LayerNorm weights near 1, everything else near 0: matrices and embeddings with std 0.05, vectors
-    and scalars 0.1. Small weights keep activations small, so that LayerNorm's eps (1e-5) is visible
-    at our tolerances and a LayerNorm without it fails every component built on it.
-    subtle: np.random.RandomState's stream is frozen by NumPy's compatibility policy, and uniform
-    draws are pure integer arithmetic, so these are the same numbers on every platform and version.
+    The same numbers on every platform and NumPy version (see random_weights), so the snapshots
+    need not store them.
     """
-    cfg = BridgeTowerConfig.from_dict(config)
-    shapes = dict(expected_shapes(cfg, "model"))
-    for head in ("itm", "mlm", "itc"):
-        shapes.update(head_shapes(cfg, head))
-    rng = np.random.RandomState(seed)
-    flat = {}
-    for key in sorted(shapes):
-        shape = shapes[key]
-        noise = (rng.random_sample(shape) * 2 - 1) * 3**0.5  # uniform with unit std
-        parts = key.split(".")
-        if parts[-1] == "weight" and any("layernorm" in p.lower() or p.startswith("ln_") for p in parts):
-            value = 1.0 + 0.1 * noise
-        else:
-            value = (0.05 if len(shape) >= 2 else 0.1) * noise
-        flat[key] = np.asarray(value, dtype=np.float32)
-    return flat
+    return random_weights(BridgeTowerConfig.from_dict(TINY), ("itm", "mlm", "itc"), WEIGHTS_SEED)
 
 
 def weights_checksum(flat):
@@ -92,7 +61,7 @@ class Tiny:
         flat = tiny_weights()
         for v in flat.values():
             v.flags.writeable = False  # as the memory-mapped checkpoint: a student's code must not write into p
-        return cls(BridgeTowerConfig.from_dict(TINY_CONFIG), to_tree(flat))
+        return cls(BridgeTowerConfig.from_dict(TINY), to_tree(flat))
 
 
 # ---- the components, in teaching order --------------------------------------------------------------
@@ -309,5 +278,5 @@ def foundations(name):
 
 
 def config_json():
-    """TINY_CONFIG as stored in the snapshots (sorted keys), to notice snapshots made for another config."""
-    return json.dumps(TINY_CONFIG, sort_keys=True)
+    """config.TINY as stored in the snapshots (sorted keys), to notice snapshots made for another config."""
+    return json.dumps(TINY, sort_keys=True)

@@ -91,10 +91,10 @@ class Student:
 def load_snapshots(path=SNAPSHOTS):
     """{component: (inputs, outputs)}, each {name: read-only array}; checks they fit the components."""
     if not Path(path).is_file():
-        raise SnapshotError(f"{path} is missing; make it with: python -m minibridge.assignments snapshot")
+        raise SnapshotError(f"{path} is missing; make it with: python tests/make_snapshots.py (from a checkout, with the reference extra)")
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files}
-    stale = "; regenerate them with: python -m minibridge.assignments snapshot"
+    stale = "; regenerate them with: python tests/make_snapshots.py (from a checkout, with the reference extra)"
     if str(arrays.get("meta/config")) != config_json():
         raise SnapshotError(f"{path} was made for another tiny model config" + stale)
     expected, found = weights_checksum(tiny_weights()), float(arrays["meta/weights_checksum"])

@@ -1,6 +1,6 @@
 """Benchmark: minibridge against transformers, side by side, on a base-size checkpoint.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m minibridge.bench [--model FOLDER] [--device cuda]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench.py [--model FOLDER] [--device cuda]
 
 Uses a real checkpoint if given (or found in the default download folder), else random weights of
 the published base architecture, written on the spot. Reports, for each implementation:
@@ -21,8 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from paths import PHOTOS, ROBERTA  # noqa: E402  (the one definition of where the shared test data is)
+
 TEXT_TOKENS = 16
-PHOTO_NAME = "000000039769.png"
+PHOTO = PHOTOS / "000000039769.png"  # the COCO two-cats photo
 
 
 # ---- what runs inside a worker subprocess ----------------------------------------------------
@@ -100,7 +103,7 @@ def worker(lib, folder, mode, batches, device):
 
 
 def _run_worker(lib, folder, mode, batches, device):
-    cmd = [sys.executable, "-m", "minibridge.bench", "--worker", lib, "--model", str(folder), "--mode", mode,
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", lib, "--model", str(folder), "--mode", mode,
            "--device", device, "--batches", *map(str, batches)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode:
@@ -145,23 +148,23 @@ def forward_flops(cfg, batch, text_tokens=TEXT_TOKENS):
 
 def _checkpoint(model_arg, workdir):
     """A folder to benchmark, and a description of it."""
-    from .hub import default_home
+    from minibridge.hub import default_home
 
     if model_arg:
         return Path(model_arg), f"checkpoint {model_arg}"
     real = default_home() / "BridgeTower--bridgetower-base-itm-mlm" / "main"
     if (real / "model.safetensors").is_file():
         return real, f"real checkpoint {real}"
-    from .random_checkpoint import BASE, save_random_checkpoint
+    from minibridge.config import BASE
+    from minibridge.weights import save_random_checkpoint
 
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "roberta-base"
     folder = save_random_checkpoint(Path(workdir) / "base", BASE, heads=("itm",),
-                                    tokenizer_dir=shared if shared.is_dir() else None)
+                                    tokenizer_dir=ROBERTA if ROBERTA.is_dir() else None)
     return folder, "random weights of the published base architecture (bridgetower-base-itm-mlm)"
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m minibridge.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="a checkpoint folder (default: the downloaded base-itm-mlm, else random weights)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batches", nargs="+", type=int, default=None)
@@ -174,7 +177,7 @@ def main(argv=None):
     if args.worker:
         return worker(args.worker, args.model, args.mode, batches, args.device)
 
-    from .config import BridgeTowerConfig
+    from minibridge.config import BridgeTowerConfig
 
     with tempfile.TemporaryDirectory() as workdir:
         folder, what = _checkpoint(args.model, workdir)
@@ -201,13 +204,12 @@ def main(argv=None):
             res["minibridge"]["import_s"] = min(_timed_command(
                 [sys.executable, "-c", "import minibridge"]) for _ in range(3))
             res["python_startup_s"] = min(_timed_command([sys.executable, "-c", "pass"]) for _ in range(3))
-            photo = Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / PHOTO_NAME
-            if (folder / "tokenizer.json").is_file() and photo.is_file():
+            if (folder / "tokenizer.json").is_file() and PHOTO.is_file():
                 res["minibridge"]["infer_cold_s"] = _timed_command(
-                    [sys.executable, "-m", "minibridge", "infer", str(photo), "a bunch of cats", "--model", str(folder)])
+                    [sys.executable, "-m", "minibridge", "infer", str(PHOTO), "a bunch of cats", "--model", str(folder)])
                 if "transformers" in libs:
                     res["transformers"]["infer_cold_s"] = _timed_command([sys.executable, "-c", _TRANSFORMERS_INFER,
-                                                                          str(folder), str(photo)])
+                                                                          str(folder), str(PHOTO)])
             res["matmul_gflops"] = matmul_gflops()
         weights_mb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
         res["weights_mb"] = weights_mb

@@ -1,24 +1,27 @@
-"""Regenerate snapshots.npz: every component's inputs and what the reference computes from them.
+"""Regenerate minibridge/assignments/snapshots.npz: every component's inputs and what the reference
+computes from them.
 
-    python -m minibridge.assignments snapshot          # needs the `reference` extra and a checkout
+    python tests/make_snapshots.py [--out PATH]        # needs the `reference` extra
 
 The reference is torch and transformers wherever they have the piece (for the layers, the
 BridgeTower submodules loaded with `components.tiny_weights`; for the full model, the parity
-tooling of tests/reference.py), and the `tokenizers` library for the BPE merge loop. Nothing here
+tooling of reference.py beside this file), and the `tokenizers` library for the BPE merge loop. Nothing here
 is minibridge's own output, so the snapshots can catch a mistake that minibridge shares.
 
 Each component has a maker (seeded inputs, numpy) and a reference (outputs, torch); `references`
 recomputes the outputs from stored inputs, which is how tests check the committed file.
 """
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from .components import COMPONENTS, TINY_CONFIG, config_json, tiny_weights, weights_checksum
-from .grade import SNAPSHOTS
+import reference
+from minibridge.assignments.components import COMPONENTS, config_json, tiny_weights, weights_checksum
+from minibridge.assignments.grade import SNAPSHOTS
+from minibridge.config import TINY
 
 F32 = np.float32
 SEED = 6  # inputs: np.random.RandomState(SEED + position in COMPONENTS)
@@ -157,7 +160,7 @@ def ref_patchify(x, t, ctx):
 
 def make_vision_block(rng):
     # std 0.1: the residual stream is small, so ln_1 and ln_2 see a variance where eps matters.
-    vc = TINY_CONFIG["vision_config"]
+    vc = TINY["vision_config"]
     tokens = (vc["image_size"] // vc["patch_size"]) ** 2 + 1
     return {"x": _normal(rng, 2, tokens, vc["hidden_size"], std=0.1)}
 
@@ -189,7 +192,7 @@ def ref_position_ids(x, t, ctx):
 
 def make_text_embed(rng):
     ids = make_position_ids(rng)["input_ids"].copy()
-    ids[0, 1:6] = rng.randint(3, TINY_CONFIG["text_config"]["vocab_size"], size=5)
+    ids[0, 1:6] = rng.randint(3, TINY["text_config"]["vocab_size"], size=5)
     return {"input_ids": ids}
 
 
@@ -198,7 +201,7 @@ def ref_text_embed(x, t, ctx):
 
 
 def make_bert_attention(rng):
-    D = TINY_CONFIG["hidden_size"]
+    D = TINY["hidden_size"]
     return {"x": _normal(rng, 3, 6, D, std=0.1), "mask": _additive(_padding_mask([6, 3, 5], 6))}
 
 
@@ -232,7 +235,7 @@ def ref_bpe(x, t, ctx):
 
 
 def make_link_tower(rng):
-    D = TINY_CONFIG["hidden_size"]
+    D = TINY["hidden_size"]
     return {"h": _normal(rng, 2, 5, D, std=0.1), "c": _normal(rng, 2, 5, D, std=0.1),
             "ln_weight": 1 + _normal(rng, D, std=0.1), "ln_bias": _normal(rng, D, std=0.1),
             "scaled_factor": np.array(1.3, dtype=F32), "beta": np.array(0.3, dtype=F32), "eps": np.array(1e-5)}
@@ -258,7 +261,7 @@ def ref_link_tower(x, t, ctx):
 
 
 def make_cross_modal_layer(rng):
-    D, vc = TINY_CONFIG["hidden_size"], TINY_CONFIG["vision_config"]
+    D, vc = TINY["hidden_size"], TINY["vision_config"]
     tokens = (vc["image_size"] // vc["patch_size"]) ** 2 + 1
     return {"text": _normal(rng, 2, 6, D, std=0.1), "image": _normal(rng, 2, tokens, D, std=0.1),
             "text_mask": _additive(_padding_mask([6, 4], 6))}
@@ -274,7 +277,7 @@ def ref_cross_modal_layer(x, t, ctx):
 
 
 def make_heads(rng):
-    D, vc = TINY_CONFIG["hidden_size"], TINY_CONFIG["vision_config"]
+    D, vc = TINY["hidden_size"], TINY["vision_config"]
     tokens = (vc["image_size"] // vc["patch_size"]) ** 2 + 1
     return {"text_features": _normal(rng, 2, 6, D), "image_features": _normal(rng, 2, tokens, D),
             "pooled": _normal(rng, 2, 2 * D), "text_cls": _normal(rng, 2, D), "image_cls": _normal(rng, 2, D)}
@@ -293,28 +296,15 @@ def ref_heads(x, t, ctx):
 
 
 def make_bridgetower(rng):
-    reference = _reference_tooling()
-    return reference.make_inputs(TINY_CONFIG, lengths=[7, 4, 6], seed=int(rng.randint(1 << 30)))
+    return reference.make_inputs(TINY, lengths=[7, 4, 6], seed=int(rng.randint(1 << 30)))
 
 
 def ref_bridgetower(x, t, ctx):
-    out = _reference_tooling().run({"model": ctx["model"]}, {k: np.array(v) for k, v in x.items()}, "model")
+    out = reference.run({"model": ctx["model"]}, {k: np.array(v) for k, v in x.items()}, "model")
     return {k: out[k] for k in ("text_features", "image_features", "pooler_output")}
 
 
 # ---- the reference model ------------------------------------------------------------------------------
-
-
-def _reference_tooling():
-    """tests/reference.py of this checkout: the parity tests' way of running transformers."""
-    tests = Path(__file__).resolve().parents[2] / "tests"
-    if not (tests / "reference.py").is_file():
-        raise FileNotFoundError(f"{tests / 'reference.py'} not found: regenerate snapshots from a minibridge checkout")
-    if str(tests) not in sys.path:
-        sys.path.insert(0, str(tests))
-    import reference
-
-    return reference
 
 
 def reference_context():
@@ -323,14 +313,11 @@ def reference_context():
     from transformers import BridgeTowerConfig, BridgeTowerModel
     from transformers.models.bridgetower import modeling_bridgetower as hf
 
-    config = BridgeTowerConfig(**json.loads(json.dumps(TINY_CONFIG)))
+    config = BridgeTowerConfig(**json.loads(json.dumps(TINY)))
     config._attn_implementation = "eager"  # the implementation that returns attention probabilities
-    flat = {k: torch.from_numpy(v) for k, v in tiny_weights().items()}
-    model = BridgeTowerModel(config).eval()
-    missing, unexpected = model.load_state_dict(
-        {k: v for k, v in flat.items() if not k.startswith(("itm_", "mlm_", "itc_", "logit"))}, strict=False)
-    # RoBERTa's pooler is built by the reference but never used (minibridge does not load it, SPEC §3).
-    assert not unexpected and all(k.startswith("text_model.pooler.") for k in missing), (missing, unexpected)
+    weights = tiny_weights()
+    model = reference.load_weights(BridgeTowerModel(config).eval(), weights)
+    flat = {k: torch.from_numpy(v) for k, v in weights.items()}
     D, C = config.hidden_size, config.contrastive_hidden_size
     heads = {"itm_score": hf.BridgeTowerITMHead(2 * D), "mlm_score": hf.BridgeTowerMLMHead(config),
              "itc_text_head": hf.BridgeTowerContrastiveHead(D, C),
@@ -374,3 +361,10 @@ def make(path=SNAPSHOTS):
         arrays.update({f"{c.name}/out/{k}": v for k, v in outputs[c.name].items()})
     np.savez_compressed(path, **arrays)
     return Path(path).stat().st_size
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=SNAPSHOTS, help="where to write (default: minibridge/assignments/snapshots.npz)")
+    out = ap.parse_args().out
+    print(f"wrote {out} ({make(out) / 1e3:.0f} kB, {len(COMPONENTS)} components)")

@@ -1,19 +1,21 @@
-"""What the walkthrough notebooks (notebooks/*.ipynb) share: which checkpoint, which photos.
+"""What the walkthrough notebooks (notebooks/*.ipynb) share: which checkpoint, which photos, how to
+show normalised pixels. It lives beside them (a notebook runs in this folder) and is not part of
+the package: nothing here computes any part of the model (CONTRIBUTING.md habit 13).
 
-    from minibridge.notebook_utils import model_id, sample_photo
+    from notebook_utils import model_id, sample_photo
     model = mb.BridgeTowerForMaskedLM.from_pretrained(model_id("BridgeTower/bridgetower-base-itm-mlm"))
     photo, source = sample_photo()            # a PIL image and where it came from
 
 The offline switch: when the environment variable MINIBRIDGE_MODEL names a local checkpoint folder
 (config.json + model.safetensors + tokenizer and preprocessor files), every notebook loads that
 folder instead of the Hub id it names, and takes its photos from disk instead of the network.
-This is how CI runs the notebooks, on a small random checkpoint (random_checkpoint.py):
+This is how CI runs the notebooks, on a small random checkpoint (weights.save_random_checkpoint):
 
     MINIBRIDGE_MODEL=/tmp/tiny jupyter nbconvert --execute --to notebook notebooks/01_quick_start.ipynb
 
-Photos: online, COCO val2017 images by URL; offline (or when a download fails), the same photos from
-../shared/data/images beside the checkout when present, else images that ship with matplotlib.
-Nothing here computes any part of the model; that is the package's job (STYLE habit 13).
+Photos: online, COCO val2017 images by URL; offline (or when a download fails), the same photos
+from the folder in MINIBRIDGE_PHOTOS when it holds them (files named by COCO id, e.g.
+000000039769.jpg), else images that ship with matplotlib.
 """
 
 import io
@@ -24,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from .image_processing import pil_to_rgb
-from .tokenizer import bpe
+from minibridge.image_processing import pil_to_rgb
 
 MODEL_ENV = "MINIBRIDGE_MODEL"
+PHOTOS_ENV = "MINIBRIDGE_PHOTOS"
 
 # (COCO val2017 id, a caption of it from the COCO annotations): the photos the notebooks use, the
 # two-cats photo of the BridgeTower model cards first.
@@ -58,14 +60,10 @@ def model_id(default):
     return os.environ.get(MODEL_ENV) or default
 
 
-def shared_data():
-    """../shared/data beside the checkout (searched from this file and from the working folder), or None."""
-    here = Path(__file__).resolve()
-    for base in (here.parents[1], Path.cwd(), *Path.cwd().parents):
-        candidate = base.parent / "shared" / "data"
-        if (candidate / "images").is_dir():
-            return candidate
-    return None
+def photo_folder():
+    """The folder named by MINIBRIDGE_PHOTOS, or None."""
+    folder = os.environ.get(PHOTOS_ENV)
+    return Path(folder) if folder and Path(folder).is_dir() else None
 
 
 def sample_photo():
@@ -76,7 +74,7 @@ def sample_photo():
 def sample_photos(n=len(COCO_PHOTOS)):
     """n photos with a caption each: [(PIL RGB image, source, caption), …].
 
-    Online: COCO by URL. Offline or on a failed download: the same COCO photos from ../shared/data,
+    Online: COCO by URL. Offline or on a failed download: the same COCO photos from $MINIBRIDGE_PHOTOS,
     else matplotlib's sample pictures (fewer than n when there are not that many).
     """
     if not offline():
@@ -84,12 +82,12 @@ def sample_photos(n=len(COCO_PHOTOS)):
             return [(_download(COCO_URL.format(i)), COCO_URL.format(i), caption) for i, caption in COCO_PHOTOS[:n]]
         except OSError as e:
             print(f"(could not download the COCO photos: {e}; using photos from disk)")
-    data = shared_data()
-    if data is not None:
+    folder = photo_folder()
+    if folder is not None:
         found = []
         for i, caption in COCO_PHOTOS[:n]:
             for suffix in (".jpg", ".png"):
-                path = data / "images" / f"{i:012d}{suffix}"
+                path = folder / f"{i:012d}{suffix}"
                 if path.is_file():
                     found.append((_open(path), str(path), caption))
                     break
@@ -99,24 +97,6 @@ def sample_photos(n=len(COCO_PHOTOS)):
 
     return [(_open(matplotlib.cbook.get_sample_data(name, asfileobj=False)), f"matplotlib sample data: {name}", caption)
             for name, caption in MATPLOTLIB_PHOTOS[:n]]
-
-
-def bpe_steps(word, ranks):
-    """The merges `tokenizer.bpe` makes on one word, in order: [(symbols, merged pair or None, its rank), …].
-
-    It runs the package's own `bpe` with the merge table cut off after each rank that could apply to
-    this word, so the steps are bpe's, not a second implementation. (Merges apply in rising rank
-    order: a pair can only be learned after the symbols it joins exist, so every cut-off table
-    yields a prefix of the full merge sequence.)
-    """
-    relevant = sorted((rank, pair) for pair, rank in ranks.items() if pair[0] + pair[1] in word)
-    steps, table = [(list(word), None, None)], {}
-    for rank, pair in relevant:
-        table[pair] = rank
-        symbols = bpe(word, table)
-        if symbols != steps[-1][0]:
-            steps.append((symbols, pair, rank))
-    return steps
 
 
 def displayable(pixel_values, image_processor):
