@@ -1,4 +1,4 @@
-"""Configuration: config.json of a BridgeTower checkpoint as three frozen dataclasses (SPEC §1).
+"""Configuration: config.json of a BridgeTower checkpoint as three frozen dataclasses (bridgetower.md §1).
 
     cfg = BridgeTowerConfig.from_json_file("weights/bridgetower-base/config.json")
     cfg.text_config.num_hidden_layers   # 12
@@ -70,7 +70,7 @@ class BridgeTowerVisionConfig:
     image_size: int = 288  # sets the position table: (image_size // patch_size)² + 1 rows
     layer_norm_eps: float = 1e-5
     share_layernorm: bool = True  # False adds ln_separate.*, which BridgeTowerModel never uses
-    remove_last_layer: bool = False  # True crashes the reference (SPEC §10.3): refused
+    remove_last_layer: bool = False  # True crashes the reference (bridgetower.md §10.3): refused
     stop_gradient: bool = False  # training only; no effect on inference
 
     @property
@@ -116,7 +116,7 @@ class BridgeTowerConfig:
     hidden_act: str = "gelu"  # only the MLM head's transform uses it
     layer_norm_eps: float = 1e-5
     link_tower_type: str = "add"  # "add" | "scaled_add" | "interpolate"
-    share_cross_modal_transformer_layers: bool = True  # shares only the two input Linears (SPEC §1.3)
+    share_cross_modal_transformer_layers: bool = True  # shares only the two input Linears (bridgetower.md §1.3)
     share_link_tower_layers: bool = False  # True crashes the reference: refused
     tie_word_embeddings: bool = False  # True: the MLM decoder is the word-embedding matrix
     init_layernorm_from_vision_encoder: bool = False
@@ -175,17 +175,17 @@ class BridgeTowerConfig:
 
         if self.share_link_tower_layers:
             refuse("share_link_tower_layers=True", "The reference builds one link tower and then indexes it "
-                   "per layer, which crashes (SPEC §10.3); no checkpoint uses it.")
+                   "per layer, which crashes (bridgetower.md §10.3); no checkpoint uses it.")
         if v.remove_last_layer:
             refuse("vision_config.remove_last_layer=True", "BridgeTowerModel indexes every vision block, so "
-                   "the reference crashes with an IndexError (SPEC §10.3).")
+                   "the reference crashes with an IndexError (bridgetower.md §10.3).")
         if self.init_layernorm_from_vision_encoder and not v.share_layernorm:
             refuse("init_layernorm_from_vision_encoder=True with vision_config.share_layernorm=False",
-                   "The reference crashes on it (AttributeError cross_modal_ln_separate, SPEC §10.3).")
+                   "The reference crashes on it (AttributeError cross_modal_ln_separate, bridgetower.md §10.3).")
         if v.num_hidden_layers != t.num_hidden_layers:
             refuse(f"vision_config.num_hidden_layers={v.num_hidden_layers} != "
                    f"text_config.num_hidden_layers={t.num_hidden_layers}",
-                   "BridgeTowerModel walks both towers with one layer index (SPEC §10.4).")
+                   "BridgeTowerModel walks both towers with one layer index (bridgetower.md §10.4).")
         if not 1 <= self.num_hidden_layers <= t.num_hidden_layers:
             refuse(f"num_hidden_layers={self.num_hidden_layers}",
                    f"The cross-modal depth must be between 1 and the tower depth {t.num_hidden_layers}.")

@@ -1,4 +1,4 @@
-"""BridgeTower image processor, written out from scratch (SPEC §8): photo → pixel_values.
+"""BridgeTower image processor, written out from scratch (bridgetower.md §8): photo → pixel_values.
 
 The steps, in reading order (each a function below), mirror transformers' PIL backend:
 
@@ -161,7 +161,7 @@ def resize_output_size(height, width, shortest_edge=288, size_divisor=32):
 
 def resize(image, height, width):
     """uint8 [H, W, 3] → uint8 [height, width, 3] with Pillow's bicubic filter (antialiased when
-    shrinking, fixed-point, uint8 result; SPEC §8.4 spells it out)."""
+    shrinking, fixed-point, uint8 result; bridgetower.md §8.4 spells it out)."""
     if image.shape[:2] == (height, width):
         return image
     return np.array(PIL.Image.fromarray(image).resize((width, height), PIL.Image.BICUBIC))
@@ -220,11 +220,11 @@ def pad_batch(images):
 # -------------------------------------------------------------------- the processor
 class BridgeTowerImageProcessor:
     """Images → {"pixel_values": float32 [B, 3, c, c], "pixel_mask": int64 [B, c, c]}, as
-    transformers' BridgeTowerImageProcessorPil with do_convert_rgb=True (SPEC §8).
+    transformers' BridgeTowerImageProcessorPil with do_convert_rgb=True (bridgetower.md §8).
 
     Crop size: when the checkpoint names none, the crop is `size` (transformers 4.x). transformers 5
     crops to 288 regardless, so the large checkpoints (size 294) get 288×288 and its own model then
-    refuses the image (SPEC §8.3); cropping to 294 keeps them working. Pass crop_size to choose.
+    refuses the image (bridgetower.md §8.3); cropping to 294 keeps them working. Pass crop_size to choose.
     """
 
     def __init__(self, size=288, crop_size=None, size_divisor=32, do_resize=True, do_center_crop=True,
@@ -304,7 +304,7 @@ def _edge(value, name):
 
 # Keys of preprocessor_config.json that change nothing here, with the reason.
 _IGNORED_KEYS = {
-    "max_text_len",  # the original training length; the reference ignores it too (SPEC §9)
+    "max_text_len",  # the original training length; the reference ignores it too (bridgetower.md §9)
     "tokenizer", "vocab_size",  # legacy descriptions of the text side
     "image_processor_type", "feature_extractor_type", "processor_class",  # class names
     "do_convert_rgb",  # we always convert to RGB, which leaves RGB input unchanged

@@ -1,4 +1,4 @@
-"""BridgeTowerProcessor: a photo and a sentence → the four arrays the model takes (SPEC §9).
+"""BridgeTowerProcessor: a photo and a sentence → the four arrays the model takes (bridgetower.md §9).
 
 It only routes: images to BridgeTowerImageProcessor, text to RobertaTokenizer, and checks that
 the two batches pair up (one caption per image).

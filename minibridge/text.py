@@ -1,4 +1,4 @@
-"""The text tower: RoBERTa embeddings and post-LN BERT layers (SPEC §2-3).
+"""The text tower: RoBERTa embeddings and post-LN BERT layers (bridgetower.md §2-3).
 
     t = text_embed(p["text_model"]["embeddings"], input_ids, cfg)   # [B, T] -> [B, T, Dt]
     t, probs = bert_layer(layer_params, t, cfg, mask)                # [B, T, Dt] -> [B, T, Dt]

@@ -1,4 +1,4 @@
-"""RoBERTa byte-level BPE tokenizer, written out from scratch (SPEC §9).
+"""RoBERTa byte-level BPE tokenizer, written out from scratch (bridgetower.md §9).
 
 The pipeline, in reading order (each step is a function below):
 
@@ -447,7 +447,7 @@ def _read_merges_txt(path):
 
 
 def _roberta_added_tokens(vocab):
-    """RoBERTa's five special tokens; <mask> strips the whitespace on its left (SPEC §9)."""
+    """RoBERTa's five special tokens; <mask> strips the whitespace on its left (bridgetower.md §9)."""
     return [AddedToken(t, vocab[t], special=True, lstrip=(t == "<mask>"))
             for t in ROBERTA_SPECIAL_TOKENS if t in vocab]
 

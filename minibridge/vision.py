@@ -1,11 +1,11 @@
-"""The image tower: a CLIP Vision Transformer (SPEC §4), batch-first throughout.
+"""The image tower: a CLIP Vision Transformer (bridgetower.md §4), batch-first throughout.
 
     x = vision_embed(p["vision_model"]["visual"], pixels, cfg)   # [B, 3, H, W] -> [B, L, Dv]
     x, probs = vision_block(block_params, x, cfg)                  # [B, L, Dv] -> [B, L, Dv]
     y = layer_norm(x, visual["ln_post"], eps)                      # what the bridges read (bridge.py)
 
 subtle: the reference runs this tower sequence-first ([L, B, Dv]) because it uses
-torch.nn.MultiheadAttention; we do not (STYLE habit 5), and transpose only in the parity tests.
+torch.nn.MultiheadAttention; we do not (CONTRIBUTING.md habit 5), and transpose only in the parity tests.
 """
 
 import math
@@ -65,7 +65,7 @@ def vision_block(p, x, cfg):
     """
     # BEGIN SOLUTION
     h = layer_norm(x, p["ln_1"], cfg.layer_norm_eps)
-    # subtle: q, k and v share one packed (3·Dv, Dv) matrix, rows stacked [W_q; W_k; W_v] (SPEC §2).
+    # subtle: q, k and v share one packed (3·Dv, Dv) matrix, rows stacked [W_q; W_k; W_v] (bridgetower.md §2).
     qkv = linear(h, {"weight": p["attn"]["in_proj_weight"], "bias": p["attn"]["in_proj_bias"]})  # [B, L, 3·Dv]
     q, k, v = array_module(qkv).split(qkv, 3, axis=-1)  # [B, L, 3·Dv] -> 3 × [B, L, Dv]
     context, probs = attention(q, k, v, cfg.num_attention_heads)  # no mask: every patch sees every patch
@@ -79,7 +79,7 @@ def vision_block(p, x, cfg):
 def interpolate_position_table(table, grid_h, grid_w):
     """Resize the patch rows of a position table to a new grid with torch's bicubic rule.  [1+G², D] -> [1+gh·gw, D]
 
-    Matches torch.nn.functional.interpolate(mode="bicubic", align_corners=False) (SPEC §4 step 3):
+    Matches torch.nn.functional.interpolate(mode="bicubic", align_corners=False) (bridgetower.md §4 step 3):
     cubic convolution with A = -0.75, no antialiasing, edge pixels repeated. The CLS row is kept.
     """
     xp = array_module(table)

@@ -1,11 +1,11 @@
-"""Weights: memory-mapped safetensors in, a nested dict keyed by the checkpoint's own names out (SPEC §7).
+"""Weights: memory-mapped safetensors in, a nested dict keyed by the checkpoint's own names out (bridgetower.md §7).
 
     flat = read_safetensors("weights/bridgetower-base/model.safetensors")   # {"a.b.0.c": array}
     tree = to_tree(flat)                                                     # tree["a"]["b"][0]["c"]
 
 Nothing is copied at load time: each array is a read-only view into the mapped file, so loading the
 1.3 GB base checkpoint takes milliseconds and the operating system pages weights in as they are used.
-The loader proves completeness (STYLE habit 3): `expected_shapes` lists every parameter the config
+The loader proves completeness (CONTRIBUTING.md habit 3): `expected_shapes` lists every parameter the config
 implies, and `check_weights` refuses a missing key, an unknown key or a wrong shape by name.
 """
 
@@ -99,7 +99,7 @@ HEADS = ("model", "itm", "mlm", "itc")
 
 
 def expected_shapes(cfg, head="model"):
-    """{key: shape} of every parameter of BridgeTowerModel (unprefixed) plus the given head's (SPEC §7.4)."""
+    """{key: shape} of every parameter of BridgeTowerModel (unprefixed) plus the given head's (bridgetower.md §7.4)."""
     t, v, D, N = cfg.text_config, cfg.vision_config, cfg.hidden_size, cfg.num_hidden_layers
     Dt, Dv, F = t.hidden_size, v.hidden_size, t.intermediate_size
     s = {}
@@ -211,7 +211,7 @@ def heads_in(cfg, keys):
 
 # Keys a checkpoint may hold that no minibridge class reads. Anything else unexpected is an error.
 _ALLOWED_EXTRA = re.compile(
-    r"text_model\.pooler\.dense\.(weight|bias)"  # RoBERTa's pooler: built, saved, never used (SPEC §3)
+    r"text_model\.pooler\.dense\.(weight|bias)"  # RoBERTa's pooler: built, saved, never used (bridgetower.md §3)
     r"|(text_model|vision_model\.visual)\.embeddings\.(position_ids|token_type_ids)"  # legacy buffers
     r"|(itm_score|mlm_score|itc_\w+_head)\..+|logit_scale"  # a sibling head: checkpoints train several
 )
@@ -220,7 +220,7 @@ _ALLOWED_EXTRA = re.compile(
 def check_weights(flat, cfg, head="model", source="checkpoint"):
     """The checkpoint's tensors, unprefixed, checked against `expected_shapes`; raises WeightsError.
 
-    Accepts keys with and without the `bridgetower.` prefix that the head classes add (SPEC §7).
+    Accepts keys with and without the `bridgetower.` prefix that the head classes add (bridgetower.md §7).
     """
     weights = {}
     for key, arr in flat.items():
@@ -252,7 +252,7 @@ def check_weights(flat, cfg, head="model", source="checkpoint"):
 
 
 def to_tree(flat):
-    """Dotted keys -> nested dicts, numbered segments -> lists: "a.0.b" -> tree["a"][0]["b"] (STYLE habit 2)."""
+    """Dotted keys -> nested dicts, numbered segments -> lists: "a.0.b" -> tree["a"][0]["b"] (CONTRIBUTING.md habit 2)."""
     root = {}
     for key, value in flat.items():
         node = root

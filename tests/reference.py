@@ -108,7 +108,7 @@ def make_inputs(config_dict, lengths, image_hw=None, seed=0):
 
 
 class _AttentionHooks:
-    """Capture what the reference computes but does not return: every attention map (SPEC §6)."""
+    """Capture what the reference computes but does not return: every attention map (bridgetower.md §6)."""
 
     def __init__(self, core):
         self.maps = {}

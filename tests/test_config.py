@@ -14,7 +14,7 @@ def test_defaults_are_the_base_checkpoint():
     cfg = BridgeTowerConfig.from_dict({})
     assert cfg.text_config.num_hidden_layers == 12 and cfg.num_hidden_layers == 6
     assert cfg.first_bridged_layer == 6 and cfg.depth == 12
-    assert cfg.vision_config.num_positions == 325  # 18×18 patches + CLS (SPEC §1.4)
+    assert cfg.vision_config.num_positions == 325  # 18×18 patches + CLS (bridgetower.md §1.4)
     assert cfg.vision_config.num_attention_heads == 12
     assert cfg.text_config.max_text_length == 512
 

@@ -39,7 +39,7 @@ def test_matches_reference(folder, case, head, interpolate, device):
 
 
 def test_padding_leaves_real_tokens_unchanged():
-    """SPEC §5: right-padding with the right mask changes no output of the real tokens.
+    """bridgetower.md §5: right-padding with the right mask changes no output of the real tokens.
 
     The reference is bit-identical here; we allow float32 rounding (1e-5, a few ulps of outputs of
     size ~3), since a longer text makes matrix products of another shape, which BLAS may sum in

@@ -1,4 +1,4 @@
-"""The published checkpoints against the numbers of transformers' own slow tests (SPEC §11).
+"""The published checkpoints against the numbers of transformers' own slow tests (bridgetower.md §11).
 
 These need the Hugging Face Hub (the first run downloads 1.3 GB and 3.5 GB), which the development
 and CI machines cannot reach, so they run only when asked:

@@ -207,7 +207,7 @@ STRESS = [
 
 
 def test_known_ids(tok):
-    # SPEC §9 / shared/data/SOURCES.md examples
+    # the examples of bridgetower.md §9
     assert tok.encode("Hello world") == [0, 31414, 232, 2]
     assert tok.encode("a <mask> looking out of the window") == [0, 102, 50264, 546, 66, 9, 5, 2931, 2]
     assert tok.tokenize("Hello  world") == ["Hello", "Ġ", "Ġworld"]

@@ -15,7 +15,7 @@ and the student copy keeps the signature and docstring but gets, at the region's
         raise NotImplementedError(...)
 
 Markers are comments, so they change nothing the reference computes. The copy is only ever
-generated (STYLE habit 14); `build` refuses markers outside a function, unbalanced markers, and
+generated (CONTRIBUTING.md habit 14); `build` refuses markers outside a function, unbalanced markers, and
 marked functions that no component grades (they would be stubbed yet never checked).
 """
 
