@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's minibridge, and tests/paths.py
 from paths import PHOTOS, ROBERTA  # noqa: E402  (the one definition of where the shared test data is)
 
 TEXT_TOKENS = 16

@@ -31,7 +31,14 @@ _EXPORTS = {
 __all__ = ["infer", "InferResult", *_EXPORTS]
 
 
+# modules reachable as attributes (mb.tokenizer, mb.ops, ...), also imported on first use
+_MODULES = {"assignments", "backend", "bridge", "config", "convert", "heads", "hub", "image_processing", "model",
+            "modeling", "ops", "processing", "text", "tokenizer", "unicode_classes", "vision", "weights"}
+
+
 def __getattr__(name):
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name not in _EXPORTS:
         raise AttributeError(f"module 'minibridge' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
@@ -40,4 +47,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | _MODULES)

@@ -82,8 +82,10 @@ def to_device(tree, device):
 # each intermediate result. On a big array (GELU on [8, 325, 3072] is 8 M numbers, 32 MB) a chain of
 # such passes spends its time moving data through memory, not computing. Run on a block of rows
 # small enough to stay in the CPU cache, the same chain of operations reads and writes cache
-# instead. Measured on a 2-core Intel Xeon VM (NumPy 2.4, float32, [8, 325, 3072]): GELU 2.7x,
-# LayerNorm 1.5x, softmax 1.8x faster than the formula on the whole array (benchmarks/README.md).
+# instead. Measured on a 2-core Intel Xeon VM (NumPy 2.4.6, float32, the base model's shapes at
+# batch 8; benchmarks/bench_rowwise.py, results in benchmarks/results/2026-12-01-rowwise.txt): GELU
+# 2.7-2.8x, QuickGELU 1.6-1.7x, softmax 1.5-1.6x, LayerNorm 1.1-1.2x faster (two runs) than the formula
+# on the whole array.
 
 BLOCK_NUMBERS = 1 << 15  # numbers per block: 32 K float32 (128 KB), a few of which fit in a core's L2
 
@@ -100,6 +102,7 @@ def rowwise(fn):
 
     @functools.wraps(fn)
     def blocked(x, *args, out=None, **kwargs):
+        x = array_module(x).asarray(x)
         if is_cupy(x) or x.size <= BLOCK_NUMBERS:
             y = fn(x, *args, **kwargs)
             if out is None:
@@ -107,11 +110,14 @@ def rowwise(fn):
             out[...] = y
             return out
         x = np.ascontiguousarray(x)  # subtle: the row view below must not be a copy (a transposed input)
-        out = np.empty(x.shape, x.dtype) if out is None else out
-        assert out.flags.c_contiguous and out.shape == x.shape, "rowwise writes into a C-contiguous out of x's shape"
-        rows, out_rows = x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1])  # [N, last], views
+        rows = x.reshape(-1, x.shape[-1])  # [N, last], a view
         step = max(1, BLOCK_NUMBERS // x.shape[-1])
-        for start in range(0, rows.shape[0], step):
+        first = fn(rows[:step], *args, **kwargs)  # its dtype is the output's, as for the whole array
+        out = np.empty(x.shape, first.dtype) if out is None else out
+        assert out.flags.c_contiguous and out.shape == x.shape, "rowwise writes into a C-contiguous out of x's shape"
+        out_rows = out.reshape(-1, x.shape[-1])  # [N, last], a view
+        out_rows[:step] = first
+        for start in range(step, rows.shape[0], step):
             out_rows[start : start + step] = fn(rows[start : start + step], *args, **kwargs)
         return out
 

@@ -23,18 +23,18 @@ class ConfigError(ValueError):
 # Three architectures as config.json dicts (fields left out take the defaults below).
 # BASE and LARGE are the published ones (bridgetower.md §1.4). TINY is the one small model that the
 # tests, the parity fixtures, the course assignments and offline notebook runs build on (each
-# through `derived`, changing only what its purpose needs): two layers per tower and two
-# cross-modal layers (so one bridge per side), 12-pixel images in 4-pixel patches (1 + 9 tokens),
+# through `derived`, changing only what its purpose needs): three layers per tower, the top two
+# bridged (so one layer runs alone and one bridge per side), 12-pixel images in 4-pixel patches (1 + 9 tokens),
 # D = Dv = 128, so that the vision tower has two heads (CLIP heads are 64 wide) and the
 # contrastive head runs (it needs Dv = D, bridgetower.md §10.5); every head.
 TINY = {
     "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "link_tower_type": "add",
     "share_cross_modal_transformer_layers": True, "layer_norm_eps": 1e-5,
     "contrastive_hidden_size": 16, "logit_scale_init_value": 2.6592,
-    "text_config": {"vocab_size": 50, "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "text_config": {"vocab_size": 50, "hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
                     "intermediate_size": 64, "max_position_embeddings": 16, "layer_norm_eps": 1e-5,
                     "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2},
-    "vision_config": {"hidden_size": 128, "num_hidden_layers": 2, "patch_size": 4, "image_size": 12,
+    "vision_config": {"hidden_size": 128, "num_hidden_layers": 3, "patch_size": 4, "image_size": 12,
                       "layer_norm_eps": 1e-5},
 }
 BASE = {"contrastive_hidden_size": 512, "logit_scale_init_value": 2.6592}  # every other field a default

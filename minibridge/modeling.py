@@ -105,9 +105,12 @@ class BridgeTowerModel:
         config = checkpoint.config
         cls._check_config(config)
         if cls.head != "model" and cls.head not in checkpoint.heads:
+            own = head_shapes(config, cls.head)
+            keys = {k.removeprefix("bridgetower.") for k in checkpoint.tensors}
+            missing = [f"{k} {own[k]}" for k in own if k not in keys]
             saved_as = ", ".join(config.architectures) or "an unnamed class"
-            raise WeightsError(f"{checkpoint.folder} holds no {cls.__name__} head (none of "
-                               f"{sorted(head_shapes(config, cls.head))[:2]}...); it was saved as {saved_as}. "
+            raise WeightsError(f"{checkpoint.folder} holds no {cls.__name__} head: missing {len(missing)} "
+                               f"tensor(s) of it, e.g. {', '.join(missing[:2])}; it was saved as {saved_as}. "
                                "Load it with that class, or with BridgeTowerModel for the backbone alone.")
         tree = to_tree(check_weights(checkpoint.tensors, config, cls.head, source=str(checkpoint.folder)))
         if cls.head == "mlm" and config.tie_word_embeddings:  # the decoder *is* the embedding matrix

@@ -7,8 +7,8 @@ Axis legend used in shape comments across minibridge:
 Parameters are nested dicts keyed by the checkpoint's own names, e.g. a Linear is
 {"weight": [out, in], "bias": [out]} as torch stores it.
 
-Each primitive is written as its formula. The elementwise ones carry `@rowwise`, which runs the
-formula on cache-sized blocks of rows (the one speed technique, in backend.py); the arithmetic is
+Each primitive is written as its formula. Those that work row by row (elementwise, or along the
+last axis) carry `@rowwise`, which runs the formula on cache-sized blocks of rows (the one speed technique, in backend.py); the arithmetic is
 the formula's, and tests/test_ops.py checks that the blocked and the plain form agree.
 """
 
@@ -26,7 +26,7 @@ def linear(x, p):
     # Flattening the leading axes makes one large matrix product instead of one per batch row.
     y = x.reshape(-1, x.shape[-1]) @ p["weight"].T  # [N, in] @ [in, out] -> [N, out]
     if "bias" in p:
-        y = y + p["bias"]
+        y += p["bias"]  # in place: y is the product's fresh array
     return y.reshape(*x.shape[:-1], y.shape[-1])  # [..., out]
     # END SOLUTION
 
@@ -41,7 +41,8 @@ def layer_norm(x, p, eps):
     # BEGIN SOLUTION
     centred = x - x.mean(axis=-1, keepdims=True)  # [..., D]
     var = (centred * centred).mean(axis=-1, keepdims=True)  # [..., 1], biased: divide by D, not D − 1
-    return centred / (var + eps) ** 0.5 * p["weight"] + p["bias"]
+    inv_std = 1.0 / (var + eps) ** 0.5  # [..., 1]; eps inside the root
+    return centred * inv_std * p["weight"] + p["bias"]
     # END SOLUTION
 
 
@@ -59,13 +60,16 @@ _ERF_Q = tuple(np.float32(c) for c in (
 
 def erf(x):
     """The error function, elementwise, in float32 (NumPy has none; math.erf is one scalar at a time)."""
-    z = array_module(x).clip(x, -4.0, 4.0).astype(np.float32)
+    xp = array_module(x)
+    z = xp.clip(x, -4.0, 4.0).astype(np.float32, copy=False)
     z2 = z * z
-    num, den = _ERF_P[0], _ERF_Q[0]
-    for c in _ERF_P[1:]:  # Horner's rule: P(z²) = (((p0·z² + p1)·z² + p2)·z² …)
-        num = num * z2 + c
+    num, den = xp.full_like(z, _ERF_P[0]), xp.full_like(z, _ERF_Q[0])
+    for c in _ERF_P[1:]:  # Horner's rule: P(z²) = ((p0·z² + p1)·z² + p2)·z² …, updating num in place
+        num *= z2
+        num += c
     for c in _ERF_Q[1:]:
-        den = den * z2 + c
+        den *= z2
+        den += c
     return z * num / den
 
 
@@ -126,7 +130,7 @@ def attention(q, k, v, num_heads, mask=None):
     v = v.reshape(B, Sk, num_heads, Dh).transpose(0, 2, 1, 3)  # [B, Sk, D] -> [B, H, Sk, Dh]
     scores = (q * (1.0 / math.sqrt(Dh))) @ k  # [B, H, Sq, Sk]; scaling q is cheaper than scaling scores
     if mask is not None:
-        scores = scores + mask  # padded keys get finfo.min and so ~0 probability
+        scores += mask  # padded keys get finfo.min and so ~0 probability
     probs = softmax(scores, out=scores)  # [B, H, Sq, Sk], written over the scores (rowwise's out=)
     context = probs @ v  # [B, H, Sq, Dh]
     context = context.transpose(0, 2, 1, 3).reshape(B, Sq, D)  # [B, H, Sq, Dh] -> [B, Sq, D]

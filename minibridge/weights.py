@@ -200,13 +200,11 @@ def head_shapes(cfg, head):
 
 
 def heads_in(cfg, keys):
-    """The task heads ("itm", "mlm", "itc") whose parameters appear among a checkpoint's `keys`.
-
-    A head counts as present when any of its own keys is there; whether all of them are, with the
-    right shapes, is `check_weights`' business when that head is loaded.
-    """
+    """The task heads ("itm", "mlm", "itc") a checkpoint holds whole: all of their own keys are among
+    `keys` (prefixed or not), and for "itc" the config gives its sizes. Shapes are `check_weights`' job."""
     keys = {k.removeprefix("bridgetower.") for k in keys}
-    return tuple(h for h in HEADS if h != "model" and keys & set(head_shapes(cfg, h)))
+    return tuple(h for h in HEADS if h != "model" and (h != "itc" or cfg.contrastive_hidden_size is not None)
+                 and set(head_shapes(cfg, h)) <= keys)
 
 
 # Keys a checkpoint may hold that no minibridge class reads. Anything else unexpected is an error.
@@ -278,8 +276,8 @@ def _lists(node):
 def random_weights(cfg, heads=("itm", "mlm", "itc"), seed=0):
     """{key: float32 array} of the backbone and the given heads: noise around what training leaves.
 
-    LayerNorm weights near 1, everything else near 0: matrices and embeddings with std 0.05, vectors
-    and scalars 0.1 (uniform noise). Small weights keep activations small, so that LayerNorm's eps
+    LayerNorm weights near 1, the contrastive logit_scale near its initial value, everything else
+    near 0: matrices and embeddings with std 0.05, vectors and scalars 0.1 (uniform noise). Small weights keep activations small, so that LayerNorm's eps
     (1e-5) is visible at the parity tolerances. Every tensor is noise, LayerNorms included: a
     LayerNorm left at weight 1, bias 0 would hide a skipped or swapped LayerNorm. Keys unprefixed.
     subtle: np.random.RandomState's stream is frozen by NumPy's compatibility policy, and uniform
@@ -297,6 +295,8 @@ def random_weights(cfg, heads=("itm", "mlm", "itc"), seed=0):
         parts = key.split(".")
         if parts[-1] == "weight" and any("layernorm" in p.lower() or p.startswith("ln_") for p in parts):
             value = 1.0 + 0.1 * noise
+        elif key == "logit_scale":  # a log-space scale: near its initial value, as after training starts
+            value = cfg.logit_scale_init_value + 0.1 * noise
         else:
             value = (0.05 if len(shape) >= 2 else 0.1) * noise
         flat[key] = np.asarray(value, dtype=np.float32)

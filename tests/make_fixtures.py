@@ -2,8 +2,8 @@
 
     python tests/make_fixtures.py
 
-For each fixture: tiny random BridgeTower models built by transformers, every parameter perturbed,
-saved in the Hub layout (config.json + model.safetensors), plus reference.npz holding the inputs
+For each fixture: tiny BridgeTower models built by transformers with random weights on every
+tensor (minibridge.weights.random_weights), saved in the Hub layout (config.json + model.safetensors), plus reference.npz holding the inputs
 and what transformers computed from them, and cases.json describing each case.
 Together they stay a few MB, so the default test run needs no torch.
 """
@@ -24,30 +24,34 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # whether to keep every hidden state and attention map.
 # Each recipe is config.TINY with what it covers changed. All are 64 wide where TINY is 128 (a
 # quarter of the weights, so that the committed files stay small).
-NARROW = dict(hidden_size=64, text_config=dict(hidden_size=64))  # D = Dt = 64; Dv stays 128
+NARROW = dict(hidden_size=64, text_config=dict(hidden_size=64))  # D = Dt = 64; Dv stays 128 (two vision heads)
 SPECS = {
     # The default flags, every head in one file (as the published base-itm-mlm holds two heads);
-    # Dv = D = 64 for the contrastive head, 3 layers deep so that one tower layer runs below the bridges.
+    # Dv = D = 64 for the contrastive head.
     "tiny": dict(
-        config=derived(TINY, hidden_size=64, text_config=dict(hidden_size=64, num_hidden_layers=3),
-                       vision_config=dict(hidden_size=64, num_hidden_layers=3)),
+        config=derived(TINY, hidden_size=64, text_config=dict(hidden_size=64), vision_config=dict(hidden_size=64)),
         heads=["model", "itm", "mlm", "itc"], save="multi-head",
         cases={
             "padded": dict(lengths=[9, 5, 7], maps=True),
             "single": dict(lengths=[6]),
             "interpolate": dict(lengths=[6, 4], image_hw=(24, 20), interpolate=True),
         }),
-    # scaled_add bridges, one transform per cross layer, tied MLM decoder, Dv = 128 != D = 64 (two
-    # vision heads), and N = depth (no tower layer runs alone).
+    # scaled_add bridges, one transform per cross layer, tied MLM decoder; 4 layers, the top 3
+    # bridged, so that tower layer i feeds cross-modal layer l = i − 1 (an index mix-up fails)
+    # through two link towers per side.
     "tiny-scaled-untied-transforms": dict(
         config=derived(TINY, link_tower_type="scaled_add", share_cross_modal_transformer_layers=False,
-                       tie_word_embeddings=True, **NARROW),
+                       tie_word_embeddings=True, num_hidden_layers=3, hidden_size=64,
+                       text_config=dict(hidden_size=64, num_hidden_layers=4),
+                       vision_config=dict(hidden_size=64, num_hidden_layers=4)),
         heads=["model", "itm", "mlm"], save="multi-head",
         cases={"padded": dict(lengths=[4, 8], maps=True), "single": dict(lengths=[5])}),
-    # interpolate bridges, separate vision LayerNorms present but unused, saved by transformers' own
+    # interpolate bridges, N = depth (no tower layer runs alone), Dv = 128 != D = 64 (two vision
+    # heads), separate vision LayerNorms present but unused, saved by transformers' own
     # save_pretrained without prefix.
     "tiny-interpolate-bare": dict(
-        config=derived(TINY, link_tower_type="interpolate", vision_config=dict(share_layernorm=False), **NARROW),
+        config=derived(TINY, link_tower_type="interpolate", num_hidden_layers=3, vision_config=dict(share_layernorm=False),
+                       **NARROW),
         heads=["model"], save="save_pretrained",
         cases={"padded": dict(lengths=[3, 7, 5]), "interpolate": dict(lengths=[5], image_hw=(28, 28),
                                                                       interpolate=True)}),
@@ -67,7 +71,7 @@ def labels_for(head, inputs, seed):
 
 
 def generate(spec, seed, folder):
-    """Build, perturb and save one fixture checkpoint in `folder`; return (arrays, cases) of its reference runs."""
+    """Build and save one fixture checkpoint in `folder`; return (arrays, cases) of its reference runs."""
     cfg = spec["config"]
     models = ref.build(cfg, spec["heads"], seed)
     if spec["save"] == "save_pretrained":

@@ -1,7 +1,8 @@
 """Reference tooling: build BridgeTower models with transformers, set their weights, run them.
 
-Used by make_fixtures.py (to write the committed fixtures) and by the live parity tests. Needs
-the `reference` extra (torch, transformers); nothing in minibridge imports this.
+Used by make_fixtures.py (to write the committed fixtures), make_snapshots.py (the course's
+reference outputs), the live parity tests and test_convert.py. Needs the `reference` extra (torch,
+transformers); nothing in minibridge imports this.
 
 Every parameter is set from minibridge's one random-weight rule (weights.random_weights): noise
 everywhere, LayerNorm weights and biases included (a freshly initialised LayerNorm is weight 1,
@@ -92,7 +93,7 @@ def save_checkpoint(models, folder, prefixed=True):
 def make_inputs(config_dict, lengths, image_hw=None, seed=0):
     """Random ids (<s> … </s>, right-padded to the longest), their mask and normalised-looking pixels."""
     rng = np.random.default_rng(seed)
-    text, vision = config_dict["text_config"], config_dict["vision_config"]
+    text, vision = config_dict.get("text_config", {}), config_dict.get("vision_config", {})
     V = text.get("vocab_size", 50265)
     T = max(lengths)
     ids = np.ones((len(lengths), T), dtype=np.int64)  # pad id 1

@@ -163,7 +163,7 @@ BUGS = {
         ("exp(x - x.max(axis=-1, keepdims=True))", "exp(x - x.max(axis=-2, keepdims=True))"),
         ("return e / e.sum(axis=-1, keepdims=True)", "return e / e.sum(axis=-2, keepdims=True)")]),
     "LayerNorm without eps": ("layer_norm", "ops.py", [
-        ("return centred / (var + eps) ** 0.5", "return centred / var ** 0.5")]),
+        ("inv_std = 1.0 / (var + eps) ** 0.5", "inv_std = 1.0 / var ** 0.5")]),
     "position ids from 0": ("position_ids", "text.py", [
         ("return xp.cumsum(real, axis=1) * real + pad_token_id",
          "return xp.broadcast_to(xp.arange(input_ids.shape[1]), input_ids.shape)")]),

@@ -40,7 +40,7 @@ def test_contrastive_extras_and_large_sizes_are_read():
 def test_reads_what_transformers_wrote():
     cfg = BridgeTowerConfig.from_json_file(FIXTURES / "tiny-scaled-untied-transforms" / "config.json")
     assert cfg.link_tower_type == "scaled_add" and cfg.tie_word_embeddings
-    assert not cfg.share_cross_modal_transformer_layers and cfg.vision_config.hidden_size == 128
+    assert not cfg.share_cross_modal_transformer_layers and cfg.num_hidden_layers == 3 and cfg.depth == 4
 
 
 @pytest.mark.parametrize("overrides, flag", [

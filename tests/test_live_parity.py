@@ -1,7 +1,7 @@
 """Live parity: transformers runs beside minibridge in the same process (needs the `reference` extra).
 
 * every fixture recipe of make_fixtures.py, rebuilt on the fly with the installed transformers;
-* the full-size published architectures with perturbed random weights: base (ViT-B/16 at 288,
+* the full-size published architectures with random weights: base (ViT-B/16 at 288,
   RoBERTa-base; model, ITM and MLM heads) and large (ViT-L/14 at 294, RoBERTa-large; model and
   the contrastive head with 512-dim embeddings). These are marked slow; CI runs them.
 """

@@ -1,6 +1,6 @@
 """Parity of the forward pass with transformers, on the committed fixtures (no torch needed).
 
-The fixtures (tests/fixtures/*, written by make_fixtures.py) hold tiny perturbed BridgeTower
+The fixtures (tests/fixtures/*, written by make_fixtures.py) hold tiny random BridgeTower
 checkpoints in the Hub layout and what transformers 5 computed from them: every head, padded and
 single batches, position-embedding interpolation, hidden states and all attention maps.
 """
