@@ -8,7 +8,7 @@ A component is one box of the architecture, smallest first. For each one:
     run      (student, inputs, tiny) -> {output name: array}: one call into the student's code
 
 The inputs live in snapshots.npz beside the outputs. The weights of the layer and model components
-(about 0.5 M numbers, too many to commit) do not: `tiny_weights` regenerates them from a seed,
+(about 1.6 M numbers, too many to commit) do not: `tiny_weights` regenerates them from a seed,
 bit for bit, and a checksum stored with the snapshots proves it.
 
 Axis legend as in minibridge/ops.py: B batch, T text tokens, L image tokens, D width, H heads.
