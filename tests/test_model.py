@@ -108,3 +108,21 @@ def test_row_blocked_path_matches_reference(monkeypatch):
         ref = {k[len(f"{case}/itc/"):]: data[k] for k in data.files if k.startswith(f"{case}/itc/")}
         out = run_mine(HEAD_CLASSES["itc"].from_pretrained(folder), "itc", inputs, interpolate=case == "interpolate")
         compare(out, ref, f"tiny/{case}/itc in blocks of 64 numbers")
+
+
+def test_the_forward_pass_reads_top_to_bottom():
+    """model.bridgetower has no nested functions, and one helper (bridge.to_cross_space) puts tower
+    states into the cross-modal space: the transforms are read nowhere else in the package."""
+    import ast
+    from pathlib import Path
+
+    import minibridge
+
+    package = Path(minibridge.__file__).resolve().parent
+    tree = ast.parse((package / "model.py").read_text(encoding="utf-8"))
+    forward = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "bridgetower")
+    nested = [n.name for n in ast.walk(forward) if isinstance(n, (ast.FunctionDef, ast.Lambda)) and n is not forward]
+    assert not nested, f"bridgetower defines {nested}"
+    readers = [p.name for p in sorted(package.glob("*.py")) if p.name != "weights.py"  # (the key inventory)
+               and '_transform"' in p.read_text(encoding="utf-8")]
+    assert readers == ["bridge.py"], readers
