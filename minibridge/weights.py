@@ -5,8 +5,10 @@
 
 Nothing is copied at load time: each array is a read-only view into the mapped file, so loading the
 1.3 GB base checkpoint takes milliseconds and the operating system pages weights in as they are used.
-The loader proves completeness (CONTRIBUTING.md habit 3): `expected_shapes` lists every parameter the config
-implies, and `check_weights` refuses a missing key, an unknown key or a wrong shape by name.
+The loader proves completeness (CONTRIBUTING.md habit 3): `expected_shapes` lists every parameter
+the config implies, and `check_weights` refuses a missing key, an unknown key or a wrong shape by
+name; `heads_in` says which task heads a checkpoint holds. For tests, benchmarks and running
+offline, `random_weights` and `save_random_checkpoint` make a checkpoint of noise without torch.
 """
 
 import json
