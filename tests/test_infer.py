@@ -11,7 +11,7 @@ import minibridge as mb
 from minibridge.infer import _load
 from minibridge.weights import save_random_checkpoint
 
-from helpers import SHARED_DATA, TINY_REAL_VOCAB, assert_close
+from helpers import ROBERTA, SHARED_DATA, TINY_REAL_VOCAB, assert_close
 
 PHOTO = SHARED_DATA / "images" / "000000039769.png"  # the COCO two-cats photo of the HF tests
 TEXTS = ["a bunch of cats laying on a tower.", "a plate of food", "two remote controls"]
@@ -85,6 +85,21 @@ def test_model_is_loaded_once(checkpoint):
     hits = _load.cache_info().hits
     mb.infer(PHOTO, "y", model=checkpoint)
     assert _load.cache_info().hits == hits + 1
+
+
+def test_checkpoint_is_opened_once_for_every_task(tmp_path, monkeypatch):
+    """Choosing the task and loading each task's model share one opening (one memory map) of the file."""
+    from minibridge import modeling
+
+    if not (ROBERTA / "tokenizer.json").is_file():
+        pytest.skip(f"needs the real tokenizer files in {ROBERTA}")
+    folder = save_random_checkpoint(tmp_path, TINY_REAL_VOCAB, tokenizer_dir=ROBERTA)
+    opened = []
+    read = modeling.read_checkpoint
+    monkeypatch.setattr(modeling, "read_checkpoint", lambda f: opened.append(f) or read(f))
+    for task, text in (("itm", "a cat"), ("mlm", "a <mask> cat"), ("itc", "a cat")):
+        mb.infer(PHOTO, text, model=folder, task=task)
+    assert opened == [folder]
 
 
 @pytest.mark.parametrize("kwargs, message", [
