@@ -3,6 +3,7 @@
     python -m minibridge.assignments build handout/             # the student copy, TODOs in place of solutions
     python -m minibridge.assignments check --impl handout/      # grade it: PASS/FAIL per component, then the score
     python -m minibridge.assignments list                       # the components, tolerances, snapshot sources
+    check("softmax", softmax=my_softmax)                        # in a notebook: grade one function (notebook.py)
 
 components.py says what is assigned and how each piece is called; build.py writes the student copy
 from the `# BEGIN SOLUTION` / `# END SOLUTION` markers in the source; grade.py compares a copy with
@@ -10,3 +11,10 @@ snapshots.npz, which tests/make_snapshots.py computes with torch, transformers a
 (a checkout and the reference extra: `python tests/make_snapshots.py`). The instructor
 guide is notebooks/assignments/README.md.
 """
+
+
+def check(component, /, **functions):
+    """Grade functions written in a notebook: check("softmax", softmax=my_softmax) (see notebook.py)."""
+    from .notebook import check as _check  # lazy: importing the package stays light
+
+    return _check(component, **functions)

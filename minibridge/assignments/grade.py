@@ -186,7 +186,8 @@ def run_component(component, student, snapshot, tiny):
         return Result(component.name, False, f"not implemented: {e}")
     except (Exception, SystemExit) as e:  # noqa: BLE001 (whatever the student's code raises fails this component)
         hint = " (inputs and weights are read-only, as a memory-mapped checkpoint is)" if "read-only" in str(e) else ""
-        return Result(component.name, False, f"error: {type(e).__name__}: {e}{hint}{_where(e, student.root)}")
+        where = student.where(e) if hasattr(student, "where") else _where(e, student.root)  # a notebook's, or a copy's
+        return Result(component.name, False, f"error: {type(e).__name__}: {e}{hint}{where}")
     assert sorted(mine) == sorted(reference), f"{component.name}: run {sorted(mine)}, snapshot {sorted(reference)}"
     checks = sorted(((*compare(name, mine[name], reference[name], component.tol), name) for name in reference),
                     key=lambda c: -c[0])
