@@ -11,7 +11,12 @@ EXAMPLES = """examples:
   minibridge infer http://images.cocodataset.org/val2017/000000039769.jpg "a bunch of <mask> laying on a tower."
   minibridge download BridgeTower/bridgetower-large-itm-mlm-itc
   minibridge embed --model BridgeTower/bridgetower-large-itm-mlm-itc --image a.jpg b.jpg --out images.npy
+  minibridge random-checkpoint weights/random-base --size base --tokenizer path/to/roberta-base
 """
+
+# The architectures `random-checkpoint` can make. tiny is config.TINY with RoBERTa's real vocabulary
+# and positions, so that the real tokenizer's ids fit it.
+SIZES = ("tiny", "base", "large")
 
 
 def main(argv=None):
@@ -44,6 +49,18 @@ def main(argv=None):
     group.add_argument("--text", nargs="+")
     p.add_argument("--out", help="write the [N, C] float32 array to this .npy file (default: print shapes)")
     p.add_argument("--revision")
+
+    p = sub.add_parser("random-checkpoint", help="write a checkpoint of random weights (no network): to run "
+                       "the notebooks and the code offline; its outputs are noise")
+    p.add_argument("out", help="the folder to write (Hub layout: config.json, model.safetensors, tokenizer files)")
+    p.add_argument("--size", choices=SIZES, default="base", help="the architecture: tiny (seconds, 12-pixel "
+                   "images), base (1.3 GB, the published base model's shapes; the default) or large (3.5 GB)")
+    p.add_argument("--heads", nargs="+", choices=["itm", "mlm", "itc"], default=["itm", "mlm", "itc"],
+                   help="task heads to include (default: all three)")
+    p.add_argument("--tokenizer", metavar="DIR", help="a folder with RoBERTa's vocab.json and merges.txt (any "
+                   "BridgeTower or roberta-base download); default: one found in minibridge's download folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace OUT if it already holds a checkpoint")
 
     args = parser.parse_args(argv)
     try:
@@ -111,7 +128,62 @@ def _embed(args):
     return 0
 
 
-COMMANDS = {"infer": _infer, "download": _download, "convert": _convert, "embed": _embed}
+def _random_checkpoint(args):
+    import os
+    import shutil
+    import tempfile
+
+    from .config import BASE, LARGE, TINY, derived
+    from .weights import save_random_checkpoint
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not args.force or not (out / "config.json").is_file():
+            raise FileExistsError(f"{out} exists and is not empty; choose a new folder"
+                                  + (" or pass --force to replace this checkpoint" if (out / "config.json").is_file()
+                                     else " (--force replaces only a checkpoint folder)"))
+    tokenizer = Path(args.tokenizer) if args.tokenizer else _found_tokenizer()
+    config = {"tiny": derived(TINY, text_config={"vocab_size": 50265, "max_position_embeddings": 514}),
+              "base": BASE, "large": LARGE}[args.size]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside OUT and renamed into place: an error or ^C leaves no half-made checkpoint.
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the checkpoint is an ordinary folder
+    try:
+        save_random_checkpoint(tmp, config, tuple(args.heads), args.seed, tokenizer)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    size_gb = (out / "model.safetensors").stat().st_size / 1e9
+    print(f"wrote {out}: the {args.size} architecture with random weights (seed {args.seed}), heads "
+          f"{' '.join(args.heads)}, {size_gb:.2g} GB; tokenizer files from {tokenizer}.\n"
+          "Its outputs are noise (config.json says so); it is for running the code and notebooks offline:\n"
+          f"  MINIBRIDGE_MODEL={out} jupyter lab notebooks/\n"
+          f"  minibridge infer --model {out} photo.jpg \"a caption\"")
+    return 0
+
+
+def _found_tokenizer():
+    """RoBERTa's tokenizer files from a checkpoint minibridge already downloaded, or a clear error."""
+    from .hub import default_home
+
+    home = default_home()
+    for folder in sorted(home.glob("*/*/")) if home.is_dir() else ():
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            return folder
+    raise FileNotFoundError(
+        "a checkpoint needs RoBERTa's tokenizer files (vocab.json and merges.txt) and none were given or found "
+        f"in {home}. Pass --tokenizer DIR, a folder that holds them: any BridgeTower checkpoint folder "
+        "(`minibridge download BridgeTower/bridgetower-base-itm-mlm` on a machine with internet puts one in "
+        f"{home}), or the two files of https://huggingface.co/FacebookAI/roberta-base copied to one folder.")
+
+
+COMMANDS = {"infer": _infer, "download": _download, "convert": _convert, "embed": _embed,
+            "random-checkpoint": _random_checkpoint}
 
 
 def _is_user_error(e):

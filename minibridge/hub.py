@@ -242,7 +242,8 @@ def _unreachable(repo_id, folder, missing, why):
             "Connect to the internet once to download it there (set MINIBRIDGE_HOME or pass cache_dir to "
             "keep downloads elsewhere), or point minibridge at a local folder in the Hub layout that holds "
             "config.json and model.safetensors: `--model path/to/folder` on the command line, "
-            "`from_pretrained(\"path/to/folder\")` in Python.")
+            "`from_pretrained(\"path/to/folder\")` in Python. To run the code without the trained weights, "
+            "`minibridge random-checkpoint FOLDER` makes such a folder of random weights (its outputs are noise).")
 
 
 def _no_weights(repo_id, revision, names):

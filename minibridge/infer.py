@@ -22,6 +22,7 @@ import numpy as np
 from .modeling import (BridgeTowerForContrastiveLearning, BridgeTowerForImageAndTextRetrieval,
                        BridgeTowerForMaskedLM, open_checkpoint)
 from .ops import softmax
+from .weights import random_mark
 
 DEFAULT_MODEL = "BridgeTower/bridgetower-base-itm-mlm"
 TASKS = {"itm": BridgeTowerForImageAndTextRetrieval, "mlm": BridgeTowerForMaskedLM,
@@ -41,6 +42,7 @@ class InferResult:
     scores: list = None  # itm: match probability; itc: cosine similarity
     filled: list = None  # mlm: each text with its masks replaced by the best token
     candidates: list = None  # mlm: per text, per mask, [(token, probability)]
+    note: str = None  # set when the checkpoint is marked as random weights: the numbers are noise
 
     def __str__(self):
         lines = [f"{self.model} · {_TITLES[self.task]}"]
@@ -49,10 +51,12 @@ class InferResult:
                 lines += [f"  text:   {text}", f"  filled: {filled}"]
                 for i, cands in enumerate(masks, 1):
                     lines.append(f"  mask {i}: " + " | ".join(f"{tok.strip() or repr(tok)} {p:.3f}" for tok, p in cands))
-            return "\n".join(lines)
-        lines.append("  rank  score   text")
-        for rank, i in enumerate(np.argsort(-np.asarray(self.scores), kind="stable"), 1):
-            lines.append(f"  {rank:<5} {self.scores[i]:<7.4f} {self.texts[i]}")
+        else:
+            lines.append("  rank  score   text")
+            for rank, i in enumerate(np.argsort(-np.asarray(self.scores), kind="stable"), 1):
+                lines.append(f"  {rank:<5} {self.scores[i]:<7.4f} {self.texts[i]}")
+        if self.note:
+            lines.append(f"  note: {self.note}")
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -76,7 +80,8 @@ def infer(image, text, model=DEFAULT_MODEL, task=None, top_k=5, revision=None, d
     enc = processor.tokenizer(texts, padding=True, return_tensors="np")  # [B, T]
     ids, mask = enc["input_ids"], enc["attention_mask"]
     pixels = np.repeat(pixels, len(texts), axis=0)  # one image, scored against every text: [B, 3, S, S]
-    result = InferResult(task=task, model=str(model), texts=texts)
+    result = InferResult(task=task, model=str(model), texts=texts,
+                         note=random_mark(_checkpoint(str(model), revision).folder))
     if task == "itm":
         logits = _numpy(net(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits)  # [B, 2]
         result.scores = softmax(logits)[:, 1].tolist()

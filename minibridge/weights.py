@@ -309,24 +309,49 @@ _ARCHITECTURES = {"itm": "BridgeTowerForImageAndTextRetrieval", "mlm": "BridgeTo
                   "itc": "BridgeTowerForContrastiveLearning"}
 
 
+# The config.json key that marks a checkpoint of random_weights, so that nothing drawn or printed
+# from it passes for a trained model's behaviour (the notebooks stamp their figures, infer says so).
+RANDOM_MARK = "minibridge_random_weights"
+RANDOM_NOTE = ("random weights made by minibridge (weights.random_weights): every output and picture of "
+               "this checkpoint is noise, not what a trained BridgeTower computes")
+# Either file set is enough for tokenizer.RobertaTokenizer.from_pretrained.
+TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("tokenizer.json",))
+
+
+def random_mark(folder):
+    """The note config.json carries when `folder` holds a checkpoint of random weights, else None."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    mark = config.get(RANDOM_MARK) if isinstance(config, dict) else None
+    return (mark.get("note") or RANDOM_NOTE) if isinstance(mark, dict) else (RANDOM_NOTE if mark else None)
+
+
 def save_random_checkpoint(folder, config, heads=("itm", "mlm", "itc"), seed=0, tokenizer_dir=None):
     """Write a checkpoint of `random_weights` in the Hub layout, made without torch or the network.
 
     folder gets config.json (`config`, a config.json dict such as config.TINY or config.BASE, with
-    "architectures" naming the heads), model.safetensors (backbone keys `bridgetower.`-prefixed, head
-    keys not, as transformers saves a head class) and preprocessor_config.json; tokenizer.json,
-    vocab.json and merges.txt are copied from `tokenizer_dir` if given. The outputs of such a model
-    mean nothing. Returns the folder.
+    "architectures" naming the heads and RANDOM_MARK saying it is noise), model.safetensors
+    (backbone keys `bridgetower.`-prefixed, head keys not, as transformers saves a head class) and
+    preprocessor_config.json; with `tokenizer_dir`, its RoBERTa tokenizer files (TOKENIZER_FILES:
+    vocab.json + merges.txt, and tokenizer.json when there) are copied too. The outputs of such a
+    model mean nothing. Returns the folder. (`minibridge random-checkpoint` is the command line.)
     """
     from safetensors.numpy import save_file
 
     from .config import BridgeTowerConfig
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     cfg = BridgeTowerConfig.from_dict(config)
     if "itc" in heads and (cfg.contrastive_hidden_size is None or cfg.logit_scale_init_value is None):
         raise ValueError("the itc head needs contrastive_hidden_size and logit_scale_init_value in the config")
+    if tokenizer_dir is not None:
+        tokenizer_dir = Path(tokenizer_dir)
+        if not any(all((tokenizer_dir / name).is_file() for name in group) for group in TOKENIZER_FILES):
+            raise FileNotFoundError(f"{tokenizer_dir} holds no RoBERTa tokenizer files: expected vocab.json and "
+                                    "merges.txt, or tokenizer.json")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     own = {k for h in heads for k in head_shapes(cfg, h)}
     tensors = {(k if k in own else "bridgetower." + k): v for k, v in random_weights(cfg, heads, seed).items()}
     tmp = folder / "model.safetensors.partial"
@@ -337,6 +362,7 @@ def save_random_checkpoint(folder, config, heads=("itm", "mlm", "itc"), seed=0, 
         tmp.unlink(missing_ok=True)
 
     written = dict(config, architectures=[_ARCHITECTURES[h] for h in heads], model_type="bridgetower")
+    written[RANDOM_MARK] = {"seed": seed, "note": RANDOM_NOTE}
     (folder / "config.json").write_text(json.dumps(written, indent=2))
     size = cfg.vision_config.image_size
     (folder / "preprocessor_config.json").write_text(json.dumps(
@@ -344,6 +370,6 @@ def save_random_checkpoint(folder, config, heads=("itm", "mlm", "itc"), seed=0, 
          "size_divisor": min(32, size), "image_processor_type": "BridgeTowerImageProcessor"}, indent=2))
     if tokenizer_dir is not None:
         for name in ("tokenizer.json", "vocab.json", "merges.txt"):
-            if (Path(tokenizer_dir) / name).is_file():
-                shutil.copy(Path(tokenizer_dir) / name, folder / name)
+            if (tokenizer_dir / name).is_file():
+                shutil.copyfile(tokenizer_dir / name, folder / name)  # contents only, not read-only modes
     return folder

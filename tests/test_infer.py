@@ -1,6 +1,8 @@
 """minibridge.infer and the command line, end to end on a random checkpoint with the real tokenizer."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +11,8 @@ import pytest
 
 import minibridge as mb
 from minibridge.infer import _load
-from minibridge.weights import save_random_checkpoint
+from minibridge.config import BridgeTowerConfig
+from minibridge.weights import RANDOM_MARK, random_mark, random_weights, read_checkpoint, save_random_checkpoint
 
 from helpers import ROBERTA, SHARED_DATA, TINY_REAL_VOCAB, assert_close
 
@@ -36,8 +39,9 @@ def test_itm_scores_are_match_probabilities(checkpoint):
     assert_close(result.scores, (e / e.sum(-1, keepdims=True))[:, 1], "itm scores", tol=1e-6)
     table = str(result).splitlines()
     assert "image-text matching" in table[0] and table[1].split() == ["rank", "score", "text"]
-    ranked = [line.split(None, 2)[2] for line in table[2:]]
+    ranked = [line.split(None, 2)[2] for line in table[2:-1]]
     assert ranked == [TEXTS[i] for i in np.argsort(-np.asarray(result.scores), kind="stable")]
+    assert table[-1].startswith("  note: random weights")  # the fixture is a random checkpoint, and says so
 
 
 def test_itm_scores_match_transformers_pipeline(checkpoint):
@@ -127,7 +131,7 @@ def cli(*args, env=None):
                           env={**os.environ, **(env or {})}, timeout=300)
 
 
-@pytest.mark.parametrize("command", ["", "infer", "download", "convert", "embed"])
+@pytest.mark.parametrize("command", ["", "infer", "download", "convert", "embed", "random-checkpoint"])
 def test_help(command):
     r = cli(*([command] if command else []), "--help")
     assert r.returncode == 0 and "usage: minibridge" in r.stdout
@@ -181,3 +185,88 @@ def test_image_by_url(checkpoint):
             mb.infer(url.replace(PHOTO.name, "missing.png"), TEXTS, model=checkpoint)
     finally:
         server.shutdown()
+
+
+# ---- minibridge random-checkpoint: a checkpoint to run offline ------------------------------------------
+
+
+def test_random_checkpoint_command_writes_a_marked_checkpoint_that_loads(tmp_path):
+    if not (ROBERTA / "vocab.json").is_file():
+        pytest.skip(f"needs the real tokenizer files in {ROBERTA}")
+    out = tmp_path / "weights" / "random-tiny"  # the parent is made too
+    r = cli("random-checkpoint", out, "--size", "tiny", "--tokenizer", ROBERTA, "--seed", 5)
+    assert r.returncode == 0, r.stderr
+    assert f"MINIBRIDGE_MODEL={out} jupyter lab notebooks/" in r.stdout  # the launch line is printed
+    assert sorted(p.name for p in tmp_path.joinpath("weights").iterdir()) == ["random-tiny"]  # no .partial left
+    config = json.loads((out / "config.json").read_text())
+    assert config[RANDOM_MARK]["seed"] == 5 and "noise" in config[RANDOM_MARK]["note"]
+    assert random_mark(out) == config[RANDOM_MARK]["note"]
+    # The stored weights are random_weights of the tiny architecture with the real vocabulary, all heads.
+    expected = random_weights(BridgeTowerConfig.from_dict(TINY_REAL_VOCAB), ("itm", "mlm", "itc"), 5)
+    stored = {k.removeprefix("bridgetower."): v for k, v in read_checkpoint(out).items()}
+    assert sorted(stored) == sorted(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(stored[key], value, err_msg=key)
+    # It opens like a Hub checkpoint, and infer says that its numbers are noise.
+    tokenizer = mb.RobertaTokenizer.from_pretrained(out)
+    assert tokenizer("a cat on a mat")["input_ids"] == mb.RobertaTokenizer.from_pretrained(ROBERTA)("a cat on a mat")["input_ids"]
+    result = mb.infer(PHOTO, ["a cat", "a dog"], model=out)
+    assert result.note == config[RANDOM_MARK]["note"]
+    assert str(result).splitlines()[-1] == f"  note: {result.note}"  # after the table, so the table reads as before
+
+
+def test_trained_checkpoints_carry_no_random_note(checkpoint, tmp_path):
+    folder = tmp_path / "trained"
+    folder.mkdir()
+    config = json.loads((checkpoint / "config.json").read_text())
+    del config[RANDOM_MARK]  # as a real checkpoint's config.json
+    (folder / "config.json").write_text(json.dumps(config))
+    assert random_mark(folder) is None and random_mark(checkpoint) is not None
+    assert random_mark(tmp_path / "nowhere") is None
+
+
+def test_random_checkpoint_without_tokenizer_says_where_to_get_one(tmp_path):
+    out = tmp_path / "out"
+    r = cli("random-checkpoint", out, "--size", "tiny", env={"MINIBRIDGE_HOME": str(tmp_path / "empty")})
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    for words in ("vocab.json", "merges.txt", "--tokenizer DIR", "roberta-base", "minibridge download"):
+        assert words in r.stderr, (words, r.stderr)
+    assert list(tmp_path.iterdir()) == [], "nothing may be written when the command fails"
+    r = cli("random-checkpoint", out, "--size", "tiny", "--tokenizer", tmp_path)  # a folder without the files
+    assert r.returncode == 1 and "holds no RoBERTa tokenizer files" in r.stderr
+    assert list(tmp_path.iterdir()) == [], "a failed run must leave no partial folder"
+
+
+def test_random_checkpoint_finds_the_tokenizer_of_a_downloaded_checkpoint(tmp_path):
+    if not (ROBERTA / "vocab.json").is_file():
+        pytest.skip(f"needs the real tokenizer files in {ROBERTA}")
+    download = tmp_path / "home" / "BridgeTower--bridgetower-base-itm-mlm" / "main"
+    download.mkdir(parents=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(ROBERTA / name, download / name)
+    r = cli("random-checkpoint", tmp_path / "out", "--size", "tiny", "--heads", "itm",
+            env={"MINIBRIDGE_HOME": str(tmp_path / "home")})
+    assert r.returncode == 0, r.stderr
+    assert str(download) in r.stdout and (tmp_path / "out" / "merges.txt").is_file()
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == [
+        "BridgeTowerForImageAndTextRetrieval"]
+
+
+def test_random_checkpoint_never_overwrites_what_is_not_a_checkpoint(tmp_path):
+    if not (ROBERTA / "vocab.json").is_file():
+        pytest.skip(f"needs the real tokenizer files in {ROBERTA}")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("three years of work")
+    for extra in ([], ["--force"]):
+        r = cli("random-checkpoint", notes, "--size", "tiny", "--tokenizer", ROBERTA, *extra)
+        assert r.returncode == 1 and "exists and is not empty" in r.stderr
+        assert [p.name for p in notes.iterdir()] == ["thesis.txt"]
+    out = tmp_path / "ckpt"
+    assert cli("random-checkpoint", out, "--size", "tiny", "--heads", "itm", "--tokenizer", ROBERTA).returncode == 0
+    r = cli("random-checkpoint", out, "--size", "tiny", "--heads", "itm", "--tokenizer", ROBERTA)
+    assert r.returncode == 1 and "--force" in r.stderr
+    r = cli("random-checkpoint", out, "--size", "tiny", "--heads", "mlm", "--seed", 1, "--tokenizer", ROBERTA, "--force")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BridgeTowerForMaskedLM"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "notes"]
