@@ -280,3 +280,21 @@ def foundations(name):
 def config_json():
     """config.TINY as stored in the snapshots (sorted keys), to notice snapshots made for another config."""
     return json.dumps(TINY, sort_keys=True)
+
+
+# ---- the course in weeks -----------------------------------------------------------------------------
+
+# Four handouts (`build --week N`), smallest first. Each week's components build only on that
+# week's and earlier weeks' (tests/test_course.py checks it), so week N's handout runs on the
+# released solutions of weeks 1 … N-1 and nothing else.
+WEEKS = {
+    1: ("linear", "layer_norm", "gelu", "quick_gelu", "softmax", "attention"),  # primitives
+    2: ("bpe", "position_ids", "text_embed", "patchify"),  # tokens and pixels
+    3: ("vision_block", "bert_attention"),  # the tower layers
+    4: ("link_tower", "cross_modal_layer", "heads", "bridgetower"),  # the bridge
+}
+
+
+def week_of(name):
+    """The week (WEEKS) in which component `name` is assigned."""
+    return next(week for week, names in WEEKS.items() if name in names)
