@@ -88,3 +88,57 @@ def test_documented_commands_exist(command):
     script = ROOT / command.split()[1]
     assert script.is_file(), f"{command}: no such file"
     assert command in (ROOT / "README.md").read_text(encoding="utf-8") + CONTRIBUTING.read_text(encoding="utf-8")
+
+
+# ---- the offline start: two lines of the README ----------------------------------------------------------
+
+
+def offline_start_lines():
+    """The commands in the README's code block after <!-- offline-start -->."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "<!-- offline-start -->" in text, "the README's offline start is gone; update this test"
+    block = text.split("<!-- offline-start -->", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.strip().splitlines()]
+
+
+@pytest.mark.slow  # writes the base architecture's 1.4 GB of random weights (about 10 s)
+def test_offline_start_gives_a_checkpoint_the_notebooks_load(tmp_path, monkeypatch):
+    """Line 1 run as written (only the tokenizer placeholder filled in) from a folder with no network,
+    then what line 2 hands the notebooks: a base-shaped checkpoint that loads and runs at 288 pixels."""
+    import shlex
+    import subprocess
+    import sys
+
+    from paths import ROBERTA
+
+    make, launch = offline_start_lines()
+    argv = shlex.split(make)
+    assert argv[:2] == ["minibridge", "random-checkpoint"] and "--tokenizer" in argv, make
+    folder = argv[2]
+    assert launch == f"MINIBRIDGE_MODEL={folder} jupyter lab notebooks/", launch
+    if not (ROBERTA / "vocab.json").is_file():
+        pytest.skip(f"needs the real tokenizer files in {ROBERTA}")
+    argv[argv.index("--tokenizer") + 1] = str(ROBERTA)  # "path/to/roberta-base": this machine's copy
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "MINIBRIDGE_HOME": str(tmp_path / "no-downloads")}
+    r = subprocess.run([sys.executable, "-m", "minibridge", *argv[1:]], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert launch in r.stdout  # the command prints the second line itself
+
+    import numpy as np
+
+    import minibridge as mb
+
+    sys.path.insert(0, str(ROOT / "notebooks"))
+    try:
+        import notebook_utils
+    finally:
+        sys.path.remove(str(ROOT / "notebooks"))
+    monkeypatch.setenv("MINIBRIDGE_MODEL", str(tmp_path / folder))
+    name = notebook_utils.model_id("BridgeTower/bridgetower-base-itm-mlm")
+    assert name == str(tmp_path / folder)
+    processor = mb.BridgeTowerProcessor.from_pretrained(name)
+    model = mb.BridgeTowerForMaskedLM.from_pretrained(name)
+    enc = processor(images=[np.full((400, 300, 3), 128, np.uint8)], text=["a <mask> on a sofa"])
+    assert enc["pixel_values"].shape == (1, 3, 288, 288)  # the real crop, an 18 x 18 patch grid
+    assert model(**enc).logits.shape == (1, len(enc["input_ids"][0]), 50265)
