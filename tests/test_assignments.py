@@ -33,8 +33,8 @@ def student_copy(tmp_path_factory):
 
 
 def reference_copy(tmp_path):
-    """A student copy with nothing stubbed: the reference's files, to plant bugs in."""
-    builder.build(tmp_path, components=[])
+    """A student copy with nothing stubbed (every solution released): the reference's files, to plant bugs in."""
+    builder.build(tmp_path, components=[], released=NAMES)
     return tmp_path
 
 
@@ -188,8 +188,8 @@ def test_planted_bug_fails_exactly_its_component_and_those_built_on_it(tmp_path,
 @pytest.mark.parametrize("name", NAMES)
 def test_a_stubbed_component_fails_exactly_itself_and_those_built_on_it(tmp_path, name):
     """The `needs` of every component are the calls its code makes: nothing missing, nothing extra."""
-    builder.build(tmp_path, components=[name])
-    results = grader.grade(tmp_path)
+    builder.build(tmp_path, components=[name], released=[n for n in NAMES if n != name])
+    results = grader.grade(tmp_path, assigned=NAMES)  # all graded, though the copy assigns only `name`
     assert failing(results) == {name, *dependents(name)}, grader.report(results)
     for r in results:
         if r.name in dependents(name):

@@ -62,3 +62,244 @@ def test_check_fills_the_functions_not_given_with_the_reference():
 def test_check_refuses_unknown_components_and_keywords(component, keywords, match):
     with pytest.raises(ValueError, match=match):
         check(component, **keywords)
+
+
+# ---- formulations the grader must accept ----------------------------------------------------------------
+
+
+def lse_softmax(x):
+    """The textbook log-sum-exp form, in float32: exp(x - logsumexp(x))."""
+    m = x.max(axis=-1, keepdims=True)
+    return np.exp(x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True))))
+
+
+def float64_softmax(x):
+    return textbook_softmax(x.astype(np.float64))
+
+
+def one_pass_layer_norm(x, p, eps):
+    """var = E[x²] - E[x]², in float32: cancellation costs a few u·(1 + mean²/var) of the variance."""
+    mean = x.mean(axis=-1, keepdims=True)
+    var = (x * x).mean(axis=-1, keepdims=True) - mean * mean
+    return (x - mean) / np.sqrt(var + eps) * p["weight"] + p["bias"]
+
+
+def float64_layer_norm(x, p, eps):
+    x = x.astype(np.float64)
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * p["weight"] + p["bias"]
+
+
+def einsum_attention(q, k, v, num_heads, mask=None, dtype=np.float32):
+    B, Sq, D = q.shape
+    Dh = D // num_heads
+    q, k, v = (a.astype(dtype).reshape(B, -1, num_heads, Dh) for a in (q, k, v))
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(Dh)
+    if mask is not None:
+        scores = scores + mask
+    probs = textbook_softmax(scores)
+    return np.einsum("bhqk,bkhd->bqhd", probs, v).reshape(B, Sq, D), probs
+
+
+def looped_attention(q, k, v, num_heads, mask=None):
+    """One head at a time, the scale applied to the scores."""
+    B, Sq, D = q.shape
+    Dh = D // num_heads
+    contexts, probs = [], []
+    for h in range(num_heads):
+        cut = slice(h * Dh, (h + 1) * Dh)
+        scores = q[..., cut] @ k[..., cut].transpose(0, 2, 1) / np.float32(np.sqrt(Dh))
+        if mask is not None:
+            scores = scores + mask[:, 0]
+        p = textbook_softmax(scores)
+        probs.append(p)
+        contexts.append(p @ v[..., cut])
+    return np.concatenate(contexts, axis=-1), np.stack(probs, axis=1)
+
+
+def float64_gelu(x):
+    from math import erf
+
+    return 0.5 * x.astype(np.float64) * (1 + np.vectorize(erf)(x.astype(np.float64) / np.sqrt(2)))
+
+
+def looped_position_ids(input_ids, pad_token_id):
+    out = np.full_like(input_ids, pad_token_id)
+    for b, row in enumerate(input_ids):
+        count = pad_token_id
+        for t, token in enumerate(row):
+            if token != pad_token_id:
+                count += 1
+                out[b, t] = count
+    return out
+
+
+ALTERNATIVES = {
+    "float32 log-sum-exp softmax": ("softmax", {"softmax": lse_softmax}),
+    "float64 softmax": ("softmax", {"softmax": float64_softmax}),
+    "one-pass LayerNorm (E[x²] - E[x]²)": ("layer_norm", {"layer_norm": one_pass_layer_norm}),
+    "float64 LayerNorm": ("layer_norm", {"layer_norm": float64_layer_norm}),
+    "einsum attention": ("attention", {"attention": einsum_attention}),
+    "float64 einsum attention": ("attention", {"attention": lambda *a: einsum_attention(*a, dtype=np.float64)}),
+    "attention one head at a time": ("attention", {"attention": looped_attention}),
+    "float64 GELU through math.erf": ("gelu", {"gelu": float64_gelu}),
+    "position ids by a loop": ("position_ids", {"position_ids": looped_position_ids}),
+}
+
+
+@pytest.mark.parametrize("name", list(ALTERNATIVES))
+def test_every_correct_formulation_passes(name, capsys):
+    component, functions = ALTERNATIVES[name]
+    result = check(component, **functions)
+    assert result.passed, capsys.readouterr().out
+
+
+def test_the_large_logit_row_stays_within_its_analysed_range():
+    """SOFTMAX_LARGE_TOL is derived for |x| < SOFTMAX_LARGE_MAX in the +1000 row; the other rows for |x| < 16."""
+    from minibridge.assignments.components import SOFTMAX_LARGE_MAX
+    from minibridge.assignments.grade import load_snapshots
+
+    x = load_snapshots()["softmax"][0]["x"]
+    assert 512 <= np.abs(x[0, 0]).max() < SOFTMAX_LARGE_MAX
+    ordinary = np.concatenate([x[0, 1:].ravel(), x[2, 0].ravel(), x[2, 2:].ravel(), x[1, :, :5].ravel()])
+    assert np.abs(ordinary).max() < 16
+
+
+# ---- typical mistakes: each fails, naming the case, with its hint where the grader gives one -------------
+
+
+def wrong_axis_softmax(x):
+    e = np.exp(x - x.max(axis=-2, keepdims=True))
+    return e / e.sum(axis=-2, keepdims=True)
+
+
+def unshifted_softmax(x):
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def tanh_gelu(x):
+    return 0.5 * x * (1 + np.tanh(np.float32(np.sqrt(2 / np.pi)) * (x + np.float32(0.044715) * x**3)))
+
+
+def layer_norm_with(root, divide_by=None):
+    def layer_norm(x, p, eps):
+        c = x - x.mean(axis=-1, keepdims=True)
+        var = (c * c).sum(axis=-1, keepdims=True) / (divide_by or x.shape[-1])
+        return c / root(var, eps) * p["weight"] + p["bias"]
+
+    return layer_norm
+
+
+def attention_with(scale=None, mask_mode="before", interleaved=False, axis=-1):
+    """The reference attention with one thing changed."""
+
+    def attention(q, k, v, num_heads, mask=None):
+        B, Sq, D = q.shape
+        Dh = D // num_heads
+
+        def split(a):  # contiguous: feature h·Dh + j -> head h; interleaved: feature j·H + h -> head h
+            if interleaved:
+                return a.reshape(B, -1, Dh, num_heads).transpose(0, 3, 1, 2)
+            return a.reshape(B, -1, num_heads, Dh).transpose(0, 2, 1, 3)
+
+        scores = split(q) @ split(k).transpose(0, 1, 3, 2) * np.float32(1 / np.sqrt(Dh) if scale is None else scale(Dh))
+        if mask is not None and mask_mode == "before":
+            scores = scores + mask
+        e = np.exp(scores - scores.max(axis=axis, keepdims=True))
+        probs = e / e.sum(axis=axis, keepdims=True)
+        if mask is not None and mask_mode == "after":
+            probs = probs + mask
+        context = probs @ split(v)
+        if interleaved:
+            return context.transpose(0, 2, 3, 1).reshape(B, Sq, D), probs
+        return context.transpose(0, 2, 1, 3).reshape(B, Sq, D), probs
+
+    return attention
+
+
+def vision_block_qkv(order):
+    """The reference vision block, but reading the packed q/k/v rows in another order."""
+    from minibridge.ops import attention, layer_norm, linear, quick_gelu
+
+    def vision_block(p, x, cfg):
+        h = layer_norm(x, p["ln_1"], cfg.layer_norm_eps)
+        qkv = linear(h, {"weight": p["attn"]["in_proj_weight"], "bias": p["attn"]["in_proj_bias"]})
+        parts = dict(zip(order, np.split(qkv, 3, axis=-1)))
+        context, probs = attention(parts["q"], parts["k"], parts["v"], cfg.num_attention_heads)
+        x = x + linear(context, p["attn"]["out_proj"])
+        h = layer_norm(x, p["ln_2"], cfg.layer_norm_eps)
+        return x + linear(quick_gelu(linear(h, p["mlp"]["c_fc"])), p["mlp"]["c_proj"]), probs
+
+    return vision_block
+
+
+def unnormalised_contrastive(p, x):
+    return x @ p["fc"]["weight"].T + p["fc"]["bias"]
+
+
+def swapped_interpolate(p, h, c, link_tower_type, eps):
+    from minibridge.bridge import link_tower
+
+    if link_tower_type == "interpolate":
+        return link_tower(p, c, h, link_tower_type, eps)  # h·β + c·(1 − β)
+    return link_tower(p, h, c, link_tower_type, eps)
+
+
+# name: (component, functions, the case its FAIL line names, the hint it gives or None)
+MISTAKES = {
+    "softmax over the wrong axis": ("softmax", {"softmax": wrong_axis_softmax}, "y, case ",
+                                    "sum to 1 over the wrong axis"),
+    "softmax without the max subtraction": ("softmax", {"softmax": unshifted_softmax},
+                                            'case "row with a +1000 logit"', "subtract the row max"),
+    "tanh-GELU": ("gelu", {"gelu": tanh_gelu}, 'case "the bend, a dense grid on [-6, 6]"', "tanh approximation"),
+    "QuickGELU with sigmoid(x)": ("quick_gelu", {"quick_gelu": lambda x: x / (1 + np.exp(-x))},
+                                  'case "the bend', "x·sigmoid(x)?"),
+    "LayerNorm without eps": ("layer_norm", {"layer_norm": layer_norm_with(lambda v, eps: np.sqrt(v))},
+                              'case "std 1e-3 row where eps dominates"', "LayerNorm without eps?"),
+    "LayerNorm with eps outside the root": ("layer_norm",
+                                            {"layer_norm": layer_norm_with(lambda v, eps: np.sqrt(v) + eps)},
+                                            'case "std 1e-3 row where eps dominates"', "eps outside the square root?"),
+    "LayerNorm with the unbiased variance": ("layer_norm", {"layer_norm": layer_norm_with(
+        lambda v, eps: np.sqrt(v + eps), divide_by=15)}, 'y, case "', "unbiased variance"),
+    "unscaled attention scores": ("attention", {"attention": attention_with(scale=lambda Dh: 1.0)}, "case ",
+                                  "not scaled by 1/sqrt(Dh)?"),
+    "attention scaled by 1/Dh": ("attention", {"attention": attention_with(scale=lambda Dh: 1.0 / Dh)}, "case ",
+                                 "scaled by 1/Dh instead"),
+    "mask not applied": ("attention", {"attention": attention_with(mask_mode="never")},
+                         'probs, case "masked keys (row 1: keys 4-6 padded)"', "mask not applied?"),
+    "mask applied after the softmax": ("attention", {"attention": attention_with(mask_mode="after")},
+                                       'probs, case "masked keys (row 1: keys 4-6 padded)"',
+                                       "mask applied after the softmax?"),
+    "heads interleaved": ("attention", {"attention": attention_with(interleaved=True)}, "case ",
+                          "heads interleaved?"),
+    "attention softmax over the queries": ("attention", {"attention": attention_with(axis=-2)}, "case ",
+                                           "normalised over the queries?"),
+    "position ids from 0": ("position_ids",
+                            {"position_ids": lambda ids, pad: np.broadcast_to(np.arange(ids.shape[1]), ids.shape)},
+                            'case "no padding"', "counted from 0?"),
+    "position ids counting the pads": ("position_ids",
+                                       {"position_ids": lambda ids, pad: np.broadcast_to(
+                                           np.arange(ids.shape[1]) + pad + 1, ids.shape)},
+                                       'case "right padding"', "pads must keep pad_token_id"),
+    "q/k/v read as k/q/v": ("vision_block", {"vision_block": vision_block_qkv("kqv")},
+                            'probs, case "attention probabilities', "[W_q; W_k; W_v]"),
+    "q/k/v read as v/k/q": ("vision_block", {"vision_block": vision_block_qkv("vkq")},
+                            'probs, case "attention probabilities', "[W_q; W_k; W_v]"),
+    "interpolate with beta on h": ("link_tower", {"link_tower": swapped_interpolate}, "interpolate: ",
+                                   "h is weighted by (1 - beta)"),
+    "contrastive embedding not normalised": ("heads", {"contrastive_embedding": unnormalised_contrastive}, "itc_",
+                                             "scaled to unit length"),
+}
+
+
+@pytest.mark.parametrize("name", list(MISTAKES))
+def test_typical_mistakes_fail_naming_the_case_and_the_hint(name, capsys):
+    component, functions, case, hint = MISTAKES[name]
+    with np.errstate(all="ignore"):
+        result = check(component, **functions)
+    out = capsys.readouterr().out
+    assert not result.passed, out
+    assert case in result.message and " vs reference " in result.message, out
+    hints = [n for n in result.notes if n.startswith("hint: ")]
+    assert any(hint in h for h in hints), out
+    assert f"hint: " in out

@@ -1,15 +1,18 @@
-"""python -m minibridge.assignments {build, check, list, snapshot} (see --help)."""
+"""python -m minibridge.assignments {build, check, release, grade, list} (see --help)."""
 
 import argparse
 import sys
 
-from .components import COMPONENTS
+from .components import COMPONENTS, WEEKS
 
 EXAMPLES = """examples:
   python -m minibridge.assignments build handout/                    # every component becomes a TODO
+  python -m minibridge.assignments build week2/ --week 2             # week 2 assigned, week 1 released, the rest withheld
   python -m minibridge.assignments build week1/ --component layer_norm --component softmax
-  python -m minibridge.assignments check --impl submissions/alice/   # PASS/FAIL per component, then the score
-  python -m minibridge.assignments check --impl handout/ --component softmax
+  python -m minibridge.assignments check --impl submissions/alice/   # PASS/FAIL per assigned component, then the score
+  python -m minibridge.assignments check --impl handout/ --component softmax --json -
+  python -m minibridge.assignments release week1/ --week 1           # after the deadline: week 1's solutions
+  python -m minibridge.assignments grade submissions/ --handout week1/ --csv grades.csv
 """
 
 
@@ -19,19 +22,51 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     names = [c.name for c in COMPONENTS]
+    weeks = sorted(WEEKS)
 
-    p = sub.add_parser("build", help="write the student copy, OUT_DIR/minibridge with TODOs")
+    p = sub.add_parser("build", help="write a handout: OUT_DIR/minibridge with TODOs, and OUT_DIR/ASSIGNMENTS.md")
     p.add_argument("out_dir")
     p.add_argument("--component", action="append", choices=names, metavar="NAME",
-                   help="stub only this component (repeatable; default: all)")
+                   help="assign this component (repeatable; default: every component not released)")
+    p.add_argument("--week", action="append", type=int, choices=weeks, metavar="N",
+                   help=f"assign week N's components (repeatable; weeks {weeks}, see `list`)")
+    p.add_argument("--release", action="append", choices=[*names, *map(str, weeks), "all"], metavar="NAME",
+                   help="keep the reference code of this component, week number or all (repeatable; default with "
+                        "--week N: the weeks before N); every other component not assigned is withheld")
     p.add_argument("--force", action="store_true", help="replace an existing OUT_DIR/minibridge")
 
     p = sub.add_parser("check", help="grade a student copy against the snapshots (exit status 0 only at full marks)")
-    p.add_argument("--impl", required=True, metavar="PATH", help="the student copy: a folder holding minibridge/")
+    p.add_argument("--impl", default=".", metavar="PATH",
+                   help="the student copy: a folder holding minibridge/ (default: the current folder)")
     p.add_argument("--component", action="append", choices=names, metavar="NAME",
-                   help="grade only this component (repeatable; default: all)")
+                   help="grade only this component (repeatable; default: all the handout assigns)")
+    p.add_argument("--assigned", action="append", choices=[*names, ""], metavar="NAME",
+                   help="grade as if the handout assigned these (repeatable; default: the copy's manifest)")
+    p.add_argument("--json", metavar="PATH", help="also write one row per component as JSON to PATH (- for stdout)")
+    p.add_argument("--csv", metavar="PATH", help="also write one row per component as CSV to PATH (- for stdout)")
+    p.add_argument("--time-limit", type=float, metavar="S", help="seconds one component may run (default 60)")
 
-    sub.add_parser("list", help="the components: what each covers, builds on, its tolerance and snapshot source")
+    p = sub.add_parser("release", help="put the reference code of components back into a handout (after a deadline)")
+    p.add_argument("handout", help="a folder written by `build`")
+    p.add_argument("--component", action="append", default=[], choices=names, metavar="NAME", help="(repeatable)")
+    p.add_argument("--week", action="append", default=[], type=int, choices=weeks, metavar="N", help="(repeatable)")
+    p.add_argument("--all", action="store_true", help="every component: the handout becomes the reference")
+
+    p = sub.add_parser("grade", help="grade every submission in a folder: one table, a CSV and JSON gradebook")
+    p.add_argument("submissions", help="a folder with one subfolder per student, each holding minibridge/")
+    p.add_argument("--handout", metavar="DIR", help="grade what this handout (from `build`) assigns")
+    p.add_argument("--week", action="append", default=[], type=int, choices=weeks, metavar="N",
+                   help="grade week N's components (repeatable)")
+    p.add_argument("--component", action="append", default=[], choices=names, metavar="NAME",
+                   help="grade this component (repeatable); without these three, each submission's own manifest")
+    p.add_argument("--csv", metavar="PATH", help="write the gradebook: one row per student (- for stdout)")
+    p.add_argument("--json", metavar="PATH", help="write one row per student and component as JSON (- for stdout)")
+    p.add_argument("--reports", metavar="DIR", help="write each student's check output to DIR/<student>.txt")
+    p.add_argument("--timeout", type=float, default=600, metavar="S", help="seconds per submission (default 600)")
+    p.add_argument("--time-limit", type=float, metavar="S", help="seconds per component (default 60)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="submissions graded at once (default 1)")
+
+    sub.add_parser("list", help="the components by week: what each covers, builds on, its tolerance and snapshot source")
 
     args = parser.parse_args(argv)
     try:
@@ -42,32 +77,103 @@ def main(argv=None):
 
 
 def build_command(args):
-    from .build import build
+    from .build import build, plan
 
-    regions = build(args.out_dir, args.component, force=args.force)
-    print(f"wrote {args.out_dir}/minibridge: {len(regions)} regions stubbed in "
-          f"{len({r.path for r in regions})} files for {len(args.component or COMPONENTS)} components, "
-          f"and {args.out_dir}/ASSIGNMENTS.md")
+    released = None
+    if args.release:
+        every = [c.name for c in COMPONENTS]
+        released = {n for r in args.release for n in (every if r == "all" else WEEKS[int(r)] if r.isdigit() else [r])}
+    chosen = plan(args.component, args.week or (), released)
+    regions = build(args.out_dir, args.component, force=args.force, released=released, weeks=args.week or ())
+    print(f"wrote {args.out_dir}/minibridge and {args.out_dir}/ASSIGNMENTS.md: {len(regions)} regions stubbed in "
+          f"{len({r.path for r in regions})} files")
+    _print_plan(chosen.assigned, chosen.released, chosen.withheld)
     return 0
 
 
-def check_command(args):
-    from .grade import grade, report
+def _print_plan(assigned, released, withheld):
+    for key, names in (("assigned", assigned), ("released", released), ("withheld", withheld)):
+        print(f"  {key} ({len(names)}): {', '.join(names) or '-'}")
 
-    results = grade(args.impl, args.component)
-    print(report(results))
-    return 0 if all(r.passed for r in results) else 1
+
+def check_command(args):
+    from . import grade as grader
+    from .course import FIELDS, rows, write_csv, write_json
+
+    if args.time_limit:
+        grader.TIME_LIMIT_S = args.time_limit
+    assigned = None if args.assigned is None else [n for n in args.assigned if n]
+    results = grader.grade(args.impl, args.component, assigned=assigned)
+    to_stdout = "-" in (args.json, args.csv)
+    print(grader.report(results), file=sys.stderr if to_stdout else sys.stdout)
+    if args.json:
+        write_json(rows(results), args.json)
+    if args.csv:
+        write_csv(rows(results), FIELDS, args.csv)
+    return 0 if all(r.passed for r in results if grader.status_of(r) != "not assigned") else 1
+
+
+def release_command(args):
+    from .build import copy_root, read_manifest, release
+
+    names = [c.name for c in COMPONENTS] if args.all else args.component
+    if not names and not args.week:
+        raise ValueError("release what? name --component NAME, --week N or --all")
+    regions = release(args.handout, names, args.week)
+    print(f"released into {args.handout}: {len(regions)} regions put back")
+    manifest = read_manifest(copy_root(args.handout))
+    if manifest is None:
+        print("  nothing is stubbed any more: the handout is the reference (its manifest is removed)")
+    else:
+        _print_plan(manifest["assigned"], manifest["released"], manifest["withheld"])
+    return 0
+
+
+def grade_command(args):
+    from pathlib import Path
+
+    from .build import copy_root, read_manifest
+    from .course import gradebook, grade_folder, long_rows, summary, write_csv, write_json
+
+    assigned = None
+    if args.handout:
+        manifest = read_manifest(copy_root(args.handout))
+        if manifest is None:
+            raise FileNotFoundError(f"{args.handout} holds no manifest (minibridge/assignments/assignment.json): "
+                                    "is it a handout written by `build`?")
+        assigned = manifest["assigned"]
+    if args.week or args.component:
+        assigned = [c.name for c in COMPONENTS if c.name in {*(assigned or ()), *args.component,
+                                                              *(n for w in args.week for n in WEEKS[w])}]
+    submissions = grade_folder(args.submissions, assigned, args.timeout, args.time_limit, args.jobs)
+    if not submissions:
+        raise FileNotFoundError(f"{args.submissions} has no subfolders (one per student)")
+    to_stdout = "-" in (args.json, args.csv)
+    print(summary(submissions), file=sys.stderr if to_stdout else sys.stdout)
+    if args.csv:
+        write_csv(*gradebook(submissions), args.csv)
+    if args.json:
+        write_json(long_rows(submissions), args.json)
+    if args.reports:
+        Path(args.reports).mkdir(parents=True, exist_ok=True)
+        for s in submissions:
+            Path(args.reports, f"{s.name}.txt").write_text(s.report + (f"\n{s.problem}\n" if s.problem else ""),
+                                                          encoding="utf-8")
+    return 0
 
 
 def list_command(args):
+    from .components import week_of
+
     for c in COMPONENTS:
-        print(f"{c.name}: {c.summary}")
+        print(f"{c.name} (week {week_of(c.name)}): {c.summary}")
         print(f"    writes {', '.join(c.covers)}; builds on {', '.join(c.needs) or 'nothing'}")
         print(f"    tolerance {c.tol:g}; snapshot from {c.source}" if c.tol else f"    exact; snapshot from {c.source}")
     return 0
 
 
-COMMANDS = {"build": build_command, "check": check_command, "list": list_command}
+COMMANDS = {"build": build_command, "check": check_command, "release": release_command, "grade": grade_command,
+            "list": list_command}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,19 +17,30 @@ and the student copy keeps the signature and docstring but gets, at the region's
 Markers are comments, so they change nothing the reference computes. The copy is only ever
 generated (CONTRIBUTING.md habit 14); `build` refuses markers outside a function, unbalanced markers, and
 marked functions that no component grades (they would be stubbed yet never checked).
+
+A handout holds no reference solution it does not mean to: every component is either *assigned*
+(a TODO the grader checks), *released* (the reference code, kept, markers and all) or *withheld*
+(a stub that says it is not assigned in this handout). The copy records which is which in its
+manifest, minibridge/assignments/assignment.json, which the grader reads; `release` later puts
+the reference bodies of some components back into a handout.
 """
 
 import ast
+import datetime
+import json
 import shutil
+import subprocess
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from .components import BY_NAME, COMPONENTS, component_of
+from .components import BY_NAME, COMPONENTS, WEEKS, component_of, foundations
 
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 PACKAGE = Path(__file__).resolve().parents[1]  # the minibridge package this module belongs to
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+MANIFEST = Path("assignments") / "assignment.json"  # inside the copy's minibridge/, so it travels with it
+INSTALL = "pip install numpy pillow safetensors huggingface_hub regex"  # minibridge's own dependencies
 
 
 class MarkerError(ValueError):
@@ -95,10 +106,20 @@ def _region(path, lines, functions, start, end):
                   keep_defined=tuple(sorted(stored & read_later)))
 
 
-def banner(region):
-    """The lines that replace a region in the student copy (a TODO comment block and a raise)."""
+def banner(region, assigned=True):
+    """The lines that replace a region in the student copy (a TODO comment block and a raise).
+
+    assigned=False: the stub of a withheld component (neither assigned nor released in this handout).
+    """
     component = component_of(region.function)
     module = region.path.name
+    name = region.function.split(".")[1]
+    if not assigned:
+        text = _wrap(f"NOT ASSIGNED in this handout (component {component.name}): the body of "
+                     f"{region.signature} comes with a later handout or the released solutions.", "    ")
+        return [region.indent + "# " + t for t in text] + [
+            f'{region.indent}raise NotImplementedError("{name} in minibridge/{module} '
+            f'(component {component.name}) is not assigned in this handout")']
     what = (f"write the body of {region.signature}" if region.whole_body
             else f"write this part of {region.signature}")
     text = _wrap(f"TODO (component {component.name}): {what}.", "    ")
@@ -108,7 +129,6 @@ def banner(region):
     if region.keep_defined:
         text += ["", "  The code below this part reads: " + ", ".join(region.keep_defined) + "."]
     text += ["", f"  Check it: python -m minibridge.assignments check --impl <this copy> --component {component.name}"]
-    name = region.function.split(".")[1]
     out = [region.indent + ("# " + t if t else "#") for t in text]
     out.append(f'{region.indent}raise NotImplementedError("{name} in minibridge/{module} '
                f'(component {component.name}) is yours to write")')
@@ -143,15 +163,64 @@ def check_markers(regions):
                               "(is this already a student copy?)")
 
 
-def build(out_dir, components=None, force=False, package=PACKAGE):
-    """Write the student copy to out_dir/minibridge; stub the regions of `components` (default: all).
+@dataclass(frozen=True)
+class Plan:
+    """What one handout does with each component, in teaching order."""
 
-    Returns the regions that were replaced.
+    assigned: tuple  # TODOs the grader checks
+    released: tuple  # the reference code, kept
+    withheld: tuple  # the rest: stubs that say "not assigned in this handout"
+    weeks: tuple = ()  # the weeks it was built for (components.WEEKS), if any
+
+    @property
+    def stubbed(self):
+        return self.assigned + self.withheld
+
+
+def plan(components=None, weeks=(), released=None):
+    """The Plan of a handout, refused (ValueError) when an assigned component cannot run.
+
+    components, weeks: what is assigned (their union); with neither, every component not released.
+    released: the components whose reference code the handout keeps; by default the weeks before
+    the first of `weeks` (none without weeks).
     """
-    names = [c.name for c in COMPONENTS] if components is None else list(components)
-    unknown = [n for n in names if n not in BY_NAME]
+    weeks = tuple(sorted(set(weeks)))
+    unknown = [w for w in weeks if w not in WEEKS]
+    if unknown:
+        raise ValueError(f"unknown week(s) {unknown}; choose from {sorted(WEEKS)}")
+    named = [*(components or ()), *(n for w in weeks for n in WEEKS[w])]
+    if released is None:
+        released = [n for w in WEEKS if weeks and w < weeks[0] for n in WEEKS[w]]
+    unknown = [n for n in [*named, *released] if n not in BY_NAME]
     if unknown:
         raise ValueError(f"unknown component(s) {unknown}; choose from {[c.name for c in COMPONENTS]}")
+    if components is None and not weeks:
+        named = [c.name for c in COMPONENTS if c.name not in released]
+    both = [n for n in named if n in released]
+    if both:
+        raise ValueError(f"{', '.join(both)} cannot be both assigned and released")
+    order = [c.name for c in COMPONENTS]
+    assigned = tuple(n for n in order if n in named)
+    released = tuple(n for n in order if n in released)
+    for name in assigned:
+        missing = [f for f in foundations(name) if f not in assigned and f not in released]
+        if missing:
+            fix = " ".join(f"--release {m}" for m in missing)
+            raise ValueError(f"{name} builds on {', '.join(missing)}, neither assigned nor released in this "
+                             f"handout (its code could not run); assign them too, release them ({fix}), "
+                             f"or build a later --week, whose handout releases the weeks before it")
+    return Plan(assigned, released, tuple(n for n in order if n not in assigned and n not in released), weeks)
+
+
+def build(out_dir, components=None, force=False, package=PACKAGE, *, released=None, weeks=()):
+    """Write the student copy to out_dir/minibridge and out_dir/ASSIGNMENTS.md; returns the stubbed regions.
+
+    components, weeks, released: as `plan` (default: every component assigned). Every component that
+    is not released is stubbed: the assigned ones with their TODO banner, the others as withheld, so
+    the copy holds no reference solution beyond the released ones. Unless nothing is stubbed (a
+    copy of the reference), the copy records its Plan in minibridge/assignments/assignment.json.
+    """
+    chosen = plan(components, weeks, released)
     regions = package_regions(package)
     check_markers(regions)
     target = Path(out_dir) / "minibridge"
@@ -161,34 +230,139 @@ def build(out_dir, components=None, force=False, package=PACKAGE):
         shutil.rmtree(target)
     shutil.copytree(package, target, ignore=IGNORED)
 
-    chosen = [r for r in regions if component_of(r.function).name in names]
-    for path in sorted({r.path for r in chosen}):
+    stubbed = [r for r in regions if component_of(r.function).name in chosen.stubbed]
+    for path in sorted({r.path for r in stubbed}):
         lines = path.read_text(encoding="utf-8").splitlines()
-        for r in sorted((r for r in chosen if r.path == path), key=lambda r: -r.start):  # bottom up
-            lines[r.start - 1 : r.end] = banner(r)
-        text = "\n".join(lines) + "\n"
-        copy = target / path.relative_to(package)
-        compile(text, str(copy), "exec")  # a broken banner is the builder's bug: fail here, not in class
-        copy.write_text(text, encoding="utf-8")
-    (Path(out_dir) / "ASSIGNMENTS.md").write_text(handout(names), encoding="utf-8")
-    return chosen
+        for r in sorted((r for r in stubbed if r.path == path), key=lambda r: -r.start):  # bottom up
+            lines[r.start - 1 : r.end] = banner(r, assigned=component_of(r.function).name in chosen.assigned)
+        _write(target / path.relative_to(package), lines)
+    write_manifest(target, chosen, _built_from(package))
+    (Path(out_dir) / "ASSIGNMENTS.md").write_text(handout(chosen), encoding="utf-8")
+    return stubbed
 
 
-def handout(names):
+def release(copy, components=(), weeks=(), package=PACKAGE):
+    """Put the reference bodies of the named components (and weeks) back into a handout built by `build`.
+
+    copy: the handout folder (holding minibridge/) or its minibridge/ folder. The stubs must be as
+    `build` wrote them, from this version of the source; the manifest and ASSIGNMENTS.md are
+    updated. Returns the regions restored.
+    """
+    root = copy_root(copy)
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise FileNotFoundError(f"{root / MANIFEST} is missing: {copy} is no handout built by `build` "
+                                "(or nothing in it is stubbed)")
+    names = [*(components or ()), *(n for w in weeks for n in WEEKS.get(w, ()))]
+    unknown = [n for n in names if n not in BY_NAME] + [f"week {w}" for w in weeks if w not in WEEKS]
+    if unknown:
+        raise ValueError(f"unknown: {', '.join(map(str, unknown))}")
+    todo = [n for n in names if n not in manifest["released"]]
+    regions = package_regions(package)
+    check_markers(regions)
+    restored = [r for r in regions if component_of(r.function).name in todo]
+    for path in sorted({r.path for r in restored}):
+        copied = root / path.relative_to(package)
+        lines = copied.read_text(encoding="utf-8").splitlines()
+        source = path.read_text(encoding="utf-8").splitlines()
+        spans = []
+        for r in (r for r in restored if r.path == path):
+            stub = banner(r, assigned=component_of(r.function).name in manifest["assigned"])
+            at = [i for i in range(len(lines) - len(stub) + 1) if lines[i : i + len(stub)] == stub]
+            if len(at) != 1:
+                raise ValueError(f"{copied}: the stub of {r.function} is not as `build` wrote it (edited, or built "
+                                 "from another version of minibridge); build the handout again with --release")
+            spans.append((at[0], at[0] + len(stub), source[r.start - 1 : r.end]))
+        for begin, end, text in sorted(spans, reverse=True):  # bottom up
+            lines[begin:end] = text
+        _write(copied, lines)
+    order = [c.name for c in COMPONENTS]
+    now = Plan(tuple(n for n in manifest["assigned"] if n not in names),
+               tuple(n for n in order if n in names or n in manifest["released"]),
+               tuple(n for n in manifest["withheld"] if n not in names), tuple(manifest.get("weeks", ())))
+    write_manifest(root, now, manifest.get("built_from", {}))
+    if (root.parent / "ASSIGNMENTS.md").is_file():
+        (root.parent / "ASSIGNMENTS.md").write_text(handout(now), encoding="utf-8")
+    return restored
+
+
+def _write(path, lines):
+    text = "\n".join(lines) + "\n"
+    compile(text, str(path), "exec")  # a broken banner is the builder's bug: fail here, not in class
+    path.write_text(text, encoding="utf-8")
+
+
+# ---- the manifest -------------------------------------------------------------------------------------
+
+
+def copy_root(copy):
+    """The minibridge/ folder of a copy given as the folder holding it, or as itself."""
+    copy = Path(copy)
+    return copy / "minibridge" if (copy / "minibridge").is_dir() else copy
+
+
+def read_manifest(root):
+    """The Plan a copy records ({"assigned", "released", "withheld", "weeks", "built_from"}), or None.
+
+    root: the copy's minibridge/ folder. None for the reference and for copies with nothing stubbed.
+    """
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    unknown = [n for key in ("assigned", "released", "withheld") for n in manifest.get(key, ()) if n not in BY_NAME]
+    if unknown:
+        raise ValueError(f"{path} names components this grader does not know: {unknown}")
+    return manifest
+
+
+def write_manifest(root, chosen, built_from):
+    """Record `chosen` (a Plan) in root/assignments/assignment.json; remove it when nothing is stubbed."""
+    path = Path(root) / MANIFEST
+    if not chosen.stubbed:
+        path.unlink(missing_ok=True)
+        return
+    manifest = {"assigned": list(chosen.assigned), "released": list(chosen.released),
+                "withheld": list(chosen.withheld), "weeks": list(chosen.weeks), "built_from": built_from}
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _built_from(package):
+    """{"minibridge": version, "commit": git commit of the source or None, "date": today}."""
+    from .. import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"minibridge": __version__, "commit": commit, "date": datetime.date.today().isoformat()}
+
+
+def handout(chosen):
     """ASSIGNMENTS.md for the student copy: what to write, in order, and how to check it."""
-    lines = ["# Assignments", "",
-             "Each component below is a set of functions in `minibridge/` whose bodies are a TODO that raises",
-             "`NotImplementedError`. Write them in this order: later components call your earlier ones.",
-             "Check your work from this folder (no torch needed):", "",
-             "```bash", "python -m minibridge.assignments check --impl .                   # every component",
-             "python -m minibridge.assignments check --impl . --component softmax # one", "```", "",
-             "It prints PASS or FAIL per component (a failure shows the worst element: its index, your",
-             "value and the reference's) and ends with `score: P/N components`.", "",
-             "| component | write | builds on | what it is |", "|---|---|---|---|"]
+    lines = ["# Assignments", ""]
+    if chosen.weeks:
+        lines += [f"Week {', '.join(map(str, chosen.weeks))} of the minibridge course.", ""]
+    lines += ["Set up once (Python 3.10 or later):", "", "```bash", INSTALL, "```", "",
+              "Each component below is a set of functions in `minibridge/` whose bodies are a TODO that raises",
+              "`NotImplementedError`. Write them in this order: later components call your earlier ones.",
+              "Check your work from this folder (no torch needed):", "",
+              "```bash", "python -m minibridge.assignments check --impl .                   # every assigned component",
+              f"python -m minibridge.assignments check --impl . --component {(chosen.assigned or ['softmax'])[0]}"
+              "  # one of them", "```", "",
+              "It prints PASS or FAIL per component (a failure shows the worst element: its index, your",
+              "value and the reference's) and ends with `score: P/N components`.", "",
+              "| component | write | builds on | what it is |", "|---|---|---|---|"]
     for c in COMPONENTS:
-        if c.name not in names:
+        if c.name not in chosen.assigned:
             continue
         where = ", ".join(f"`{f.split('.')[1]}` in minibridge/{f.split('.')[0]}.py" for f in c.covers)
         lines.append(f"| {c.name} | {where} | {', '.join(c.needs) or '-'} | {c.summary} |")
     lines += ["", "A failing component also fails the ones built on it: fix the earliest failure first.", ""]
+    if chosen.released:
+        lines += [f"Given (solutions released, the reference code): {', '.join(chosen.released)}.", ""]
+    if chosen.withheld:
+        lines += [f"Not assigned in this handout (their bodies raise `NotImplementedError`, and `check` "
+                  f"skips them): {', '.join(chosen.withheld)}.", ""]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ Axis legend as in minibridge/ops.py: B batch, T text tokens, L image tokens, D w
 """
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +32,9 @@ PRIMITIVE_TOL = 1e-5  # one operation, or one LayerNorm of a sum: rounding of a 
 LAYER_TOL = 3e-5  # a block of ~10 primitives (attention + LayerNorms + MLP): their roundings add up
 MODEL_TOL = 1e-4  # the full forward pass: the parity tests' tolerance (tests/helpers.py TOL)
 EXACT = 0  # integers and strings (position ids, BPE tokens): right or wrong, nothing in between
+# Where a case's own float32 analysis allows more, the case says so (softmax's +1000 row, below).
+# Unit roundoff u = 2⁻²⁴ ≈ 6e-8: a float32 result is within u·|result| of the exact value.
+U32 = 2.0**-24
 
 WEIGHTS_SEED = 2206_08657  # the paper's arXiv number
 
@@ -68,6 +72,33 @@ class Tiny:
 
 
 @dataclass(frozen=True)
+class Case:
+    """A named part of one output, graded on its own: the failing case is what a FAIL line names.
+
+    where: the indices of `output` it covers (np.s_[...] expressions, their union), or None for
+    every element no earlier case of that output covers. tol: None for the component's tolerance.
+    """
+
+    label: str
+    output: str
+    where: tuple = None
+    tol: float = None
+    hint: str = None  # a line for a FAIL in this case (what it is there to catch)
+
+
+@dataclass(frozen=True)
+class Symptom:
+    """A typical mistake and its hint: `test(inputs, mine, tiny)` is true when the failing outputs look like it.
+
+    mine: {output: np.ndarray} of the student (each of the reference's shape); the test may
+    recompute the mistake with the reference package (see `_looks_like`).
+    """
+
+    hint: str
+    test: Callable = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Component:
     name: str
     covers: tuple  # "module.function" of each marked region the student writes
@@ -77,6 +108,11 @@ class Component:
     summary: str  # one line for the guide and the handout
     run: Callable = field(repr=False)
     hints: dict = field(default_factory=dict)  # {"module.function": a line for its TODO banner}
+    cases: tuple = ()  # Case: the named parts of the outputs (an output without cases is one case)
+    symptoms: tuple = ()  # Symptom: typical mistakes, each with a hint line for a FAIL
+
+    def cases_of(self, output):
+        return tuple(c for c in self.cases if c.output == output)
 
 
 def _linear(mb, x, tiny):
@@ -179,6 +215,220 @@ def _bridgetower(mb, x, tiny):
     return {k: out[k] for k in ("text_features", "image_features", "pooler_output")}
 
 
+# ---- cases and typical mistakes ------------------------------------------------------------------------
+# Cases name the inputs each snapshot holds on purpose (tests/make_snapshots.py says why each is there),
+# so a FAIL line says which kind of input went wrong. Symptom tests recognise a typical mistake from
+# the student's outputs, mostly by a relation to the reference's (never by running a solution).
+
+_ = np.s_
+
+# softmax, x [3, 4, 7]: row (0, 0) has a +1000 logit, x[1] masks keys 5-6 with finfo.min, row (2, 1)
+# is [-1e4, 1e4, 0, …], the rest are normal(0, 3).
+# Tolerance of the +1000 row, from float32 error analysis: every formulation computes p_i as
+# exp(x_i - c) for a c near the row's max m (|m| < 1024 here; tests check it): either c = m (exact)
+# and a division by the sum, or c = log-sum-exp = m + log Σ exp(x_j - m), which float32 can only
+# hold to half an ulp of m, u·1024 = 6.1e-5. A shift δ of the exponent moves p_i by p_i·δ ≤ δ, and
+# the subtraction x_i - c may round once more (when not exact), so |Δp| ≤ 2·u·1024 = 1.2e-4, plus the
+# few-ulp error of exp and of the division (< 1e-6). The log-sum-exp form lands at 1.7e-5 there.
+# Elsewhere |x| < 16 (or the masked / ±1e4 entries, whose probabilities are exactly 0 and 1 in
+# either form), so the same argument gives 2·u·16 < 2e-6, within PRIMITIVE_TOL.
+SOFTMAX_LARGE_MAX = 1024.0  # |x| of the +1000 row stays below this (tests/test_grader_diagnostics.py checks it)
+SOFTMAX_LARGE_TOL = 2 * U32 * SOFTMAX_LARGE_MAX  # 1.2e-4; a missing max subtraction gives nan, a wrong axis ~1
+_SOFTMAX_CASES = (
+    Case("row with a +1000 logit", "y", (_[0, 0],), SOFTMAX_LARGE_TOL, "exp(1000) overflows float32: subtract the "
+         "row max before exp (softmax(x) = softmax(x - max))"),
+    Case("rows with masked keys (finfo.min)", "y", (_[1],), None, "masked keys (finfo.min) must get probability 0 "
+         "and the other keys still sum to 1"),
+    Case("a ±1e4 row", "y", (_[2, 1],)),
+    Case("ordinary rows", "y"),
+)
+
+
+def _sums_to_one(p, axis):
+    return bool(np.allclose(p.sum(axis=axis), 1.0, atol=1e-4))
+
+
+def _wrong_axis(p):
+    """p sums to 1 over some axis, but not over the last one."""
+    return not _sums_to_one(p, -1) and any(_sums_to_one(p, a) for a in range(p.ndim - 1))
+
+
+_SOFTMAX_SYMPTOMS = (
+    Symptom("the probabilities sum to 1 over the wrong axis? softmax runs over the last axis (axis=-1)",
+            lambda x, mine, tiny: _wrong_axis(mine["y"])),
+    Symptom("nan where the scores are large: exp overflowed; subtract the row max before exp",
+            lambda x, mine, tiny: not np.isfinite(mine["y"][0, 0]).all()),
+)
+
+# layer_norm, x [6, 3, 16]: rows of std 1e-3, 1e-2, 0.1, 1, 10, 100 (each with an offset of its size).
+# Float32: the two-pass form is within a few u of exact. The one-pass variance E[x²] - E[x]² loses
+# u·E[x²] to cancellation, a relative error u·(1 + μ²/σ²)·(a few) in var + eps, half of it in the
+# output (|y| ≲ 5): with |μ/σ| < 3 here, below 5 · ½ · 10 · 10 · u = 1.5e-5 at worst and 1e-6 in fact.
+# The std 1e-3 row is where eps (1e-5) dwarfs the variance (1e-6): eps forgotten or added outside
+# the root changes that row by its whole size (~1), the std 1e-2 row by ~5%.
+_LAYER_NORM_CASES = (
+    Case("std 1e-3 row where eps dominates", "y", (_[0],), None, "eps must be added to the variance inside the "
+         "square root: (x - mean) / sqrt(var + eps)"),
+    Case("std 1e-2 row (eps is 10% of the variance)", "y", (_[1],)),
+    Case("rows of std 0.1 to 100", "y"),
+)
+
+
+def _ln_like(x, mine, var_of, root):
+    """mine["y"] is a LayerNorm whose 1/std is root(var_of(centred)) instead of the right one."""
+    xx = x["x"].astype(np.float64)
+    c = xx - xx.mean(axis=-1, keepdims=True)
+    wrong = c / root(var_of(c), float(x["eps"])) * x["weight"] + x["bias"]
+    return bool(np.abs(mine["y"] - wrong).max() < 1e-3 * max(1.0, np.abs(wrong).max()))
+
+
+def _biased(c):
+    return (c * c).mean(axis=-1, keepdims=True)
+
+
+_LAYER_NORM_SYMPTOMS = (
+    Symptom("LayerNorm without eps? divide by sqrt(var + eps)",
+            lambda x, mine, tiny: _ln_like(x, mine, _biased, lambda v, eps: np.sqrt(v))),
+    Symptom("eps outside the square root? divide by sqrt(var + eps), not sqrt(var) + eps",
+            lambda x, mine, tiny: _ln_like(x, mine, _biased, lambda v, eps: np.sqrt(v) + eps)),
+    Symptom("unbiased variance (divided by D - 1)? LayerNorm divides by D",
+            lambda x, mine, tiny: _ln_like(x, mine, lambda c: (c * c).sum(-1, keepdims=True) / (c.shape[-1] - 1),
+                                           lambda v, eps: np.sqrt(v + eps))),
+)
+
+# gelu / quick_gelu, x [3, 100]: x[0], x[1] and x[2, :41] are a dense grid on [-6, 6], the rest normal(0, 3).
+_ACTIVATION_CASES = (
+    Case("the bend, a dense grid on [-6, 6]", "y", (_[0], _[1], _[2, :41])),
+    Case("random inputs (std 3)", "y"),
+)
+
+
+def _close(a, b, rel=1e-4):
+    b = np.asarray(b, dtype=np.float64)
+    return bool(np.abs(a - b).max() <= rel * max(1.0, np.abs(b).max()))
+
+
+def _tanh_gelu(x):
+    x = x.astype(np.float64)
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def _x_sigmoid(x, a):
+    x = x.astype(np.float64)
+    return x / (1 + np.exp(-a * x))
+
+
+_GELU_SYMPTOMS = (
+    Symptom("this is the tanh approximation of GELU; the grader wants the exact 0.5·x·(1 + erf(x/√2))",
+            lambda x, mine, tiny: _close(mine["y"], _tanh_gelu(x["x"]), 1e-5)),
+    Symptom("this is QuickGELU, x·sigmoid(1.702x); gelu is the exact 0.5·x·(1 + erf(x/√2))",
+            lambda x, mine, tiny: _close(mine["y"], _x_sigmoid(x["x"], 1.702), 1e-5)),
+)
+_QUICK_GELU_SYMPTOMS = (
+    Symptom("x·sigmoid(x)? QuickGELU is x·sigmoid(1.702·x)",
+            lambda x, mine, tiny: _close(mine["y"], _x_sigmoid(x["x"], 1.0), 1e-5)),
+)
+
+# attention: q [2, 5, 16], k and v [2, 7, 16], 4 heads (Dh = 4), batch row 1 masks keys 4-6; then
+# self-attention of s [2, 6, 16] with 2 heads (Dh = 8) and no mask. Errors are those of a softmax
+# of scores |s| < 16 and two short dot products: a few u, far within PRIMITIVE_TOL.
+_ATTENTION_CASES = (
+    Case("masked keys (row 1: keys 4-6 padded)", "probs", (_[1],), None, "the additive mask (0 or finfo.min, "
+         "[B, 1, 1, Sk]) is added to the scores before the softmax"),
+    Case("cross-attention (Sq != Sk), no padding", "probs"),
+    Case("masked keys (row 1: keys 4-6 padded)", "context", (_[1],)),
+    Case("cross-attention (Sq != Sk), no padding", "context"),
+    Case("self-attention, 2 heads of 8", "self_probs"),
+    Case("self-attention, 2 heads of 8", "self_context"),
+)
+
+
+def _rows_of_softmax(probs, scores, keep):
+    """probs = softmax(scores) along the last axis, judged on the kept entries: log p - s constant per row."""
+    with np.errstate(divide="ignore"):
+        d = np.where(keep, np.log(probs) - scores, np.nan)
+    spread = np.nanmax(d, axis=-1) - np.nanmin(d, axis=-1)
+    return bool(np.isfinite(spread).all() and spread.max() < 1e-3 * max(1.0, np.abs(scores[keep]).max()))
+
+
+def _scaled_like(x, mine, factor):
+    """Mine's probabilities are softmax(factor · the reference's scores): log p = factor · log p_ref + const."""
+    ref = x["_ref"]["self_probs"].astype(np.float64)
+    return _rows_of_softmax(mine["self_probs"], factor * np.log(ref), ref > 0)
+
+
+def _interleaved(x, mine):
+    """Mine's self-attention heads are the interleaved feature slices h, h + H, h + 2H, …"""
+    s, H = x["s"].astype(np.float64), int(x["self_num_heads"])
+    B, S, D = s.shape
+    heads = s.reshape(B, S, D // H, H)  # feature f = j·H + h goes to head h
+    scores = np.einsum("bqjh,bkjh->bhqk", heads, heads) / np.sqrt(D // H)
+    return _rows_of_softmax(mine["self_probs"], scores, np.ones(scores.shape, dtype=bool))
+
+
+_ATTENTION_SYMPTOMS = (
+    Symptom("scores not scaled by 1/sqrt(Dh)? (Dh = D / num_heads)", lambda x, mine, tiny: _scaled_like(
+        x, mine, math.sqrt(x["s"].shape[-1] // int(x["self_num_heads"])))),
+    Symptom("scores scaled by 1/Dh instead of 1/sqrt(Dh)?", lambda x, mine, tiny: _scaled_like(
+        x, mine, 1 / math.sqrt(x["s"].shape[-1] // int(x["self_num_heads"])))),
+    Symptom("padding mask not applied? masked keys must get probability 0",
+            lambda x, mine, tiny: bool((mine["probs"][1, ..., 4:] > 1e-6).any())),
+    Symptom("mask applied after the softmax? add it to the scores, then softmax",
+            lambda x, mine, tiny: not _sums_to_one(mine["probs"][1], -1) and _sums_to_one(mine["probs"][0], -1)),
+    Symptom("heads interleaved? head h is the contiguous slice of features h·Dh … (h + 1)·Dh - 1",
+            lambda x, mine, tiny: _interleaved(x, mine)),
+    Symptom("probabilities normalised over the queries? softmax runs over the keys (the last axis)",
+            lambda x, mine, tiny: _wrong_axis(mine["self_probs"])),
+)
+
+# position_ids, input_ids [4, 8] with pad 1: no padding, right padding, left padding, pads inside.
+_POSITION_CASES = (
+    Case("no padding", "position_ids", (_[0],)),
+    Case("right padding", "position_ids", (_[1],)),
+    Case("left padding", "position_ids", (_[2],)),
+    Case("pads inside the text", "position_ids", (_[3],)),
+)
+_POSITION_SYMPTOMS = (
+    Symptom("positions counted from 0? real tokens count up from pad_token_id + 1 = 2",
+            lambda x, mine, tiny: bool((mine["position_ids"][0] == x["_ref"]["position_ids"][0] - 2).all())),
+    Symptom("positions counted from 1? real tokens count up from pad_token_id + 1 = 2",
+            lambda x, mine, tiny: bool((mine["position_ids"][0] == x["_ref"]["position_ids"][0] - 1).all())),
+    Symptom("pads must keep pad_token_id and not advance the count",
+            lambda x, mine, tiny: bool((mine["position_ids"][0] == x["_ref"]["position_ids"][0]).all())),
+)
+
+_VISION_BLOCK_CASES = (
+    Case("attention probabilities (ln_1, packed q/k/v, scores)", "probs", None, None,
+         "the packed in_proj rows are [W_q; W_k; W_v], in that order; q, k, v come from ln_1(x); heads are "
+         "contiguous slices"),
+    Case("block output", "x"),
+)
+
+_BERT_ATTENTION_CASES = (
+    Case("unpadded text", "probs", (_[0],)),
+    Case("padded texts (masked keys)", "probs", None, None, "the mask is added to the scores of every head "
+         "before the softmax"),
+    Case("unpadded text", "out", (_[0],)),
+    Case("padded texts (masked keys)", "out"),
+)
+
+_TEXT_EMBED_CASES = tuple(Case(c.label, "embeddings", c.where) for c in _POSITION_CASES)
+
+_LINK_TOWER_SYMPTOMS = (
+    Symptom("interpolate: h is weighted by (1 - beta) and c by beta",
+            lambda x, mine, tiny: not _close(mine["interpolate"], x["_ref"]["interpolate"], 1e-4)
+            and _close(mine["add"], x["_ref"]["add"], 1e-4)),
+    Symptom("scaled_add: h is scaled (h·s + c), c is not",
+            lambda x, mine, tiny: not _close(mine["scaled_add"], x["_ref"]["scaled_add"], 1e-4)
+            and _close(mine["add"], x["_ref"]["add"], 1e-4)),
+)
+
+_HEADS_SYMPTOMS = tuple(
+    Symptom(f"{name}: the contrastive embedding is scaled to unit length (l2_normalize)",
+            lambda x, mine, tiny, name=name: not np.allclose(np.linalg.norm(mine[name], axis=-1), 1, atol=1e-4))
+    for name in ("itc_text", "itc_image", "itc_cross"))
+
+
 _TORCH = "torch"
 _HF = "transformers"
 
@@ -188,17 +438,20 @@ COMPONENTS = (
               {"ops.linear": 'p = {"weight": [out, in], "bias": [out]}; "bias" may be absent.'}),
     Component("layer_norm", ("ops.layer_norm",), (), PRIMITIVE_TOL, f"{_TORCH}: torch.nn.LayerNorm",
               "LayerNorm with the biased variance and eps, on rows of very different scales", _layer_norm,
-              {"ops.layer_norm": 'p = {"weight": [D], "bias": [D]}.'}),
+              {"ops.layer_norm": 'p = {"weight": [D], "bias": [D]}.'}, _LAYER_NORM_CASES, _LAYER_NORM_SYMPTOMS),
     Component("gelu", ("ops.gelu",), (), PRIMITIVE_TOL, f"{_TORCH}: torch.nn.functional.gelu (exact, erf)",
               "exact GELU through erf (the tanh approximation fails)", _gelu,
-              {"ops.gelu": "erf(x) above is given (NumPy has none)."}),
+              {"ops.gelu": "erf(x) above is given (NumPy has none)."}, _ACTIVATION_CASES, _GELU_SYMPTOMS),
     Component("quick_gelu", ("ops.quick_gelu",), (), PRIMITIVE_TOL,
-              f"{_HF}: activations.QuickGELUActivation", "QuickGELU, x * sigmoid(1.702 x)", _quick_gelu),
+              f"{_HF}: activations.QuickGELUActivation", "QuickGELU, x * sigmoid(1.702 x)", _quick_gelu,
+              cases=_ACTIVATION_CASES, symptoms=_QUICK_GELU_SYMPTOMS),
     Component("softmax", ("ops.softmax",), (), PRIMITIVE_TOL, f"{_TORCH}: torch.softmax(dim=-1)",
-              "softmax over the last axis, stable for large and for masked (finfo.min) scores", _softmax),
+              "softmax over the last axis, stable for large and for masked (finfo.min) scores", _softmax,
+              cases=_SOFTMAX_CASES, symptoms=_SOFTMAX_SYMPTOMS),
     Component("attention", ("ops.attention",), ("softmax",), PRIMITIVE_TOL,
               f"{_HF}: BridgeTower's eager_attention_forward",
-              "multi-head scaled dot-product attention with a padding mask", _attention),
+              "multi-head scaled dot-product attention with a padding mask", _attention,
+              cases=_ATTENTION_CASES, symptoms=_ATTENTION_SYMPTOMS),
     Component("patchify", ("vision.patchify",), (), PRIMITIVE_TOL,
               f"{_TORCH}: Tensor.unfold (patches) and torch.nn.functional.conv2d (embeddings)",
               "cut images into P x P patches; the patch conv as one matrix product", _patchify),
@@ -207,26 +460,30 @@ COMPONENTS = (
               "one pre-LN CLIP ViT block: packed q/k/v, QuickGELU MLP", _vision_block,
               {"vision.vision_block": 'p = {"ln_1", "attn": {"in_proj_weight" [3·Dv, Dv], "in_proj_bias" [3·Dv], '
                                       '"out_proj"}, "ln_2", "mlp": {"c_fc", "c_proj"}}; '
-                                      'heads: cfg.num_attention_heads.'}),
+                                      'heads: cfg.num_attention_heads.'}, _VISION_BLOCK_CASES),
     Component("position_ids", ("text.position_ids",), (), EXACT,
               f"{_HF}: BridgeTowerTextEmbeddings.create_position_ids_from_input_ids",
-              "RoBERTa position ids (from 2; pads keep the pad id), right-, left- and inner padding", _position_ids),
+              "RoBERTa position ids (from 2; pads keep the pad id), right-, left- and inner padding", _position_ids,
+              cases=_POSITION_CASES, symptoms=_POSITION_SYMPTOMS),
     Component("text_embed", ("text.text_embed",), ("position_ids", "layer_norm"), PRIMITIVE_TOL,
               f"{_HF}: BridgeTowerTextEmbeddings (text_model.embeddings of the tiny model)",
               "word + token-type + position embeddings, then LayerNorm", _text_embed,
               {"text.text_embed": 'p = {"word_embeddings", "position_embeddings", "token_type_embeddings", '
-                                  '"LayerNorm"}, each table under "weight"; pad id and eps are in cfg.'}),
+                                  '"LayerNorm"}, each table under "weight"; pad id and eps are in cfg.'},
+              _TEXT_EMBED_CASES),
     Component("bert_attention", ("text.bert_attention",), ("linear", "attention", "layer_norm"), LAYER_TOL,
               f"{_HF}: BridgeTowerAttention (text layer 0's self-attention)",
               "a RoBERTa attention block with its post-LN residual, padded batch", _bert_attention,
-              {"text.bert_attention": 'p = {"self": {"query", "key", "value"}, "output": {"dense", "LayerNorm"}}.'}),
+              {"text.bert_attention": 'p = {"self": {"query", "key", "value"}, "output": {"dense", "LayerNorm"}}.'},
+              _BERT_ATTENTION_CASES),
     Component("bpe", ("tokenizer.bpe",), (), EXACT,
               "tokenizers: models.BPE.tokenize, merges trained by tokenizers' BpeTrainer on a small corpus",
               "the byte-pair merge loop of one word", _bpe),
     Component("link_tower", ("bridge.link_tower",), ("layer_norm",), PRIMITIVE_TOL,
               f"{_HF}: BridgeTowerLinkTower, one per link_tower_type",
               "the bridge layer: LN(h + c), scaled_add and interpolate", _link_tower,
-              {"bridge.link_tower": 'p = {"LayerNorm"}, plus the 0-d "scaled_factor" or "beta" for those types.'}),
+              {"bridge.link_tower": 'p = {"LayerNorm"}, plus the 0-d "scaled_factor" or "beta" for those types.'},
+              symptoms=_LINK_TOWER_SYMPTOMS),
     Component("cross_modal_layer", ("bridge.cross_modal_layer",), ("bert_attention", "linear", "gelu", "layer_norm"),
               LAYER_TOL, f"{_HF}: BridgeTowerBertCrossLayer (cross_modal_{{text,image}}_layers.0)",
               "self-attention, co-attention to the other stream, FFN; both streams", _cross_modal_layer,
@@ -238,7 +495,8 @@ COMPONENTS = (
               "poolers, ITM, MLM and the three contrastive embeddings", _heads,
               {"heads.pooler": 'p = {"dense"} (cross_modal_text_pooler or cross_modal_image_pooler).',
                "heads.mlm_logits": 'p = {"transform": {"dense", "LayerNorm"}, "decoder": {"weight"}, "bias"}.',
-               "heads.contrastive_embedding": 'p = {"fc"} (itc_text_head, itc_image_head or itc_cross_modal_head).'}),
+               "heads.contrastive_embedding": 'p = {"fc"} (itc_text_head, itc_image_head or itc_cross_modal_head).'},
+              symptoms=_HEADS_SYMPTOMS),
     Component("bridgetower", ("bridge.to_cross_space", "model.bridgetower"),
               ("patchify", "vision_block", "text_embed", "bert_attention", "link_tower", "cross_modal_layer", "heads",
                "linear", "layer_norm"), MODEL_TOL, f"{_HF}: BridgeTowerModel, via tests/reference.py",

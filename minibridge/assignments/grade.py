@@ -115,38 +115,96 @@ def load_snapshots(path=SNAPSHOTS):
 # ---- comparing ----------------------------------------------------------------------------------------
 
 
-def compare(name, mine, ref, tol):
+def compare(name, mine, ref, tol, cases=()):
     """(error / tolerance ratio, message): the worst element of `mine` against `ref`.
 
     error = max |mine - ref| / max(1, max |ref|), as the parity tests; for strings, any difference.
+    cases: the components.Case of this output; each is graded on its own elements with its own
+    tolerance and scale, and the message names the case that is furthest beyond its tolerance.
     """
+    ratio, message, *_ = _compare(name, mine, ref, tol, cases)
+    return ratio, message
+
+
+def _compare(name, mine, ref, tol, cases=()):
+    """compare, plus the error, tolerance and hint of the case it reports (for a PASS line, a FAIL's hint)."""
     try:
         mine = np.asarray(to_numpy(mine))
     except Exception as e:  # noqa: BLE001 (a ragged list, an object that is no array)
-        return np.inf, f"{name}: returned {type(mine).__name__}, not an array ({e})"
+        return np.inf, f"{name}: returned {type(mine).__name__}, not an array ({e})", np.inf, tol, None
     if mine.shape != ref.shape:
-        return np.inf, f"{name}: shape mine {mine.shape} vs reference {ref.shape}"
+        return np.inf, f"{name}: shape mine {mine.shape} vs reference {ref.shape}", np.inf, tol, None
     if ref.dtype.kind == "U":
         bad = np.flatnonzero(mine.astype(str) != ref)
         if bad.size == 0:
-            return 0.0, f"{name}: exact match"
+            return 0.0, f"{name}: exact match", 0.0, tol, None
         i = int(bad[0])
         return np.inf, (f"{name}: {bad.size} of {ref.size} differ; the first, at index {i}: "
-                        f"mine {str(mine.flat[i])!r} vs reference {str(ref.flat[i])!r}")
+                        f"mine {str(mine.flat[i])!r} vs reference {str(ref.flat[i])!r}"), np.inf, tol, None
     if mine.dtype.kind not in "biuf":
-        return np.inf, f"{name}: returned dtype {mine.dtype}, expected numbers like the reference's {ref.dtype}"
+        return (np.inf, f"{name}: returned dtype {mine.dtype}, expected numbers like the reference's {ref.dtype}",
+                np.inf, tol, None)
+    if ref.size == 0:
+        return 0.0, f"{name}: empty, as the reference", 0.0, tol, None
     diff = np.abs(mine.astype(np.float64) - ref.astype(np.float64))
     diff[np.isnan(diff)] = np.inf
-    scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
-    if diff.size == 0:
-        return 0.0, f"{name}: empty, as the reference"
-    worst = np.unravel_index(int(diff.argmax()), diff.shape)
-    err = float(diff[worst]) / scale
-    ratio = err / tol if tol else (np.inf if err else 0.0)
+    best = None
+    for label, inside, case_tol in _case_masks(ref.shape, cases, tol):
+        if not inside.any():
+            continue
+        worst = np.unravel_index(int(np.where(inside, diff, -1.0).argmax()), diff.shape)
+        err = float(diff[worst]) / max(1.0, float(np.abs(ref[inside]).max()))
+        ratio = err / case_tol if case_tol else (np.inf if err else 0.0)
+        if best is None or ratio > best[0]:
+            best = (ratio, label, worst, err, case_tol)
+    ratio, label, worst, err, case_tol = best
+    hint = next((c.hint for c in cases if c.label == label and c.hint), None)
     fmt = (lambda v: str(int(v))) if ref.dtype.kind in "biu" and mine.dtype.kind in "biu" else (lambda v: f"{v:.7g}")
     index = tuple(int(i) for i in worst)
-    return ratio, (f"{name}: worst error {err:.3g} {'>' if ratio > 1 else '<='} {tol:g} at index {index}: "
-                   f"mine {fmt(mine[worst])} vs reference {fmt(ref[worst])}")
+    where = f'{name}, case "{label}"' if label else name
+    return ratio, (f"{where}: worst error {err:.3g} {'>' if ratio > 1 else '<='} {case_tol:g} at index {index}: "
+                   f"mine {fmt(mine[worst])} vs reference {fmt(ref[worst])}"), err, case_tol, hint
+
+
+def _case_masks(shape, cases, tol):
+    """[(label, boolean mask of `shape`, tolerance)]: one per case (a case with where=None takes the rest)."""
+    if not cases:
+        return [(None, np.ones(shape, dtype=bool), tol)]
+    taken, out = np.zeros(shape, dtype=bool), []
+    for case in cases:
+        inside = np.zeros(shape, dtype=bool)
+        if case.where is None:
+            inside = ~taken
+        else:
+            for index in case.where:
+                inside[index] = True
+        taken |= inside
+        out.append((case.label, inside, tol if case.tol is None else case.tol))
+    return out
+
+
+def _symptoms(component, inputs, mine, reference, tiny):
+    """The hint lines of the component's typical mistakes that the failing outputs look like."""
+    try:
+        arrays = {k: np.asarray(to_numpy(v)) for k, v in mine.items()}
+        if any(arrays[k].shape != reference[k].shape for k in reference):
+            return []
+    except Exception:  # noqa: BLE001 (no arrays to look at: the FAIL line says why)
+        return []
+    hints = []
+    for symptom in component.symptoms:
+        try:
+            with np.errstate(all="ignore"):
+                if symptom.test({**inputs, "_ref": reference}, arrays, tiny):
+                    hints.append("hint: " + symptom.hint)
+        except Exception:  # noqa: BLE001 (a symptom that cannot be judged on these outputs says nothing)
+            pass
+    nan = [k for k, v in arrays.items() if v.dtype.kind == "f" and not np.isfinite(v).all()
+           and np.isfinite(reference[k]).all()]
+    if nan and not hints:
+        hints.append(f"hint: nan or inf in {', '.join(nan)} where the reference is finite: an exp that overflows, "
+                     "or a division by zero?")
+    return hints
 
 
 @contextlib.contextmanager
@@ -189,14 +247,21 @@ def run_component(component, student, snapshot, tiny):
         where = student.where(e) if hasattr(student, "where") else _where(e, student.root)  # a notebook's, or a copy's
         return Result(component.name, False, f"error: {type(e).__name__}: {e}{hint}{where}")
     assert sorted(mine) == sorted(reference), f"{component.name}: run {sorted(mine)}, snapshot {sorted(reference)}"
-    checks = sorted(((*compare(name, mine[name], reference[name], component.tol), name) for name in reference),
-                    key=lambda c: -c[0])
-    (ratio, message, _), others = checks[0], [name for r, _, name in checks[1:] if r > 1]
+    # The failing output to report: the first in the order of the component's cases (they list the
+    # earlier stage first: a block's attention probabilities before its output), else the worst.
+    order = [c.output for c in component.cases]
+    checks = sorted(((*_compare(name, mine[name], reference[name], component.tol, component.cases_of(name)), name)
+                     for name in reference),
+                    key=lambda c: (c[0] <= 1, order.index(c[-1]) if c[-1] in order else len(order), -c[0]))
+    (ratio, message, err, tol, case_hint, _), others = checks[0], [c[-1] for c in checks[1:] if c[0] > 1]
     if ratio > 1:
-        return Result(component.name, False, message, ["also failing: " + ", ".join(others)] if others else [])
+        notes = ["also failing: " + ", ".join(others)] if others else []
+        hints = _symptoms(component, inputs, mine, reference, tiny)
+        return Result(component.name, False, message, notes + (hints or (["hint: " + case_hint] if case_hint else [])))
     if component.tol == 0:
         return Result(component.name, True, "exact match")
-    return Result(component.name, True, f"worst error {ratio * component.tol:.2g} (tolerance {component.tol:g})")
+    _, _, err, tol, _, _ = max(checks, key=lambda c: c[0])  # passing: the closest to its tolerance
+    return Result(component.name, True, f"worst error {err:.2g} (tolerance {tol:.2g})")
 
 
 def grade(impl, names=None, snapshots=SNAPSHOTS):

@@ -1,0 +1,182 @@
+"""Running a course: gradebook rows, and grading a folder of submissions in one command.
+
+    python -m minibridge.assignments check --impl . --json -            # one row per component, as JSON
+    python -m minibridge.assignments grade submissions/ --week 1 --csv grades.csv
+
+`grade_folder` grades each submission (a folder holding minibridge/) in a process of its own,
+`python -m minibridge.assignments check --impl SUBMISSION --json FILE`, run with *this* minibridge
+and under a wall-clock limit: a student's sys.exit, endless loop or crash stops their own grading,
+never the batch. The rows it collects make one summary table, a CSV gradebook and a JSON file.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .build import read_manifest
+from .components import BY_NAME, COMPONENTS, week_of
+from .grade import package_dir, status_of
+
+PACKAGE = Path(__file__).resolve().parents[1]  # the minibridge that grades: its parent is the subprocesses' cwd
+SUBMISSION_TIMEOUT_S = 600  # one whole submission (16 components take about a second when they end)
+FIELDS = ("component", "week", "status", "passed", "ratio", "message")
+
+
+def rows(results):
+    """One gradebook row (a dict of FIELDS and notes) per grade.Result."""
+    out = []
+    for r in results:
+        ratio = r.ratio if r.ratio is not None and math.isfinite(r.ratio) else None  # JSON has no inf
+        out.append({"component": r.name, "week": week_of(r.name), "status": status_of(r), "passed": bool(r.passed),
+                    "ratio": ratio, "message": r.message, "notes": list(r.notes)})
+    return out
+
+
+def write_json(data, dest):
+    """Write `data` as JSON to the file `dest`, or to stdout when dest is "-"."""
+    text = json.dumps(data, indent=1) + "\n"
+    if dest == "-":
+        sys.stdout.write(text)
+    else:
+        Path(dest).write_text(text, encoding="utf-8")
+
+
+def write_csv(records, columns, dest):
+    """Write dicts as CSV (the given columns, in order) to the file `dest`, or to stdout when dest is "-"."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    if dest == "-":
+        sys.stdout.write(buffer.getvalue())
+    else:
+        Path(dest).write_text(buffer.getvalue(), encoding="utf-8")
+
+
+# ---- a folder of submissions --------------------------------------------------------------------------
+
+
+@dataclass
+class Submission:
+    name: str  # the folder's name: the student
+    rows: list  # gradebook rows, one per component (as `rows`)
+    problem: str = ""  # why grading stopped short (no package, a timeout, a crash), or ""
+    report: str = ""  # what the check printed
+    graded: list = field(default_factory=list)  # the components graded
+
+    @property
+    def passed(self):
+        return sum(r["status"] == "pass" for r in self.rows)
+
+
+def submissions_in(folder):
+    """The submission folders in `folder`: its subfolders, sorted by name (hidden ones skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of submissions")
+    return [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith((".", "__"))]
+
+
+def grade_folder(folder, assigned=None, timeout_s=SUBMISSION_TIMEOUT_S, time_limit_s=None, jobs=1):
+    """A Submission per subfolder of `folder`, each graded in its own process.
+
+    assigned: the components to grade (what the handout assigns); None: each submission's own
+    manifest decides (a student could edit it, so pass the handout's when it counts).
+    """
+    paths = submissions_in(folder)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(lambda p: grade_one(p, assigned, timeout_s, time_limit_s), paths))
+
+
+def grade_one(path, assigned=None, timeout_s=SUBMISSION_TIMEOUT_S, time_limit_s=None):
+    """Grade one submission folder in a subprocess; a Submission whatever the student's code does."""
+    path = Path(path)
+    try:
+        root = package_dir(path)
+    except FileNotFoundError as e:
+        return _stopped(path.name, list(assigned or BY_NAME), str(e))
+    if assigned is None:
+        try:
+            manifest = read_manifest(root)
+        except ValueError as e:
+            return _stopped(path.name, list(BY_NAME), str(e))
+        expected = list(BY_NAME) if manifest is None else manifest["assigned"]
+    else:
+        expected = list(assigned)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        command = [sys.executable, "-m", "minibridge.assignments", "check", "--impl", str(path.resolve()),
+                   "--json", str(out)]
+        command += [f"--assigned={n}" for n in assigned or ()]
+        if time_limit_s:
+            command += ["--time-limit", str(time_limit_s)]
+        # subtle: the cwd is the grading package's parent, so `-m minibridge` is this minibridge,
+        # never a copy in the current folder; a session of its own lets a timeout kill what it started.
+        proc = subprocess.Popen(command, cwd=PACKAGE.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                                start_new_session=hasattr(os, "killpg"))
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL) if hasattr(os, "killpg") else proc.kill()
+            stdout, stderr = proc.communicate()
+            return _stopped(path.name, expected, f"still running after {timeout_s:g} s: grading stopped", stdout)
+        if proc.returncode in (0, 1) and out.is_file():
+            found = json.loads(out.read_text(encoding="utf-8"))
+            return Submission(path.name, found, "", stdout, [r["component"] for r in found if r["status"] != "not assigned"])
+    last = (stderr.strip().splitlines() or [""])[-1]
+    return _stopped(path.name, expected, f"the check exited with status {proc.returncode}: {last}", stdout + stderr)
+
+
+def _stopped(name, expected, problem, report=""):
+    """A Submission whose grading stopped short: every expected component an error with the reason."""
+    found = [{"component": n, "week": week_of(n), "status": "error", "passed": False, "ratio": None,
+              "message": problem, "notes": []} for n in expected]
+    return Submission(name, found, problem, report, list(expected))
+
+
+def columns(submissions):
+    """The components graded in any submission, in teaching order (every one when none was graded)."""
+    graded = {n for s in submissions for n in s.graded}
+    return [c.name for c in COMPONENTS if c.name in graded] or [c.name for c in COMPONENTS]
+
+
+def summary(submissions):
+    """One table: a row per student, a column per component (PASS, FAIL or - when not graded), the score."""
+    names = columns(submissions)
+    header = ["student", *names, "score"]
+    table = []
+    for s in submissions:
+        status = {r["component"]: r["status"] for r in s.rows}
+        cells = [{"pass": "PASS", None: "-", "not assigned": "-"}.get(status.get(n), "FAIL") for n in names]
+        table.append([s.name, *cells, f"{s.passed}/{len(s.graded)}"])
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *table]]
+    lines += [f"{s.name}: {s.problem}" for s in submissions if s.problem]
+    return "\n".join(lines)
+
+
+def gradebook(submissions):
+    """(CSV records, their columns): one row per student, the score and each component's status."""
+    names = columns(submissions)
+    records = []
+    for s in submissions:
+        status = {r["component"]: r["status"] for r in s.rows}
+        records.append({"student": s.name, "score": f"{s.passed}/{len(s.graded)}", "passed": s.passed,
+                        "graded": len(s.graded), **{n: status.get(n, "not assigned") for n in names},
+                        "problem": s.problem})
+    return records, ["student", "score", "passed", "graded", *names, "problem"]
+
+
+def long_rows(submissions):
+    """Every row of every submission, with the student's name first (the JSON gradebook)."""
+    return [{"student": s.name, **r} for s in submissions for r in s.rows]
