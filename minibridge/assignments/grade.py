@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import to_numpy
+from .build import read_manifest
 from .components import BY_NAME, COMPONENTS, Tiny, config_json, foundations, tiny_weights, weights_checksum
 
 SNAPSHOTS = Path(__file__).with_name("snapshots.npz")
@@ -44,6 +45,8 @@ class Result:
     passed: bool
     message: str  # one line: the worst error, or why it failed
     notes: list = field(default_factory=list)  # further lines: other failing outputs, failing dependencies
+    status: str = ""  # pass, fail, not implemented, error or not assigned: `grade` sets it (status_of)
+    ratio: float = None  # the worst error over the tolerance, where one was measured
 
 
 # ---- the student copy ---------------------------------------------------------------------------------
@@ -227,12 +230,24 @@ def _time_limit(seconds):
 
 
 def _where(error, root):
-    """ "at minibridge/ops.py:120 in softmax" for the last traceback frame in the student's code."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).resolve().is_relative_to(root)]
+    """ " (at minibridge/ops.py:120 in softmax)" for the last traceback frame in the student's code.
+
+    subtle: a student running the grader of their own copy has the grader's files inside the copy,
+    under root/assignments; those frames (the time limit's handler, a component's call) are not theirs.
+    A SyntaxError has no frame in the broken file: it carries that file and line itself.
+    """
+    if isinstance(error, SyntaxError) and error.filename and _is_students(error.filename, root):
+        return f" (at minibridge/{Path(error.filename).resolve().relative_to(root).as_posix()}:{error.lineno})"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if _is_students(f.filename, root)]
     if not frames:
         return ""
     f = frames[-1]
     return f" (at minibridge/{Path(f.filename).resolve().relative_to(root).as_posix()}:{f.lineno} in {f.name})"
+
+
+def _is_students(filename, root):
+    path = Path(filename).resolve()
+    return path.is_relative_to(root) and not path.is_relative_to(Path(root) / "assignments")
 
 
 def run_component(component, student, snapshot, tiny):
@@ -264,9 +279,14 @@ def run_component(component, student, snapshot, tiny):
     return Result(component.name, True, f"worst error {err:.2g} (tolerance {tol:.2g})")
 
 
-def grade(impl, names=None, snapshots=SNAPSHOTS):
-    """Results of the student copy at `impl` on the named components (default: all), in teaching order."""
-    unknown = [n for n in names or () if n not in BY_NAME]
+def grade(impl, names=None, snapshots=SNAPSHOTS, assigned=None):
+    """Results of the student copy at `impl` on the named components (default: all), in teaching order.
+
+    Only the components the handout assigns are graded: `assigned`, by default those its manifest
+    lists (build.read_manifest), or all of them in a copy without one (the reference). The others
+    come back unrun, passed False and status "not assigned".
+    """
+    unknown = [n for n in [*(names or ()), *(assigned or ())] if n not in BY_NAME]
     if unknown:
         raise ValueError(f"unknown component(s) {unknown}; choose from {[c.name for c in COMPONENTS]}")
     chosen = [c for c in COMPONENTS if names is None or c.name in names]
@@ -274,23 +294,47 @@ def grade(impl, names=None, snapshots=SNAPSHOTS):
     tiny = Tiny.make()
     student = Student(impl)
     try:
-        results = [run_component(c, student, snaps[c.name], tiny) for c in chosen]
+        manifest = read_manifest(student.root)
+        if assigned is None:
+            assigned = list(BY_NAME) if manifest is None else manifest["assigned"]
+        given = manifest["released"] if manifest else ()
+        results = [run_component(c, student, snaps[c.name], tiny) if c.name in assigned else
+                   Result(c.name, False, "not assigned: given, its solution released" if c.name in given else
+                          "not assigned in this handout", status="not assigned") for c in chosen]
     finally:
         student.close()
-    failed = {r.name for r in results if not r.passed}
+    for r in results:
+        r.status = status_of(r)
+    failed = {r.name for r in results if r.status not in ("pass", "not assigned")}
     for r in results:
         below = [n for n in foundations(r.name) if n in failed]
-        if not r.passed and below:
+        if r.name in failed and below:
             r.notes.append("builds on failing " + ", ".join(below) + ": fix those first")
     return results
 
 
+def status_of(result):
+    """pass, fail, not implemented, error (the code raised) or not assigned."""
+    if result.status:
+        return result.status
+    if result.passed:
+        return "pass"
+    return next((s for s in ("not implemented", "error") if result.message.startswith(s)), "fail")
+
+
 def report(results):
-    """The grader's output: one line per component (plus notes), then `score: P/N components`."""
+    """The grader's output: one line per component (plus notes), then `score: P/N components`.
+
+    The score counts the graded components; those not assigned are listed with `----` and not counted.
+    """
     width = max((len(r.name) for r in results), default=0)
     lines = []
     for r in results:
+        if status_of(r) == "not assigned":
+            lines.append(f"----  {r.name:<{width}}  {r.message}")
+            continue
         lines.append(f"{'PASS' if r.passed else 'FAIL'}  {r.name:<{width}}  {r.message}")
         lines += [f"      {'':<{width}}  {note}" for note in r.notes]
-    lines.append(f"score: {sum(r.passed for r in results)}/{len(results)} components")
+    graded = [r for r in results if status_of(r) != "not assigned"]
+    lines.append(f"score: {sum(r.passed for r in graded)}/{len(graded)} components")
     return "\n".join(lines)
