@@ -39,7 +39,11 @@ def to_cross_space(p, cfg, side, h, layer=0):
 
 
 def link_tower(p, h, c, link_tower_type, eps):
-    """Bridge layer: fuse uni-modal h with cross-modal c.  h, c: [B, S, D] -> [B, S, D]"""
+    """Bridge layer: fuse uni-modal h with cross-modal c.  h, c: [B, S, D] -> [B, S, D]
+
+    Graded, each type: add LN(h + c), scaled_add LN(h·scaled_factor + c), interpolate
+    LN(h·(1 − beta) + c·beta); LN is layer_norm with p["LayerNorm"] and eps.
+    """
     # BEGIN SOLUTION
     if link_tower_type == "add":
         mixed = h + c

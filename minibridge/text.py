@@ -39,6 +39,8 @@ def bert_attention(p, x, kv, num_heads, eps, mask=None):
 
     x: [B, Sq, D] queries, kv: [B, Sk, D] keys/values (kv is x for self-attention), mask: None or
     [B, 1, 1, Sk]. Returns (out [B, Sq, D], probs [B, H, Sq, Sk]).
+    Graded: q from x, k and v from kv, each through its own Linear; the residual adds x (the queries'
+    input) before the LayerNorm; a padded batch, the mask going to every head.
     """
     # BEGIN SOLUTION
     sp = p["self"]

@@ -62,6 +62,8 @@ def vision_block(p, x, cfg):
     """One pre-LN ViT block: x + MHA(ln_1(x)), then x + MLP(ln_2(x)) with QuickGELU.
 
     x: [B, L, Dv]. Returns (x [B, L, Dv], attention probabilities [B, H, L, L]).
+    Graded: q, k, v = ln_1(x) times the packed in_proj rows [W_q; W_k; W_v], in that order; no mask;
+    QuickGELU (not GELU) in the MLP; both LayerNorms with cfg.layer_norm_eps.
     """
     # BEGIN SOLUTION
     h = layer_norm(x, p["ln_1"], cfg.layer_norm_eps)
