@@ -16,17 +16,33 @@ This is how CI runs the notebooks, on a small random checkpoint (weights.save_ra
 Photos: online, COCO val2017 images by URL; offline (or when a download fails), the same photos
 from the folder in MINIBRIDGE_PHOTOS when it holds them (files named by COCO id, e.g.
 000000039769.jpg), else images that ship with matplotlib.
+
+Without MINIBRIDGE_MODEL and without the Hub (and no cached copy), `model_id` fails at once with the
+command that makes an offline checkpoint (OFFLINE_HOWTO), instead of a download that times out.
+
+Honest pictures: `show()` replaces plt.show() in the notebooks. It stamps RANDOM_STAMP across every
+figure drawn from a random checkpoint (one whose config.json carries weights.RANDOM_MARK), so a
+picture of noise never passes for what BridgeTower learned; figures that do not depend on the
+weights (a photo, the tokenizer) say so with show(from_weights=False).
+
+Exercises: `show_source(fn)` prints a package function's source from the installed package, with
+every `# BEGIN SOLUTION` … `# END SOLUTION` region replaced by a one-line placeholder naming its
+assignment component, so no notebook shows an assignment's solution (CONTRIBUTING.md habit 14).
 """
 
+import inspect
 import io
 import os
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 
+from minibridge import hub
 from minibridge.image_processing import pil_to_rgb
+from minibridge.weights import random_mark
 
 MODEL_ENV = "MINIBRIDGE_MODEL"
 PHOTOS_ENV = "MINIBRIDGE_PHOTOS"
@@ -55,9 +71,68 @@ def offline():
     return bool(os.environ.get(MODEL_ENV))
 
 
+# What to do without the Hub: the two lines of notebooks/README.md ("Offline"), run from the checkout.
+OFFLINE_HOWTO = ("    minibridge random-checkpoint weights/random-base --size base --tokenizer PATH/TO/roberta-base\n"
+                 "    MINIBRIDGE_MODEL=weights/random-base jupyter lab notebooks/")
+# Seconds to wait for the Hub before saying it cannot be reached (a download would retry for ~40 s).
+HUB_PROBE_TIMEOUT = 5
+CHECKOUT = Path(__file__).resolve().parents[1]  # a relative MINIBRIDGE_MODEL may be relative to here
+
+
+class NoCheckpointError(RuntimeError):
+    """No checkpoint to load: MINIBRIDGE_MODEL unset and the Hub unreachable, or it names no folder."""
+
+
 def model_id(default):
-    """The checkpoint a notebook loads: the folder in $MINIBRIDGE_MODEL if set, else `default` (a Hub id)."""
-    return os.environ.get(MODEL_ENV) or default
+    """The checkpoint a notebook loads: the folder in $MINIBRIDGE_MODEL if set, else `default` (a Hub id).
+
+    Fails at once (NoCheckpointError, naming MINIBRIDGE_MODEL and the command that makes an offline
+    checkpoint) when the variable names no folder, or when it is unset, `default` is not cached and
+    the Hub cannot be reached.
+    """
+    folder = os.environ.get(MODEL_ENV)
+    if folder:
+        # A relative path as written in the README (from the checkout) also works from notebooks/,
+        # where Jupyter starts the kernel.
+        for candidate in (Path(folder).expanduser(), CHECKOUT / folder):
+            if candidate.is_dir():
+                return str(candidate)
+        raise NoCheckpointError(f"{MODEL_ENV}={folder} names no folder (looked in {Path.cwd()} and {CHECKOUT}). "
+                                f"Make a random checkpoint there, from the checkout:\n{OFFLINE_HOWTO}")
+    if not _cached(default):
+        why = hub_unreachable(default)
+        if why:
+            raise NoCheckpointError(
+                f"Cannot load {default}: {why}, no copy of it is cached, and {MODEL_ENV} is not set. "
+                f"To run the notebooks offline, make a checkpoint of random weights (its pictures and scores "
+                f"are noise; the code, the shapes and the exercises still work; the base size keeps notebook "
+                f"3's 288-pixel images and 16-pixel patches) and point {MODEL_ENV} at it, from the checkout:\n"
+                f"{OFFLINE_HOWTO}\n"
+                f"(or, in a running notebook: import os; os.environ[\"{MODEL_ENV}\"] = \"../weights/random-base\", "
+                f"then run this cell again).")
+    return default
+
+
+def _cached(repo_id):
+    """True when minibridge.hub.resolve would find `repo_id` on disk without the network."""
+    folder = hub.cache_folder(repo_id)
+    return (folder / "config.json").is_file() and any((folder / name).is_file()
+                                                      for name in (hub.SINGLE, hub.INDEX, hub.TORCH_BIN))
+
+
+def hub_unreachable(repo_id, timeout=HUB_PROBE_TIMEOUT):
+    """Why the Hugging Face Hub cannot serve `repo_id` now (a short phrase), or None when it answers."""
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    request = urllib.request.Request(f"{endpoint}/api/models/{repo_id}", method="HEAD")
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answered (even "not found" or "rate limited" is an answer): the loader explains
+    except (OSError, ValueError) as e:  # URLError, a timeout, no route, a malformed endpoint
+        return f"the Hugging Face Hub cannot be reached ({endpoint}: {getattr(e, 'reason', e)})"
+    return None
 
 
 def photo_folder():
@@ -97,6 +172,90 @@ def sample_photos(n=len(COCO_PHOTOS)):
 
     return [(_open(matplotlib.cbook.get_sample_data(name, asfileobj=False)), f"matplotlib sample data: {name}", caption)
             for name, caption in MATPLOTLIB_PHOTOS[:n]]
+
+
+# ---- honest pictures -------------------------------------------------------------------------------
+
+RANDOM_STAMP = "random weights: this picture is noise"
+STAMP_GID = "minibridge-random-weights"  # the stamp's matplotlib id, to find it (and not stamp twice)
+FIGURES = []  # one (from_weights, stamped) per figure `show` has shown in this process
+
+
+def random_checkpoint(folder=None):
+    """The random-weights note of the notebooks' checkpoint ($MINIBRIDGE_MODEL, or `folder`), or None.
+
+    None for a Hub id and for a trained checkpoint: only `minibridge random-checkpoint` (and
+    weights.save_random_checkpoint) write the mark into config.json.
+    """
+    folder = folder or os.environ.get(MODEL_ENV)
+    if not folder:
+        return None
+    for candidate in (Path(folder).expanduser(), CHECKOUT / folder):
+        if candidate.is_dir():
+            return random_mark(candidate)
+    return None
+
+
+def stamp(fig, folder=None):
+    """Write RANDOM_STAMP across `fig` when the checkpoint is random (see random_checkpoint). Returns whether it is."""
+    if random_checkpoint(folder) is None:
+        return False
+    if not any(t.get_gid() == STAMP_GID for t in fig.texts):
+        width = fig.get_size_inches()[0]
+        fig.text(0.5, 0.5, RANDOM_STAMP, gid=STAMP_GID, ha="center", va="center", rotation=12,
+                 fontsize=max(8.0, min(26.0, 2.2 * width)), fontweight="bold", color="red", alpha=0.45,
+                 zorder=1000, bbox=dict(boxstyle="round", facecolor="white", edgecolor="red", alpha=0.55))
+    return True
+
+
+def show(*, from_weights=True):
+    """plt.show() for the notebooks: first stamps each open figure drawn from a random checkpoint.
+
+    from_weights=False for a figure that does not depend on the model's weights (a photo, the
+    tokenizer, the resize steps): it is what a trained model sees too, so it gets no stamp.
+    """
+    import matplotlib.pyplot as plt
+
+    for number in plt.get_fignums():
+        fig = plt.figure(number)
+        FIGURES.append((from_weights, from_weights and stamp(fig)))
+    plt.show()
+
+
+# ---- the package's source, without the solutions -----------------------------------------------------
+
+
+def source_without_solutions(fn):
+    """The source of package function `fn`, each `# BEGIN SOLUTION` … `# END SOLUTION` region replaced by
+    one line: "# … exercise: component X …" (the region's lines are the assignment's solution)."""
+    from minibridge.assignments.components import component_of
+
+    lines, start = inspect.getsourcelines(fn)
+    module = fn.__module__.rsplit(".", 1)[-1]
+    component = component_of(f"{module}.{fn.__name__}")
+    name = component.name if component else "?"
+    out, inside = [], False
+    for line in lines:
+        marker = line.strip()
+        if marker == "# BEGIN SOLUTION":
+            inside = True
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(f"{indent}# … exercise: component {name} (notebooks/assignments/README.md) …\n")
+        elif marker == "# END SOLUTION":
+            inside = False
+        elif not inside:
+            out.append(line)
+    path = Path(inspect.getsourcefile(fn))
+    where = f"# {path.parent.name}/{path.name}, line {start}: {fn.__module__}.{fn.__qualname__}\n"
+    return where + "".join(out)
+
+
+def show_source(*functions):
+    """Print each package function's source as the installed package has it, solutions left out."""
+    print("\n\n".join(source_without_solutions(fn).rstrip("\n") for fn in functions))
+
+
+# ---- pixels ---------------------------------------------------------------------------------------------
 
 
 def displayable(pixel_values, image_processor):
