@@ -149,6 +149,16 @@ def package_regions(package=PACKAGE):
     return regions
 
 
+def reference_regions(package=PACKAGE):
+    """package_regions of the reference, checked (check_markers); refused when `package` is a handout."""
+    if read_manifest(package) is not None:
+        raise ValueError(f"the minibridge running this ({package}) is itself a handout, without the solutions; "
+                         "run this command with the reference minibridge, from outside the handout's folder")
+    regions = package_regions(package)
+    check_markers(regions)
+    return regions
+
+
 def check_markers(regions):
     """Every marked function is graded by a component, and every component's functions are marked."""
     marked = {r.function for r in regions}
@@ -221,8 +231,7 @@ def build(out_dir, components=None, force=False, package=PACKAGE, *, released=No
     copy of the reference), the copy records its Plan in minibridge/assignments/assignment.json.
     """
     chosen = plan(components, weeks, released)
-    regions = package_regions(package)
-    check_markers(regions)
+    regions = reference_regions(package)
     target = Path(out_dir) / "minibridge"
     if target.exists():
         if not force:
@@ -258,8 +267,7 @@ def release(copy, components=(), weeks=(), package=PACKAGE):
     if unknown:
         raise ValueError(f"unknown: {', '.join(map(str, unknown))}")
     todo = [n for n in names if n not in manifest["released"]]
-    regions = package_regions(package)
-    check_markers(regions)
+    regions = reference_regions(package)
     restored = [r for r in regions if component_of(r.function).name in todo]
     for path in sorted({r.path for r in restored}):
         copied = root / path.relative_to(package)
