@@ -7,6 +7,7 @@ handout as a student does or from outside as an instructor does, and reads what 
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,9 +26,14 @@ CLI_TIMEOUT_S = 120  # one command; each takes about a second
 
 
 def cli(*args, cwd):
-    """Run `python -m minibridge.assignments ARGS` in `cwd`: (exit status, stdout, stderr)."""
+    """Run `python -m minibridge.assignments ARGS` in `cwd`: (exit status, stdout, stderr).
+
+    The minibridge it runs is the one this test imported, unless `cwd` holds one (a handout).
+    """
+    path = os.pathsep.join([str(PACKAGE.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
     proc = subprocess.run([sys.executable, "-m", "minibridge.assignments", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S, check=False)
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S, check=False,
+                          env={**os.environ, "PYTHONPATH": path})
     return proc.returncode, proc.stdout, proc.stderr
 
 

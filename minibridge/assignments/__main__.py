@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 from .components import COMPONENTS, WEEKS
 
@@ -85,7 +86,8 @@ def build_command(args):
         released = {n for r in args.release for n in (every if r == "all" else WEEKS[int(r)] if r.isdigit() else [r])}
     chosen = plan(args.component, args.week or (), released)
     regions = build(args.out_dir, args.component, force=args.force, released=released, weeks=args.week or ())
-    print(f"wrote {args.out_dir}/minibridge and {args.out_dir}/ASSIGNMENTS.md: {len(regions)} regions stubbed in "
+    out = Path(args.out_dir)
+    print(f"wrote {out / 'minibridge'} and {out / 'ASSIGNMENTS.md'}: {len(regions)} regions stubbed in "
           f"{len({r.path for r in regions})} files")
     _print_plan(chosen.assigned, chosen.released, chosen.withheld)
     return 0
@@ -130,8 +132,6 @@ def release_command(args):
 
 
 def grade_command(args):
-    from pathlib import Path
-
     from .build import copy_root, read_manifest
     from .course import gradebook, grade_folder, long_rows, summary, write_csv, write_json
 
