@@ -20,7 +20,11 @@ from .backend import array_module, rowwise
 
 
 def linear(x, p):
-    """y = x Wᵀ + b, with W stored (out, in) as in torch.  [..., in] -> [..., out]"""
+    """y = x Wᵀ + b, with W stored (out, in) as in torch.  [..., in] -> [..., out]
+
+    Graded: p["weight"] is [out, in], so y = x @ Wᵀ (not x @ W); any leading axes are kept ([B, S, in]);
+    with and without "bias": a p without the key means no bias.
+    """
     # BEGIN SOLUTION
     # subtle: W.T is a free view, and BLAS multiplies by a transposed matrix without copying it.
     # Flattening the leading axes makes one large matrix product instead of one per batch row.

@@ -15,6 +15,8 @@ def position_ids(input_ids, pad_token_id):
 
     subtle: they start at 2, not 0, because fairseq reserved rows 0 and 1 (row 1 = the pad's).
     A left-padded text therefore gets the same positions as the unpadded one.
+    Graded, exactly (integers): no padding, right, left and inner padding; a pad anywhere keeps
+    pad_token_id and does not advance the count.
     """
     # BEGIN SOLUTION
     xp = array_module(input_ids)
@@ -24,7 +26,12 @@ def position_ids(input_ids, pad_token_id):
 
 
 def text_embed(p, input_ids, cfg):
-    """Word + token-type + position embeddings, then LayerNorm.  [B, T] int -> [B, T, Dt]"""
+    """Word + token-type + position embeddings, then LayerNorm.  [B, T] int -> [B, T, Dt]
+
+    Graded: token type 0 for every token (row 0 of token_type_embeddings); position rows at
+    position_ids(input_ids, cfg.pad_token_id), so pads take row pad_token_id; LayerNorm with
+    cfg.layer_norm_eps; the four paddings of position_ids.
+    """
     # BEGIN SOLUTION
     words = p["word_embeddings"]["weight"][input_ids]  # [B, T, Dt]
     # subtle: type_vocab_size is 1, so every token gets row 0; token_type_ids are never used.

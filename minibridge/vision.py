@@ -21,6 +21,9 @@ def patchify(pixels, patch_size):
 
     The patch conv (kernel = stride = P, no bias) is exactly a matrix product of these rows with the
     flattened kernel. Rows and columns beyond the last whole patch are dropped, as the conv does.
+    Graded: patch n = row·(W // P) + column, row-major over the grid; within a patch, entry
+    (c·P + i)·P + j is channel c, pixel row i, column j (the kernel's [C, P, P] order, not channel-last);
+    an 18×13 image in 4×4 patches (2 rows and 1 column dropped); also patch_embed, run on your patches.
     """
     # BEGIN SOLUTION
     B, C, H, W = pixels.shape

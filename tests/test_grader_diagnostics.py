@@ -164,6 +164,21 @@ def test_the_large_logit_row_stays_within_its_analysed_range():
     assert np.abs(ordinary).max() < 16
 
 
+def test_the_bpe_and_patchify_cases_cover_the_inputs_their_labels_name():
+    """Cases index the stored inputs by position: the words and the grid they name must be there."""
+    from minibridge.assignments.components import BY_NAME
+    from minibridge.assignments.grade import load_snapshots
+
+    snaps = load_snapshots()
+    words = snaps["bpe"][0]["words"]
+    for case in BY_NAME["bpe"].cases:
+        if case.label.startswith("repeated letters"):
+            assert [str(w) for w in words[case.where[0]]] == ["aaaaaaa", "Ġaaa", "Ġbbbbbbb"]
+        if case.label.startswith("multi-byte"):
+            assert all(any(ord(ch) > 0x7F and ch != "Ġ" for ch in str(w)) for s in case.where for w in words[s])
+    assert snaps["patchify"][0]["pixels"].shape[2:] == (18, 13) and int(snaps["patchify"][0]["patch_size"]) == 4
+
+
 # ---- typical mistakes: each fails, naming the case, with its hint where the grader gives one -------------
 
 
@@ -245,6 +260,80 @@ def swapped_interpolate(p, h, c, link_tower_type, eps):
     return link_tower(p, h, c, link_tower_type, eps)
 
 
+def patchify_with(grid=(2, 4), inside=(1, 3, 5)):
+    """patchify with the grid axes (rows, columns) and the axes inside a patch (channel, row, column) reordered."""
+
+    def patchify(pixels, P):
+        B, C, H, W = pixels.shape
+        gh, gw = H // P, W // P
+        x = pixels[:, :, : gh * P, : gw * P].reshape(B, C, gh, P, gw, P)  # axes B, C, gh, i, gw, j
+        return x.transpose(0, *grid, *inside).reshape(B, gh * gw, C * P * P)
+
+    return patchify
+
+
+def bpe_with(pick=min, once=False, right_to_left=False):
+    """A learner's merge loop with one thing changed: which rank goes first, one round only, or scanning right to left."""
+
+    def bpe(word, ranks):
+        symbols = list(word)
+        while len(symbols) > 1:
+            known = [pair for pair in zip(symbols, symbols[1:]) if pair in ranks]
+            if not known:
+                break
+            best = pick(known, key=ranks.get)
+            merged, i = [], 0
+            symbols = symbols[::-1] if right_to_left else symbols
+            target = best[::-1] if right_to_left else best
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == target:
+                    merged.append(best[0] + best[1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            symbols = merged[::-1] if right_to_left else merged
+            if once:
+                break
+        return symbols
+
+    return bpe
+
+
+def bert_attention_without_mask(p, x, kv, num_heads, eps, mask=None):
+    from minibridge.text import bert_attention
+
+    return bert_attention(p, x, kv, num_heads, eps, None)
+
+
+def text_embed_with(token_type=True, positions=None):
+    from minibridge.ops import layer_norm
+    from minibridge.text import position_ids
+
+    def text_embed(p, input_ids, cfg):
+        pos = position_ids(input_ids, cfg.pad_token_id) if positions is None else positions(input_ids)
+        h = p["word_embeddings"]["weight"][input_ids] + p["position_embeddings"]["weight"][pos]
+        if token_type:
+            h = h + p["token_type_embeddings"]["weight"][0]
+        return layer_norm(h, p["LayerNorm"], cfg.layer_norm_eps)
+
+    return text_embed
+
+
+def cross_modal_layer_with(self_mask=True, cross_mask=True, queries_from_x=False):
+    """The reference cross-modal layer with one mask dropped, or the cross-attention queried by its input x."""
+    from minibridge.text import bert_attention, bert_ffn
+
+    def cross_modal_layer(p, x, other, cfg, s_mask=None, c_mask=None):
+        H, eps = cfg.num_attention_heads, cfg.layer_norm_eps
+        a, self_probs = bert_attention(p["attention"], x, x, H, eps, s_mask if self_mask else None)
+        c, cross_probs = bert_attention(p["crossattention"], x if queries_from_x else a, other, H, eps,
+                                        c_mask if cross_mask else None)
+        return bert_ffn(p, c, eps), self_probs, cross_probs
+
+    return cross_modal_layer
+
+
 # name: (component, functions, the case its FAIL line names, the hint it gives or None)
 MISTAKES = {
     "softmax over the wrong axis": ("softmax", {"softmax": wrong_axis_softmax}, "y, case ",
@@ -289,6 +378,37 @@ MISTAKES = {
                                    "h is weighted by (1 - beta)"),
     "contrastive embedding not normalised": ("heads", {"contrastive_embedding": unnormalised_contrastive}, "itc_",
                                              "scaled to unit length"),
+    "patches in column-major grid order": ("patchify", {"patchify": patchify_with(grid=(4, 2))},
+                                           'patches, case "the other patches', "patches in column-major order?"),
+    "patches flattened channel-last": ("patchify", {"patchify": patchify_with(inside=(3, 5, 1))}, "patches, case ",
+                                       "flattened channel-last (P, P, C)?"),
+    "patches transposed inside": ("patchify", {"patchify": patchify_with(inside=(1, 5, 3))}, "patches, case ",
+                                  "each patch transposed"),
+    "text embedding without the token type": ("text_embed", {"text_embed": text_embed_with(token_type=False)},
+                                              "embeddings, case ", "token type missing?"),
+    "text positions 0, 1, 2, … over pads too": ("text_embed", {"text_embed": text_embed_with(
+        positions=lambda ids: np.broadcast_to(np.arange(ids.shape[1]), ids.shape))}, "embeddings, case ",
+        "positions counted over every token"),
+    "text positions from 2 over pads too": ("text_embed", {"text_embed": text_embed_with(
+        positions=lambda ids: np.broadcast_to(np.arange(ids.shape[1]) + 2, ids.shape))},
+        "embeddings, case ", "positions counted over every token"),
+    "bert_attention without the padding mask": ("bert_attention", {"bert_attention": bert_attention_without_mask},
+                                                'probs, case "padded texts (masked keys)"',
+                                                "padding mask not applied?"),
+    "BPE merging the highest rank first": ("bpe", {"bpe": bpe_with(pick=max)}, 'tokens, case "',
+                                           "merged the highest rank first?"),
+    "BPE stopping after one merge": ("bpe", {"bpe": bpe_with(once=True)},
+                                     'tokens, case "words of the training captions"', "stopped after one merge?"),
+    "BPE merging right to left": ("bpe", {"bpe": bpe_with(right_to_left=True)},
+                                  'tokens, case "repeated letters', "left to right without overlap"),
+    "cross-modal self-attention without self_mask": ("cross_modal_layer", {"cross_modal_layer": cross_modal_layer_with(
+        self_mask=False)}, 'text_self_probs, case "text self-attention, padded text', "self_mask not applied?"),
+    "cross-modal cross-attention without cross_mask": ("cross_modal_layer", {
+        "cross_modal_layer": cross_modal_layer_with(cross_mask=False)},
+        'image_cross_probs, case "image → text cross-attention, padded text', "cross_mask not applied?"),
+    "cross-attention queried by the layer input": ("cross_modal_layer", {
+        "cross_modal_layer": cross_modal_layer_with(queries_from_x=True)},
+        'text_cross_probs, case "text → image cross-attention', "queried by the layer input x?"),
 }
 
 

@@ -381,6 +381,36 @@ _ATTENTION_SYMPTOMS = (
             lambda x, mine, tiny: _wrong_axis(mine["self_probs"])),
 )
 
+# patchify, pixels [2, 3, 18, 13] in 4×4 patches: a 4×3 grid (N = 12), the last 2 rows and 1 column
+# dropped. The top-left patch is the same in any grid order, so it isolates the order inside a patch.
+# Patches are copies of pixels and the embeddings short sums: a few u, far within PRIMITIVE_TOL.
+_PATCHIFY_CASES = (
+    Case("the top-left patch (the same in any grid order)", "patches", (_[:, 0],), None, "inside a patch: "
+         "channel, then pixel row, then column (C·P·P), the order of the conv kernel [Dv, C, P, P]"),
+    Case("the other patches of the 4×3 grid", "patches"),
+    Case("embeddings (your patches times the flattened kernel)", "embeddings"),
+)
+
+
+def _patches_like(x, mine, grid=(0, 1), inside=(0, 1, 2)):
+    """Mine's patches are the reference's with the grid axes (rows, columns) and the axes inside a patch
+    (channel, pixel row, pixel column) taken in another order."""
+    ref, P = x["_ref"]["patches"], int(x["patch_size"])
+    B, C, H, W = x["pixels"].shape
+    wrong = ref.reshape(B, H // P, W // P, C, P, P).transpose(0, *(1 + a for a in grid), *(3 + a for a in inside))
+    return _close(mine["patches"], wrong.reshape(ref.shape), 1e-6)
+
+
+_PATCHIFY_SYMPTOMS = (
+    Symptom("patches in column-major order? the patch index runs row-major over the grid: n = row·(W // P) + column",
+            lambda x, mine, tiny: _patches_like(x, mine, grid=(1, 0))),
+    Symptom("each patch flattened channel-last (P, P, C)? flatten it channel-major, C·P·P, as the conv kernel "
+            "[Dv, C, P, P] is", lambda x, mine, tiny: _patches_like(x, mine, inside=(1, 2, 0))
+            or _patches_like(x, mine, inside=(2, 1, 0))),
+    Symptom("each patch transposed (pixel columns before rows)? within a channel: pixel row i, then column j",
+            lambda x, mine, tiny: _patches_like(x, mine, inside=(0, 2, 1))),
+)
+
 # position_ids, input_ids [4, 8] with pad 1: no padding, right padding, left padding, pads inside.
 _POSITION_CASES = (
     Case("no padding", "position_ids", (_[0],)),
@@ -412,7 +442,114 @@ _BERT_ATTENTION_CASES = (
     Case("padded texts (masked keys)", "out"),
 )
 
+_BERT_ATTENTION_SYMPTOMS = (
+    Symptom("padding mask not applied? pass mask on to the attention: masked keys get probability 0",
+            lambda x, mine, tiny: bool((mine["probs"][np.broadcast_to(x["mask"] < -1e30, mine["probs"].shape)]
+                                        > 1e-6).any())),
+)
+
 _TEXT_EMBED_CASES = tuple(Case(c.label, "embeddings", c.where) for c in _POSITION_CASES)
+
+
+def _text_embed_like(x, mine, tiny, token_type=True, positions=None):
+    """Mine is the text embedding without the token type row, or with positions(input_ids) for position ids."""
+    from ..ops import layer_norm
+    from ..text import position_ids
+
+    p, tc, ids = tiny.tree["text_model"]["embeddings"], tiny.cfg.text_config, x["input_ids"]
+    pos = position_ids(ids, tc.pad_token_id) if positions is None else positions(ids, tc.pad_token_id)
+    h = p["word_embeddings"]["weight"][ids] + p["position_embeddings"]["weight"][pos]
+    if token_type:
+        h = h + p["token_type_embeddings"]["weight"][0]
+    return _close(mine["embeddings"], layer_norm(h, p["LayerNorm"], tc.layer_norm_eps), 1e-4)
+
+
+_TEXT_EMBED_SYMPTOMS = (
+    Symptom("token type missing? every token adds row 0 of token_type_embeddings",
+            lambda x, mine, tiny: _text_embed_like(x, mine, tiny, token_type=False)),
+    Symptom("positions counted over every token, pads included? look them up at position_ids(input_ids, "
+            "cfg.pad_token_id)", lambda x, mine, tiny: any(_text_embed_like(
+                x, mine, tiny, positions=lambda ids, pad, s=start: np.broadcast_to(np.arange(ids.shape[1]) + s,
+                                                                                   ids.shape))
+                for start in (0, int(tiny.cfg.text_config.pad_token_id) + 1))),
+)
+
+# bpe, 49 words (tests/make_snapshots.py WORDS_FROM, pre-tokenised) under 150 merges learned from a
+# small caption corpus. Strings: the first case (in this order) with a wrong word is the one named.
+_BPE_CASES = (
+    Case("words of the training captions", "tokens", (_[:18],)),
+    Case("repeated letters (aaaaaaa, Ġaaa, Ġbbbbbbb)", "tokens", (_[18:21],), None, "merge every occurrence of "
+         "the pair, left to right without overlap: with (a, a), a a a becomes aa a"),
+    Case("unseen words and digits", "tokens", (_[21:25],)),
+    Case("multi-byte characters (ï, é, à, 😺)", "tokens", (_[25:28], _[29:30])),
+    Case("spaces, tabs and punctuation", "tokens"),
+)
+
+
+def _bpe_like(x, mine, wrong_bpe):
+    """Mine's tokens are, word for word, what `wrong_bpe(word, ranks)` gives."""
+    ranks = {(left, right): rank for rank, (left, right) in enumerate(x["merges"].tolist())}
+    wrong = np.array([" ".join(wrong_bpe(word, ranks)) for word in x["words"].tolist()])
+    return bool((mine["tokens"].astype(str) == wrong).all())
+
+
+def _highest_first(word, ranks):
+    from ..tokenizer import bpe
+
+    return bpe(word, {pair: -rank for pair, rank in ranks.items()})
+
+
+def _one_merge(word, ranks):
+    from ..tokenizer import bpe_steps
+
+    steps = bpe_steps(word, ranks)
+    return steps[min(1, len(steps) - 1)][0]
+
+
+_BPE_SYMPTOMS = (
+    Symptom("merged the highest rank first? the adjacent pair with the lowest rank (the earliest-learned "
+            "merge) goes first", lambda x, mine, tiny: _bpe_like(x, mine, _highest_first)),
+    Symptom("stopped after one merge? repeat until no adjacent pair is in ranks",
+            lambda x, mine, tiny: _bpe_like(x, mine, _one_merge)),
+)
+
+# cross_modal_layer: text [2, 6, D] (row 1 padded after 4 tokens, the text mask), image [2, 10, D].
+# As the model runs it: the text stream (self_mask = text mask, cross_mask None), the image stream
+# (self_mask None, cross_mask = text mask). Earlier stages first: a FAIL names the first that fails.
+_CROSS_MODAL_CASES = (
+    Case("text self-attention, padded text (self_mask)", "text_self_probs", (_[1],), None, "self_mask masks "
+         "this stream's own keys, in the self-attention"),
+    Case("text self-attention, unpadded text", "text_self_probs"),
+    Case("text → image cross-attention (no mask)", "text_cross_probs", None, None, "the cross-attention's "
+         "queries are the self-attention's output; its keys and values are the other stream"),
+    Case("text stream output", "text"),
+    Case("image self-attention (no mask)", "image_self_probs"),
+    Case("image → text cross-attention, padded text (cross_mask)", "image_cross_probs", (_[1],), None,
+         "cross_mask masks the other stream's keys, in the cross-attention"),
+    Case("image → text cross-attention, unpadded text", "image_cross_probs"),
+    Case("image stream output", "image"),
+)
+
+
+def _cross_queries_from_x(x, mine, tiny):
+    """Mine's text cross-attention is queried by the layer's input instead of the self-attention's output."""
+    from ..text import bert_attention
+
+    tc = tiny.cfg.text_config
+    p = tiny.tree["cross_modal_text_layers"][0]["crossattention"]
+    _, probs = bert_attention(p, x["text"], x["image"], tc.num_attention_heads, tc.layer_norm_eps)
+    return _close(mine["text_cross_probs"], probs, 1e-4)
+
+
+_CROSS_MODAL_SYMPTOMS = (
+    Symptom("self_mask not applied? it masks this stream's keys in the self-attention (the text stream's "
+            "padding)", lambda x, mine, tiny: bool((mine["text_self_probs"][1, ..., 4:] > 1e-6).any())),
+    Symptom("cross_mask not applied? it masks the other stream's keys in the cross-attention (the image "
+            "stream attending to padded text)",
+            lambda x, mine, tiny: bool((mine["image_cross_probs"][1, ..., 4:] > 1e-6).any())),
+    Symptom("cross-attention queried by the layer input x? the queries are the self-attention's output",
+            _cross_queries_from_x),
+)
 
 _LINK_TOWER_SYMPTOMS = (
     Symptom("interpolate: h is weighted by (1 - beta) and c by beta",
@@ -454,7 +591,8 @@ COMPONENTS = (
               cases=_ATTENTION_CASES, symptoms=_ATTENTION_SYMPTOMS),
     Component("patchify", ("vision.patchify",), (), PRIMITIVE_TOL,
               f"{_TORCH}: Tensor.unfold (patches) and torch.nn.functional.conv2d (embeddings)",
-              "cut images into P x P patches; the patch conv as one matrix product", _patchify),
+              "cut images into P x P patches; the patch conv as one matrix product", _patchify,
+              cases=_PATCHIFY_CASES, symptoms=_PATCHIFY_SYMPTOMS),
     Component("vision_block", ("vision.vision_block",), ("linear", "layer_norm", "quick_gelu", "attention"),
               LAYER_TOL, f"{_HF}: BridgeTowerResidualAttention (resblocks.0 of the tiny model)",
               "one pre-LN CLIP ViT block: packed q/k/v, QuickGELU MLP", _vision_block,
@@ -470,15 +608,15 @@ COMPONENTS = (
               "word + token-type + position embeddings, then LayerNorm", _text_embed,
               {"text.text_embed": 'p = {"word_embeddings", "position_embeddings", "token_type_embeddings", '
                                   '"LayerNorm"}, each table under "weight"; pad id and eps are in cfg.'},
-              _TEXT_EMBED_CASES),
+              _TEXT_EMBED_CASES, _TEXT_EMBED_SYMPTOMS),
     Component("bert_attention", ("text.bert_attention",), ("linear", "attention", "layer_norm"), LAYER_TOL,
               f"{_HF}: BridgeTowerAttention (text layer 0's self-attention)",
               "a RoBERTa attention block with its post-LN residual, padded batch", _bert_attention,
               {"text.bert_attention": 'p = {"self": {"query", "key", "value"}, "output": {"dense", "LayerNorm"}}.'},
-              _BERT_ATTENTION_CASES),
+              _BERT_ATTENTION_CASES, _BERT_ATTENTION_SYMPTOMS),
     Component("bpe", ("tokenizer.bpe",), (), EXACT,
               "tokenizers: models.BPE.tokenize, merges trained by tokenizers' BpeTrainer on a small corpus",
-              "the byte-pair merge loop of one word", _bpe),
+              "the byte-pair merge loop of one word", _bpe, cases=_BPE_CASES, symptoms=_BPE_SYMPTOMS),
     Component("link_tower", ("bridge.link_tower",), ("layer_norm",), PRIMITIVE_TOL,
               f"{_HF}: BridgeTowerLinkTower, one per link_tower_type",
               "the bridge layer: LN(h + c), scaled_add and interpolate", _link_tower,
@@ -488,12 +626,14 @@ COMPONENTS = (
               LAYER_TOL, f"{_HF}: BridgeTowerBertCrossLayer (cross_modal_{{text,image}}_layers.0)",
               "self-attention, co-attention to the other stream, FFN; both streams", _cross_modal_layer,
               {"bridge.cross_modal_layer": 'p = {"attention", "crossattention", "intermediate", "output"}: '
-                                           'text.bert_attention and text.bert_ffn take these subtrees.'}),
+                                           'text.bert_attention and text.bert_ffn take these subtrees.'},
+              _CROSS_MODAL_CASES, _CROSS_MODAL_SYMPTOMS),
     Component("heads", ("heads.pooler", "heads.itm_logits", "heads.mlm_logits", "heads.contrastive_embedding"),
               ("linear", "layer_norm", "gelu"), LAYER_TOL,
               f"{_HF}: BridgeTowerPooler, BridgeTowerITMHead, BridgeTowerMLMHead, BridgeTowerContrastiveHead",
               "poolers, ITM, MLM and the three contrastive embeddings", _heads,
               {"heads.pooler": 'p = {"dense"} (cross_modal_text_pooler or cross_modal_image_pooler).',
+               "heads.itm_logits": 'p = {"fc"} (itm_score).',
                "heads.mlm_logits": 'p = {"transform": {"dense", "LayerNorm"}, "decoder": {"weight"}, "bias"}.',
                "heads.contrastive_embedding": 'p = {"fc"} (itc_text_head, itc_image_head or itc_cross_modal_head).'},
               symptoms=_HEADS_SYMPTOMS),

@@ -123,7 +123,8 @@ def compare(name, mine, ref, tol, cases=()):
 
     error = max |mine - ref| / max(1, max |ref|), as the parity tests; for strings, any difference.
     cases: the components.Case of this output; each is graded on its own elements with its own
-    tolerance and scale, and the message names the case that is furthest beyond its tolerance.
+    tolerance and scale, and the message names the case that is furthest beyond its tolerance
+    (for strings, the first case in order with a difference).
     """
     ratio, message, *_ = _compare(name, mine, ref, tol, cases)
     return ratio, message
@@ -138,12 +139,16 @@ def _compare(name, mine, ref, tol, cases=()):
     if mine.shape != ref.shape:
         return np.inf, f"{name}: shape mine {mine.shape} vs reference {ref.shape}", np.inf, tol, None
     if ref.dtype.kind == "U":
-        bad = np.flatnonzero(mine.astype(str) != ref)
-        if bad.size == 0:
+        wrong = mine.astype(str) != ref
+        if not wrong.any():
             return 0.0, f"{name}: exact match", 0.0, tol, None
-        i = int(bad[0])
-        return np.inf, (f"{name}: {bad.size} of {ref.size} differ; the first, at index {i}: "
-                        f"mine {str(mine.flat[i])!r} vs reference {str(ref.flat[i])!r}"), np.inf, tol, None
+        # Strings have no worst error: the first case (in the cases' order) with a difference is named.
+        label, inside, _ = next(m for m in _case_masks(ref.shape, cases, tol) if (wrong & m[1]).any())
+        i = int(np.flatnonzero(wrong & inside)[0])
+        hint = next((c.hint for c in cases if c.label == label and c.hint), None)
+        where = f'{name}, case "{label}"' if label else name
+        return np.inf, (f"{where}: {int(wrong.sum())} of {ref.size} differ; the first, at index {i}: "
+                        f"mine {str(mine.flat[i])!r} vs reference {str(ref.flat[i])!r}"), np.inf, tol, hint
     if mine.dtype.kind not in "biuf":
         return (np.inf, f"{name}: returned dtype {mine.dtype}, expected numbers like the reference's {ref.dtype}",
                 np.inf, tol, None)
