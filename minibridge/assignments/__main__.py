@@ -41,7 +41,7 @@ def main(argv=None):
                    help="the student copy: a folder holding minibridge/ (default: the current folder)")
     p.add_argument("--component", action="append", choices=names, metavar="NAME",
                    help="grade only this component (repeatable; default: all the handout assigns)")
-    p.add_argument("--assigned", action="append", choices=[*names, ""], metavar="NAME",
+    p.add_argument("--assigned", action="append", choices=names, metavar="NAME",
                    help="grade as if the handout assigned these (repeatable; default: the copy's manifest)")
     p.add_argument("--json", metavar="PATH", help="also write one row per component as JSON to PATH (- for stdout)")
     p.add_argument("--csv", metavar="PATH", help="also write one row per component as CSV to PATH (- for stdout)")
@@ -104,8 +104,7 @@ def check_command(args):
 
     if args.time_limit:
         grader.TIME_LIMIT_S = args.time_limit
-    assigned = None if args.assigned is None else [n for n in args.assigned if n]
-    results = grader.grade(args.impl, args.component, assigned=assigned)
+    results = grader.grade(args.impl, args.component, assigned=args.assigned)
     to_stdout = "-" in (args.json, args.csv)
     print(grader.report(results), file=sys.stderr if to_stdout else sys.stdout)
     if args.json:
