@@ -129,6 +129,9 @@ def test_a_week1_check_grades_only_the_assigned_components_and_writes_rows(tmp_p
     assert status == {n: "pass" if n == "gelu" else "not implemented" if n in WEEKS[1] else "not assigned"
                       for n in NAMES}
     assert all(set(r) >= {"component", "week", "status", "passed", "ratio", "message"} for r in rows)
+    ratio = {r["component"]: r["ratio"] for r in rows}
+    assert 0 <= ratio["gelu"] <= 1, rows  # measured: the worst error over the tolerance
+    assert all(ratio[n] is None for n in NAMES if n != "gelu"), rows  # nothing measured: unwritten or unassigned
 
     code, out, err = cli("check", "--component", "gelu", "--component", "bpe", "--json", "-", "--csv", "rows.csv",
                          cwd=handout)

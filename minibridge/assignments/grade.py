@@ -277,11 +277,12 @@ def run_component(component, student, snapshot, tiny):
     if ratio > 1:
         notes = ["also failing: " + ", ".join(others)] if others else []
         hints = _symptoms(component, inputs, mine, reference, tiny)
-        return Result(component.name, False, message, notes + (hints or (["hint: " + case_hint] if case_hint else [])))
+        return Result(component.name, False, message, notes + (hints or (["hint: " + case_hint] if case_hint else [])),
+                      ratio=ratio)
     if component.tol == 0:
-        return Result(component.name, True, "exact match")
-    _, _, err, tol, _, _ = max(checks, key=lambda c: c[0])  # passing: the closest to its tolerance
-    return Result(component.name, True, f"worst error {err:.2g} (tolerance {tol:.2g})")
+        return Result(component.name, True, "exact match", ratio=0.0)
+    worst, _, err, tol, _, _ = max(checks, key=lambda c: c[0])  # passing: the closest to its tolerance
+    return Result(component.name, True, f"worst error {err:.2g} (tolerance {tol:.2g})", ratio=worst)
 
 
 def grade(impl, names=None, snapshots=SNAPSHOTS, assigned=None):
