@@ -1,7 +1,7 @@
 """The walkthrough notebooks (notebooks/0*.ipynb) run top to bottom, offline, on a small random checkpoint,
 and their exercises work.
 
-MINIBRIDGE_MODEL points every notebook at a TINY random checkpoint in the Hub layout (weights.save_random_checkpoint)
+MINIBRIDGE_MODEL points every notebook at a TINY random checkpoint in the Hub layout (`minibridge random-checkpoint --size tiny`)
 with the real RoBERTa tokenizer files, so nothing is downloaded; the inline backend renders every figure
 to PNG, as Jupyter does, so that the figures can be counted (each stamped as noise when drawn from the weights).
 Needs the `notebook-tests` extra (nbclient, nbformat, ipykernel, matplotlib) and ../shared/data/roberta-base;
@@ -23,6 +23,7 @@ import inspect
 import io
 import json
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,6 @@ from pathlib import Path
 import pytest
 
 import minibridge
-from minibridge.weights import save_random_checkpoint
 
 from helpers import PHOTOS, SHARED_DATA, TINY_REAL_VOCAB
 from notebook_wrong_answers import WRONG
@@ -252,8 +252,13 @@ def tiny_checkpoint(tmp_path_factory):
         pytest.importorskip(module, reason=f"running the notebooks needs {module}: pip install -e '.[notebook-tests]'")
     if not (SHARED_DATA / "roberta-base" / "tokenizer.json").is_file():
         pytest.skip(f"running the notebooks needs the real tokenizer files in {SHARED_DATA / 'roberta-base'}")
-    return save_random_checkpoint(tmp_path_factory.mktemp("tiny"), TINY_REAL_VOCAB, seed=0,
-                                  tokenizer_dir=SHARED_DATA / "roberta-base")
+    # Made as a user offline makes one (the README's offline start), at the tiny size for CI's time.
+    folder = tmp_path_factory.mktemp("checkpoints") / "random-tiny"
+    r = subprocess.run([sys.executable, "-m", "minibridge", "random-checkpoint", str(folder), "--size", "tiny",
+                        "--tokenizer", str(SHARED_DATA / "roberta-base")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((folder / "config.json").read_text())["text_config"] == TINY_REAL_VOCAB["text_config"]
+    return folder
 
 
 @pytest.fixture(scope="module")
