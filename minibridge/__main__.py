@@ -131,10 +131,9 @@ def _embed(args):
 def _random_checkpoint(args):
     import os
     import shutil
-    import tempfile
 
     from .config import BASE, LARGE, TINY, derived
-    from .weights import save_random_checkpoint
+    from .weights import check_tokenizer_dir, save_random_checkpoint
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -142,16 +141,14 @@ def _random_checkpoint(args):
             raise FileExistsError(f"{out} exists and is not empty; choose a new folder"
                                   + (" or pass --force to replace this checkpoint" if (out / "config.json").is_file()
                                      else " (--force replaces only a checkpoint folder)"))
-    tokenizer = Path(args.tokenizer) if args.tokenizer else _found_tokenizer()
+    tokenizer = check_tokenizer_dir(args.tokenizer) if args.tokenizer else _found_tokenizer()
     config = {"tiny": derived(TINY, text_config={"vocab_size": 50265, "max_position_embeddings": 514}),
               "base": BASE, "large": LARGE}[args.size]
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside OUT and renamed into place: an error or ^C leaves no half-made checkpoint.
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the checkpoint is an ordinary folder
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
+        tmp.mkdir()
         save_random_checkpoint(tmp, config, tuple(args.heads), args.seed, tokenizer)
         if out.exists():
             shutil.rmtree(out)
@@ -160,7 +157,7 @@ def _random_checkpoint(args):
         shutil.rmtree(tmp, ignore_errors=True)
     size_gb = (out / "model.safetensors").stat().st_size / 1e9
     print(f"wrote {out}: the {args.size} architecture with random weights (seed {args.seed}), heads "
-          f"{' '.join(args.heads)}, {size_gb:.2g} GB; tokenizer files from {tokenizer}.\n"
+          f"{' '.join(args.heads)}, {size_gb:.2f} GB; tokenizer files from {tokenizer}.\n"
           "Its outputs are noise (config.json says so); it is for running the code and notebooks offline:\n"
           f"  MINIBRIDGE_MODEL={out} jupyter lab notebooks/\n"
           f"  minibridge infer --model {out} photo.jpg \"a caption\"")

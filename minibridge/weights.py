@@ -13,6 +13,7 @@ offline, `random_weights` and `save_random_checkpoint` make a checkpoint of nois
 
 import json
 import mmap
+import os
 import re
 import shutil
 from pathlib import Path
@@ -328,6 +329,15 @@ def random_mark(folder):
     return (mark.get("note") or RANDOM_NOTE) if isinstance(mark, dict) else (RANDOM_NOTE if mark else None)
 
 
+def check_tokenizer_dir(folder):
+    """Path(folder) if it holds RoBERTa's tokenizer files (TOKENIZER_FILES), else FileNotFoundError."""
+    folder = Path(folder)
+    if not any(all((folder / name).is_file() for name in group) for group in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{folder} holds no RoBERTa tokenizer files: expected vocab.json and merges.txt, "
+                                "or tokenizer.json")
+    return folder
+
+
 def save_random_checkpoint(folder, config, heads=("itm", "mlm", "itc"), seed=0, tokenizer_dir=None):
     """Write a checkpoint of `random_weights` in the Hub layout, made without torch or the network.
 
@@ -346,10 +356,7 @@ def save_random_checkpoint(folder, config, heads=("itm", "mlm", "itc"), seed=0, 
     if "itc" in heads and (cfg.contrastive_hidden_size is None or cfg.logit_scale_init_value is None):
         raise ValueError("the itc head needs contrastive_hidden_size and logit_scale_init_value in the config")
     if tokenizer_dir is not None:
-        tokenizer_dir = Path(tokenizer_dir)
-        if not any(all((tokenizer_dir / name).is_file() for name in group) for group in TOKENIZER_FILES):
-            raise FileNotFoundError(f"{tokenizer_dir} holds no RoBERTa tokenizer files: expected vocab.json and "
-                                    "merges.txt, or tokenizer.json")
+        tokenizer_dir = check_tokenizer_dir(tokenizer_dir)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     own = {k for h in heads for k in head_shapes(cfg, h)}
@@ -357,6 +364,9 @@ def save_random_checkpoint(folder, config, heads=("itm", "mlm", "itc"), seed=0, 
     tmp = folder / "model.safetensors.partial"
     try:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # as the other files: safetensors writes it private
         tmp.replace(folder / "model.safetensors")  # never leave half a file behind
     finally:
         tmp.unlink(missing_ok=True)

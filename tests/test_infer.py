@@ -232,9 +232,10 @@ def test_random_checkpoint_without_tokenizer_says_where_to_get_one(tmp_path):
     for words in ("vocab.json", "merges.txt", "--tokenizer DIR", "roberta-base", "minibridge download"):
         assert words in r.stderr, (words, r.stderr)
     assert list(tmp_path.iterdir()) == [], "nothing may be written when the command fails"
-    r = cli("random-checkpoint", out, "--size", "tiny", "--tokenizer", tmp_path)  # a folder without the files
+    (tmp_path / "empty").mkdir()
+    r = cli("random-checkpoint", tmp_path / "weights" / "out", "--size", "tiny", "--tokenizer", tmp_path / "empty")
     assert r.returncode == 1 and "holds no RoBERTa tokenizer files" in r.stderr
-    assert list(tmp_path.iterdir()) == [], "a failed run must leave no partial folder"
+    assert [p.name for p in tmp_path.iterdir()] == ["empty"], "a failed run must leave no folder behind"
 
 
 def test_random_checkpoint_finds_the_tokenizer_of_a_downloaded_checkpoint(tmp_path):
