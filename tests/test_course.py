@@ -224,6 +224,90 @@ def test_a_timeout_names_the_students_file_and_line(two_part_handout):
     assert "PASS  softmax" in out and out.strip().splitlines()[-1] == "score: 1/2 components", out
 
 
+SWALLOW = ("    while True:  # a retry loop that swallows every exception, the TimeoutError too\n"
+           "        try:\n            while True:\n                pass\n        except BaseException:\n            pass\n")
+
+
+def test_a_component_that_will_not_stop_ends_the_check_and_says_where(two_part_handout):
+    handout = two_part_handout
+    solve(handout, "softmax")
+    tokenizer = handout / "minibridge" / "tokenizer.py"
+    plant(tokenizer, '    raise NotImplementedError("bpe in', SWALLOW + '    raise NotImplementedError("bpe in')
+    code, out, err = cli("check", "--time-limit", "0.5", cwd=handout)  # stops 1 s (the grace) after the limit
+    assert code == 3 and "Traceback" not in err, out + err
+    assert "PASS  softmax" in out, out  # printed as it was graded, before the stop
+    bpe = next(line for line in out.splitlines() if line.startswith("FAIL  bpe"))
+    where = re.search(r"the check stops here \(at minibridge/tokenizer.py:(\d+) in bpe\)$", bpe)
+    assert where and "past its time limit of 0.5 s" in bpe, bpe
+    assert int(where.group(1)) in [line_of(tokenizer, text) for text in ("while True:", "pass")], bpe
+    assert err.strip().splitlines()[-1].startswith("check stopped: bpe would not stop (at minibridge/tokenizer.py:"), err
+
+
+def test_grade_reports_a_submission_whose_check_stopped_itself(two_part_handout, tmp_path):
+    subs = tmp_path / "submissions"
+    shutil.copytree(two_part_handout, subs / "frank")
+    solve(subs / "frank", "softmax")
+    plant(subs / "frank" / "minibridge" / "tokenizer.py", '    raise NotImplementedError("bpe in',
+          SWALLOW + '    raise NotImplementedError("bpe in')
+    code, out, err = cli("grade", subs, "--component", "softmax", "--component", "bpe", "--time-limit", "0.5",
+                         "--reports", "reports", cwd=tmp_path)
+    assert code == 0, err
+    assert re.search(r"^frank: check stopped: bpe would not stop \(at minibridge/tokenizer.py:\d+ in bpe\)", out, re.M), out
+    report = (tmp_path / "reports" / "frank.txt").read_text(encoding="utf-8")
+    assert "PASS  softmax" in report and "FAIL  bpe" in report and "past its time limit" in report, report
+
+
+# ---- nothing assigned, the banner, what a handout holds ------------------------------------------------
+
+
+def test_a_handout_whose_work_was_all_released_says_nothing_is_assigned(tmp_path):
+    handout = tmp_path / "week1"
+    builder.build(handout, weeks=[1])
+    assert cli("release", handout, "--week", 1, cwd=tmp_path)[0] == 0
+    text = (handout / "ASSIGNMENTS.md").read_text(encoding="utf-8")
+    assert "Nothing is assigned in this handout now" in text and "| component |" not in text, text
+    assert "TODO" not in text and ", ".join(WEEKS[1]) in text, text
+    code, out, err = cli("check", cwd=handout)
+    assert code == 0, out + err
+    assert out.strip().splitlines()[-1] == (f"nothing is assigned in this handout (released: {', '.join(WEEKS[1])}): "
+                                            "nothing to grade"), out
+    assert "score:" not in out, out
+    code, out, err = cli("grade", tmp_path, "--handout", handout, cwd=tmp_path)
+    assert code == 2 and "assigns nothing now" in err and "--week N" in err, err
+
+
+def test_the_banner_says_what_a_student_types_in_the_handout_folder(two_part_handout):
+    ops = (two_part_handout / "minibridge" / "ops.py").read_text(encoding="utf-8")
+    check = "python -m minibridge.assignments check --component softmax"
+    assert f"#   Check it (from the handout folder): {check}" in ops
+    code, out, err = cli(*check.split()[3:], cwd=two_part_handout)  # exactly that, from there
+    assert code == 1 and out.startswith("FAIL  softmax  not implemented"), out + err
+    # The instructor guide's example banner is the one build writes.
+    guide = (PACKAGE.parent / "notebooks" / "assignments" / "README.md").read_text(encoding="utf-8")
+    banner = builder.banner(next(r for r in builder.package_regions() if r.function == "ops.layer_norm"))
+    assert banner[-2] in guide and banner[-1] in guide
+
+
+def test_a_handout_holds_no_notebooks_and_no_notebook_solutions(tmp_path):
+    builder.build(tmp_path / "handout")
+    assert sorted(p.name for p in (tmp_path / "handout").iterdir()) == ["ASSIGNMENTS.md", "minibridge"]
+    assert not [p for p in (tmp_path / "handout").rglob("*") if p.suffix == ".ipynb" or p.name == "solutions.py"]
+
+
+@pytest.mark.parametrize("module, old, new", [
+    ("weights.py", "import numpy as np", "import numpy as np\ndef broken(:"),
+    ("config.py", "import json", "import json\n1 / 0"),
+])
+def test_a_broken_weights_or_config_file_is_one_clear_error(two_part_handout, module, old, new):
+    path = two_part_handout / "minibridge" / module
+    plant(path, old, new)
+    code, out, err = cli("check", cwd=two_part_handout)
+    assert code == 2 and "Traceback" not in err, err
+    line = line_of(path, new.splitlines()[-1])
+    assert err.startswith(f"error: the grader cannot start: minibridge/{module}, line {line}: "), err
+    assert "not graded" in err and "back as the handout had it" in err and len(err.strip().splitlines()) == 1, err
+
+
 # ---- a folder of submissions --------------------------------------------------------------------------
 
 
@@ -240,7 +324,8 @@ def test_grading_a_folder_of_submissions_is_one_command(tmp_path):
     (subs / "erin").mkdir()  # handed in nothing
     softmax_body = "    e = array_module(x).exp(x - x.max(axis=-1, keepdims=True))"
     plant(subs / "bob" / "minibridge" / "ops.py", softmax_body, "    import sys\n    sys.exit(3)\n" + softmax_body)
-    plant(subs / "carol" / "minibridge" / "ops.py", softmax_body, "    import os\n    os._exit(7)\n" + softmax_body)
+    plant(subs / "carol" / "minibridge" / "ops.py", softmax_body,
+          "    print('carol was here')\n    import os\n    os._exit(7)\n" + softmax_body)
     plant(subs / "dave" / "minibridge" / "ops.py", softmax_body,
           "    import signal\n    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n    while True:\n        pass\n")
     (subs / "bob" / "minibridge" / builder.MANIFEST).write_text('{"assigned": [], "released": [], "withheld": []}')
@@ -254,8 +339,17 @@ def test_grading_a_folder_of_submissions_is_one_command(tmp_path):
     # bob's sys.exit fails softmax and attention (which calls it); his edited manifest changes nothing
     assert table["bob"] == ["PASS"] * 4 + ["FAIL", "FAIL", "4/6"], out
     assert table["carol"][-1] == "0/6" and table["dave"][-1] == "0/6" and table["erin"][-1] == "0/6", out
-    assert "carol: the check exited with status 7" in out, out
-    assert f"dave: still running after {SUBMISSION_TIMEOUT_S} s" in out, out
+    assert "carol: the check exited with status 7 while running softmax" in out, out
+    # dave's stack, dumped before the kill, names his line
+    dave_ops = subs / "dave" / "minibridge" / "ops.py"
+    dave = re.search(rf"dave: still running after {SUBMISSION_TIMEOUT_S} s, in component softmax "
+                     r"\(at minibridge/ops.py:(\d+) in softmax\): grading stopped", out)
+    assert dave and int(dave.group(1)) in (line_of(dave_ops, "while True:"), line_of(dave_ops, "pass")), out
+    # what carol's check printed before os._exit survives in her report (it runs unbuffered)
+    carol = (tmp_path / "reports" / "carol.txt").read_text(encoding="utf-8")
+    assert [line.split()[:2] for line in carol.splitlines()[:4]] == [["PASS", n] for n in WEEKS[1][:4]], carol
+    assert "carol was here" in carol and "while running softmax" in carol.splitlines()[-1], carol
+    assert "PASS  quick_gelu" in (tmp_path / "reports" / "dave.txt").read_text(encoding="utf-8")
     assert "erin: no minibridge package" in out, out
 
     book = {r["student"]: r for r in csv.DictReader(io.StringIO((tmp_path / "grades.csv").read_text(encoding="utf-8")))}

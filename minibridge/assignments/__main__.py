@@ -2,9 +2,10 @@
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
-from .components import COMPONENTS, WEEKS
+PACKAGE = Path(__file__).resolve().parents[1]  # the minibridge running this: a handout's, when run inside one
 
 EXAMPLES = """examples:
   python -m minibridge.assignments build handout/                    # every component becomes a TODO
@@ -18,6 +19,50 @@ EXAMPLES = """examples:
 
 
 def main(argv=None):
+    try:
+        return _main(argv)
+    except Exception as e:  # noqa: BLE001 (re-raised unless it is a handout's broken config.py or weights.py)
+        message = _broken_copy(e)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
+
+
+def _broken_copy(error):
+    """The paragraph for an error raised in a handout's own config.py, weights.py & co., or None.
+
+    subtle: inside a handout, `python -m minibridge.assignments` is the handout's grader, built on
+    the handout's config.py and weights.py (the tiny model's config and weights); students have no
+    reason to edit them and they are not graded, but a slip there would stop the grader with a raw
+    traceback. The graded modules (ops.py, ...) are imported on their own, never here.
+    """
+    if not (PACKAGE / "assignments" / "assignment.json").is_file():
+        return None  # the reference: its developers want the traceback
+    if isinstance(error, SyntaxError) and error.filename:
+        frames = [(error.filename, error.lineno)]
+    else:
+        frames = [(f.filename, f.lineno) for f in traceback.extract_tb(error.__traceback__)]
+    ours = [(Path(f).resolve(), n) for f, n in frames if Path(f).resolve().is_relative_to(PACKAGE)]
+    if not ours or ours[-1][0].parent not in (PACKAGE, PACKAGE / "assignments") or ours[-1][0].stem in GRADED_MODULES:
+        return None
+    path, line = ours[-1]
+    name = "minibridge/" + path.relative_to(PACKAGE).as_posix()
+    what = error.msg if isinstance(error, SyntaxError) else error
+    return (f"error: the grader cannot start: {name}, line {line}: {type(error).__name__}: {what}. This handout's "
+            "grader runs on its own minibridge/config.py and minibridge/weights.py (the tiny model every component "
+            "is graded on) and minibridge/assignments/; they are not graded and not yours to change. Put "
+            f"{name} back as the handout had it (undo the edit, or copy the file from a fresh copy of the "
+            "handout), then run check again.")
+
+
+# grade.MODULES (not imported: grade.py may be what is broken): their errors fail components instead
+GRADED_MODULES = ("ops", "vision", "text", "bridge", "heads", "model", "tokenizer")
+
+
+def _main(argv=None):
+    from .components import COMPONENTS, WEEKS
+
     parser = argparse.ArgumentParser(prog="python -m minibridge.assignments", epilog=EXAMPLES,
                                      description="Course assignments generated from minibridge's source.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +90,11 @@ def main(argv=None):
                    help="grade as if the handout assigned these (repeatable; default: the copy's manifest)")
     p.add_argument("--json", metavar="PATH", help="also write one row per component as JSON to PATH (- for stdout)")
     p.add_argument("--csv", metavar="PATH", help="also write one row per component as CSV to PATH (- for stdout)")
-    p.add_argument("--time-limit", type=float, metavar="S", help="seconds one component may run (default 60)")
+    p.add_argument("--time-limit", type=float, metavar="S", help="seconds one component may run (default 60); "
+                   "one still running a tenth more (at least 1 s) ends the check, exit status 3")
+    p.add_argument("--progress", action="store_true",
+                   help="for `grade`: write `check: running NAME` to stderr as each component starts, and the "
+                        "Python stack there on SIGUSR1 or a crash")
 
     p = sub.add_parser("release", help="put the reference code of components back into a handout (after a deadline)")
     p.add_argument("handout", help="a folder written by `build`")
@@ -79,6 +128,7 @@ def main(argv=None):
 
 def build_command(args):
     from .build import build, plan
+    from .components import COMPONENTS, WEEKS
 
     released = None
     if args.release:
@@ -99,14 +149,33 @@ def _print_plan(assigned, released, withheld):
 
 
 def check_command(args):
+    import faulthandler
+    import signal
+
     from . import grade as grader
+    from .components import COMPONENTS
     from .course import FIELDS, rows, write_csv, write_json
 
     if args.time_limit:
         grader.TIME_LIMIT_S = args.time_limit
-    results = grader.grade(args.impl, args.component, assigned=args.assigned)
-    to_stdout = "-" in (args.json, args.csv)
-    print(grader.report(results), file=sys.stderr if to_stdout else sys.stdout)
+    if args.progress:  # grade's child process: its parent reads where a crash or a hang happened on stderr
+        faulthandler.enable(file=sys.stderr)
+        if hasattr(signal, "SIGUSR1"):
+            faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    out = sys.stderr if "-" in (args.json, args.csv) else sys.stdout
+    width = max(len(c.name) for c in COMPONENTS if not args.component or c.name in args.component)
+
+    def progress(name, result):
+        # Each line as its component ends (the same lines as grader.report), so that a check that is
+        # stopped, or that stops itself, has printed what it graded before.
+        if result is None:
+            if args.progress:
+                print(grader.RUNNING + name, file=sys.stderr, flush=True)
+            return
+        print("\n".join(grader.report_lines(result, width)), file=out, flush=True)
+
+    results = grader.grade(args.impl, args.component, assigned=args.assigned, progress=progress, hard_stop=True)
+    print(grader.score_line(results), file=out, flush=True)
     if args.json:
         write_json(rows(results), args.json)
     if args.csv:
@@ -116,6 +185,7 @@ def check_command(args):
 
 def release_command(args):
     from .build import copy_root, read_manifest, release
+    from .components import COMPONENTS, WEEKS
 
     names = [c.name for c in COMPONENTS] if args.all else args.component
     if not names and not args.week:
@@ -132,6 +202,7 @@ def release_command(args):
 
 def grade_command(args):
     from .build import copy_root, read_manifest
+    from .components import COMPONENTS, WEEKS
     from .course import gradebook, grade_folder, long_rows, summary, write_csv, write_json
 
     assigned = None
@@ -141,6 +212,10 @@ def grade_command(args):
             raise FileNotFoundError(f"{args.handout} holds no manifest (minibridge/assignments/assignment.json): "
                                     "is it a handout written by `build`?")
         assigned = manifest["assigned"]
+        if not assigned and not (args.week or args.component):
+            released = ", ".join(manifest["released"]) or "-"
+            raise ValueError(f"{args.handout} assigns nothing now (released: {released}), so there is nothing "
+                             "to grade; grade what it assigned with --week N or --component NAME")
     if args.week or args.component:
         assigned = [c.name for c in COMPONENTS if c.name in {*(assigned or ()), *args.component,
                                                               *(n for w in args.week for n in WEEKS[w])}]
@@ -162,7 +237,7 @@ def grade_command(args):
 
 
 def list_command(args):
-    from .components import week_of
+    from .components import COMPONENTS, week_of
 
     for c in COMPONENTS:
         print(f"{c.name} (week {week_of(c.name)}): {c.summary}")

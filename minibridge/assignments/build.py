@@ -128,7 +128,7 @@ def banner(region, assigned=True):
         text += [""] + _wrap("  Given: " + component.hints[region.function], "    ")
     if region.keep_defined:
         text += ["", "  The code below this part reads: " + ", ".join(region.keep_defined) + "."]
-    text += ["", f"  Check it: python -m minibridge.assignments check --impl <this copy> --component {component.name}"]
+    text += ["", f"  Check it (from the handout folder): python -m minibridge.assignments check --component {component.name}"]
     out = [region.indent + ("# " + t if t else "#") for t in text]
     out.append(f'{region.indent}raise NotImplementedError("{name} in minibridge/{module} '
                f'(component {component.name}) is yours to write")')
@@ -352,15 +352,28 @@ def handout(chosen):
     lines = ["# Assignments", ""]
     if chosen.weeks:
         lines += [f"Week {', '.join(map(str, chosen.weeks))} of the minibridge course.", ""]
-    lines += ["Set up once (Python 3.10 or later):", "", "```bash", INSTALL, "```", "",
-              "Each component below is a set of functions in `minibridge/` whose bodies are a TODO that raises",
+    lines += ["Set up once (Python 3.10 or later):", "", "```bash", INSTALL, "```", ""]
+    if not chosen.assigned:
+        # subtle: after `release` gives back everything a handout assigned, there is nothing to write;
+        # a table of TODOs with no rows would read as a broken handout.
+        lines += ["Nothing is assigned in this handout now: there is nothing to write, and `check` says so",
+                  "(`nothing is assigned in this handout`, exit status 0).", ""]
+        if chosen.released:
+            lines += [f"Released, the reference code to read and compare with your own: {', '.join(chosen.released)}.",
+                      ""]
+        if chosen.withheld:
+            lines += [f"Not in this handout (their bodies raise `NotImplementedError`): {', '.join(chosen.withheld)}.",
+                      ""]
+        return "\n".join(lines)
+    lines += ["Each component below is a set of functions in `minibridge/` whose bodies are a TODO that raises",
               "`NotImplementedError`. Write them in this order: later components call your earlier ones.",
               "Check your work from this folder (no torch needed):", "",
-              "```bash", "python -m minibridge.assignments check --impl .                   # every assigned component",
-              f"python -m minibridge.assignments check --impl . --component {(chosen.assigned or ['softmax'])[0]}"
-              "  # one of them", "```", "",
+              "```bash", "python -m minibridge.assignments check                   # every assigned component",
+              f"python -m minibridge.assignments check --component {chosen.assigned[0]}  # one of them", "```", "",
               "It prints PASS or FAIL per component (a failure shows the worst element: its index, your",
-              "value and the reference's) and ends with `score: P/N components`.", "",
+              "value and the reference's) and ends with `score: P/N components`. A component still running",
+              "after its time limit (60 s) fails with a TimeoutError at your line; one that will not stop even",
+              "then (a loop that catches every exception) ends the check, which says where it was.", "",
               "| component | write | builds on | what it is |", "|---|---|---|---|"]
     for c in COMPONENTS:
         if c.name not in chosen.assigned:
@@ -373,4 +386,6 @@ def handout(chosen):
     if chosen.withheld:
         lines += [f"Not assigned in this handout (their bodies raise `NotImplementedError`, and `check` "
                   f"skips them): {', '.join(chosen.withheld)}.", ""]
+    lines += ["The grader runs on this copy's `minibridge/config.py`, `minibridge/weights.py` and",
+              "`minibridge/assignments/`: they are not graded; leave them as they are.", ""]
     return "\n".join(lines)

@@ -6,7 +6,10 @@
 `grade_folder` grades each submission (a folder holding minibridge/) in a process of its own,
 `python -m minibridge.assignments check --impl SUBMISSION --json FILE`, run with *this* minibridge
 and under a wall-clock limit: a student's sys.exit, endless loop or crash stops their own grading,
-never the batch. The rows it collects make one summary table, a CSV gradebook and a JSON file.
+never the batch. The check runs unbuffered with --progress, so a crash's report keeps the lines it
+printed first and names the component it was running and, where Python could still say (a stack
+dumped on SIGUSR1 before a timeout's kill, or on a fatal error), the student's line. The rows it
+collects make one summary table, a CSV gradebook and a JSON file.
 """
 
 import csv
@@ -14,6 +17,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +28,7 @@ from pathlib import Path
 
 from .build import read_manifest
 from .components import BY_NAME, COMPONENTS, week_of
-from .grade import package_dir, status_of
+from .grade import RUNNING, STOPPED, package_dir, status_of, where_in_dump
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the minibridge that grades: its parent is the subprocesses' cwd
 SUBMISSION_TIMEOUT_S = 600  # one whole submission (16 components take about a second when they end)
@@ -114,27 +118,81 @@ def grade_one(path, assigned=None, timeout_s=SUBMISSION_TIMEOUT_S, time_limit_s=
         expected = list(assigned)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rows.json"
-        command = [sys.executable, "-m", "minibridge.assignments", "check", "--impl", str(path.resolve()),
-                   "--json", str(out)]
+        command = [sys.executable, "-u", "-m", "minibridge.assignments", "check", "--impl", str(path.resolve()),
+                   "--json", str(out), "--progress"]
         command += [f"--assigned={n}" for n in assigned or ()]
         if time_limit_s:
             command += ["--time-limit", str(time_limit_s)]
         # subtle: the cwd is the grading package's parent, so `-m minibridge` is this minibridge,
         # never a copy in the current folder; a session of its own lets a timeout kill what it started.
+        # Unbuffered (-u), the report lines printed before a crash reach us; --progress names each
+        # component on stderr as it starts, and dumps the stack on SIGUSR1 or a fatal error.
         proc = subprocess.Popen(command, cwd=PACKAGE.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                                text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
                                 start_new_session=hasattr(os, "killpg"))
         try:
             stdout, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL) if hasattr(os, "killpg") else proc.kill()
-            stdout, stderr = proc.communicate()
-            return _stopped(path.name, expected, f"still running after {timeout_s:g} s: grading stopped", stdout)
+            stdout, stderr = _stop(proc)
+            where = f", in component {_running(stderr)}" if _running(stderr) else ""
+            problem = f"still running after {timeout_s:g} s{where}{where_in_dump(stderr, root)}: grading stopped"
+            return _stopped(path.name, expected, problem, _partial(stdout, stderr, problem))
         if proc.returncode in (0, 1) and out.is_file():
             found = json.loads(out.read_text(encoding="utf-8"))
             return Submission(path.name, found, "", stdout, [r["component"] for r in found if r["status"] != "not assigned"])
-    last = (stderr.strip().splitlines() or [""])[-1]
-    return _stopped(path.name, expected, f"the check exited with status {proc.returncode}: {last}", stdout + stderr)
+    problem = _crash(proc.returncode, stderr, root)
+    return _stopped(path.name, expected, problem, _partial(stdout, stderr, problem))
+
+
+DUMP_WAIT_S = 1  # after SIGUSR1, how long the child has to write its stack (faulthandler writes at once)
+
+
+def _stop(proc):
+    """Kill a check that ran past its time, after asking it for its stack (SIGUSR1, --progress): (stdout, stderr)."""
+    if hasattr(signal, "SIGUSR1"):
+        try:
+            proc.send_signal(signal.SIGUSR1)
+            proc.communicate(timeout=DUMP_WAIT_S)  # it goes on running: this times out, keeping what was written
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    os.killpg(proc.pid, signal.SIGKILL) if hasattr(os, "killpg") else proc.kill()
+    return proc.communicate()
+
+
+DUMP_LINE = re.compile(r'\s+File "|(Current thread|Thread) 0x|Extension modules:|Timeout \(')  # faulthandler's
+
+
+def _running(stderr):
+    """The component a check --progress was running last (its last `check: running NAME`), or ""."""
+    names = [line[len(RUNNING):].strip() for line in stderr.splitlines() if line.startswith(RUNNING)]
+    return names[-1] if names else ""
+
+
+def _crash(returncode, stderr, root):
+    """Why a check ended without its rows: its exit status or signal, the component running, where, its last words."""
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith(RUNNING)]
+    if lines and lines[-1].startswith(STOPPED):  # it stopped itself (grade._hard_stop): that line says it all
+        return lines[-1]
+    how = f"exited with status {returncode}"
+    if returncode < 0:  # POSIX: killed by a signal (a segfault in a C extension, the OOM killer)
+        try:
+            how = f"was killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            how = f"was killed by signal {-returncode}"
+    running = _running(stderr)
+    # Its last words: a fatal error's name (faulthandler's dump follows it), else its last plain line.
+    fatal = [line for line in lines if line.startswith("Fatal Python error")]
+    plain = [line for line in lines if line.strip() and not DUMP_LINE.match(line)]
+    last = (fatal or plain or [""])[-1].strip()
+    return (f"the check {how}" + (f" while running {running}" if running else "") + where_in_dump(stderr, root)
+            + (f": {last}" if last else ""))
+
+
+def _partial(stdout, stderr, problem):
+    """The report of a check that did not finish: the lines it printed, then its stderr (less the markers
+    and `problem`, which the report's last line repeats)."""
+    rest = "\n".join(line for line in stderr.splitlines() if not line.startswith(RUNNING) and line != problem).strip()
+    return stdout + (f"\n--- the check's stderr ---\n{rest}\n" if rest else "")
 
 
 def _stopped(name, expected, problem, report=""):

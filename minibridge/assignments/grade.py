@@ -9,10 +9,13 @@ own versions of the components it builds on, so one mistake fails its component 
 """
 
 import contextlib
+import faulthandler
 import importlib
 import importlib.machinery
 import importlib.util
 import itertools
+import os
+import re
 import signal
 import sys
 import threading
@@ -31,6 +34,13 @@ SNAPSHOTS = Path(__file__).with_name("snapshots.npz")
 # ends fails its component instead of hanging the grader.
 TIME_LIMIT_S = 60
 MODULES = ("ops", "vision", "text", "bridge", "heads", "model", "tokenizer")  # what components call
+# `check` ends itself, with this exit status, when a component is still running a grace period
+# after its time limit (code that catches the TimeoutError and goes on); see _hard_stop.
+HARD_STOP_EXIT = 3
+RUNNING = "check: running "  # `check --progress` writes this and the component's name to stderr before each
+STOPPED = "check stopped: "  # the last line `check` writes to stderr when _hard_stop ends it
+RELEASED = "not assigned: given, its solution released"
+NOT_ASSIGNED = "not assigned in this handout"
 
 _counter = itertools.count()
 
@@ -234,6 +244,60 @@ def _time_limit(seconds):
         signal.signal(signal.SIGALRM, previous)
 
 
+def grace_s(limit):
+    """Seconds past a component's time limit before `check` gives up on it (_hard_stop)."""
+    return max(1.0, 0.1 * limit)
+
+
+@contextlib.contextmanager
+def _hard_stop(name, seconds, root, progress=None):
+    """End the process if the code inside still runs after `seconds`: the last resort behind _time_limit.
+
+    _time_limit raises a TimeoutError in the student's code, which a loop with `except BaseException:`
+    (or a bare `except:`) catches and ignores; nothing in-process can then take control back. A
+    watchdog thread reports the component as an error at the student's line (through `progress`,
+    as the other components' lines, else on stderr), writes a STOPPED line to stderr and ends the
+    process with HARD_STOP_EXIT. subtle: a thread needs the GIL, which code stuck inside one C call
+    (a regex that backtracks forever) never releases; faulthandler's own C watchdog then dumps the
+    stack and exits (status 1) after a second grace period.
+    """
+    main = threading.main_thread().ident
+
+    def stop():
+        frame = sys._current_frames().get(main)
+        at = _at([(f.filename, f.lineno, f.name) for f in traceback.extract_stack(frame)], root) if frame else ""
+        result = Result(name, False, f"error: still running {seconds:g} s after it started, past its time limit "
+                        f"of {TIME_LIMIT_S:g} s: the check stops here{at}",
+                        ["hint: code that catches the TimeoutError and goes on (`except BaseException:` or a bare "
+                         "`except:` inside a loop), or one computation that never returns to Python"], status="error")
+        try:
+            if progress:
+                progress(name, result)
+            else:
+                print("\n".join(report_lines(result, len(name))), file=sys.stderr)
+            print(f"{STOPPED}{name} would not stop{at}; the components after it were not graded "
+                  f"(exit status {HARD_STOP_EXIT})", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(HARD_STOP_EXIT)
+
+    watchdog = threading.Timer(seconds, stop)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        faulthandler.dump_traceback_later(seconds + grace_s(seconds), exit=True, file=sys.stderr)
+        backstop = True
+    except (AttributeError, ValueError, OSError):  # a stderr with no file descriptor (captured in a test)
+        backstop = False
+    try:
+        yield
+    finally:
+        watchdog.cancel()
+        if backstop:
+            faulthandler.cancel_dump_traceback_later()
+
+
 def _where(error, root):
     """ " (at minibridge/ops.py:120 in softmax)" for the last traceback frame in the student's code.
 
@@ -243,11 +307,26 @@ def _where(error, root):
     """
     if isinstance(error, SyntaxError) and error.filename and _is_students(error.filename, root):
         return f" (at minibridge/{Path(error.filename).resolve().relative_to(root).as_posix()}:{error.lineno})"
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if _is_students(f.filename, root)]
+    return _at([(f.filename, f.lineno, f.name) for f in traceback.extract_tb(error.__traceback__)], root)
+
+
+def _at(frames, root):
+    """ " (at minibridge/ops.py:120 in softmax)" for the last of `frames`, (file, line, function) oldest
+    first, in the student's code; "" when none is."""
+    frames = [f for f in frames if _is_students(f[0], root)]
     if not frames:
         return ""
-    f = frames[-1]
-    return f" (at minibridge/{Path(f.filename).resolve().relative_to(root).as_posix()}:{f.lineno} in {f.name})"
+    filename, line, function = frames[-1]
+    return f" (at minibridge/{Path(filename).resolve().relative_to(root).as_posix()}:{line} in {function})"
+
+
+def where_in_dump(text, root):
+    """_at for a stack that faulthandler wrote into `text`: its innermost frame in the student's code, or "".
+
+    faulthandler lists each thread's frames innermost first; the grader's threads hold no student frame.
+    """
+    frames = re.findall(r'^  File "(.+)", line (\d+) in (\S+)', text, re.M)
+    return _at([f for f in frames if _is_students(f[0], root)][:1], root)
 
 
 def _is_students(filename, root):
@@ -285,12 +364,16 @@ def run_component(component, student, snapshot, tiny):
     return Result(component.name, True, f"worst error {err:.2g} (tolerance {tol:.2g})", ratio=worst)
 
 
-def grade(impl, names=None, snapshots=SNAPSHOTS, assigned=None):
+def grade(impl, names=None, snapshots=SNAPSHOTS, assigned=None, progress=None, hard_stop=False):
     """Results of the student copy at `impl` on the named components (default: all), in teaching order.
 
     Only the components the handout assigns are graded: `assigned`, by default those its manifest
     lists (build.read_manifest), or all of them in a copy without one (the reference). The others
     come back unrun, passed False and status "not assigned".
+    progress: called as progress(name, None) before a component is graded and progress(name, result)
+    once it is (its notes complete), so a caller can print each line as it comes.
+    hard_stop: end the process when a component is still running grace_s after its time limit
+    (_hard_stop; for the `check` command, never for a caller that must go on).
     """
     unknown = [n for n in [*(names or ()), *(assigned or ())] if n not in BY_NAME]
     if unknown:
@@ -299,23 +382,34 @@ def grade(impl, names=None, snapshots=SNAPSHOTS, assigned=None):
     snaps = load_snapshots(snapshots)
     tiny = Tiny.make()
     student = Student(impl)
+    results, failed = [], set()
     try:
         manifest = read_manifest(student.root)
         if assigned is None:
             assigned = list(BY_NAME) if manifest is None else manifest["assigned"]
         given = manifest["released"] if manifest else ()
-        results = [run_component(c, student, snaps[c.name], tiny) if c.name in assigned else
-                   Result(c.name, False, "not assigned: given, its solution released" if c.name in given else
-                          "not assigned in this handout", status="not assigned") for c in chosen]
+        for c in chosen:
+            if c.name not in assigned:
+                r = Result(c.name, False, RELEASED if c.name in given else NOT_ASSIGNED, status="not assigned")
+            else:
+                if progress:
+                    progress(c.name, None)
+                limit = TIME_LIMIT_S + grace_s(TIME_LIMIT_S)
+                with _hard_stop(c.name, limit, student.root, progress) if hard_stop else contextlib.nullcontext():
+                    r = run_component(c, student, snaps[c.name], tiny)
+            r.status = status_of(r)
+            # Foundations come earlier in teaching order (tests/test_assignments.py checks it): their
+            # results are in by now.
+            below = [n for n in foundations(r.name) if n in failed]
+            if r.status not in ("pass", "not assigned"):
+                failed.add(r.name)
+                if below:
+                    r.notes.append("builds on failing " + ", ".join(below) + ": fix those first")
+            results.append(r)
+            if progress:
+                progress(c.name, r)
     finally:
         student.close()
-    for r in results:
-        r.status = status_of(r)
-    failed = {r.name for r in results if r.status not in ("pass", "not assigned")}
-    for r in results:
-        below = [n for n in foundations(r.name) if n in failed]
-        if r.name in failed and below:
-            r.notes.append("builds on failing " + ", ".join(below) + ": fix those first")
     return results
 
 
@@ -332,15 +426,33 @@ def report(results):
     """The grader's output: one line per component (plus notes), then `score: P/N components`.
 
     The score counts the graded components; those not assigned are listed with `----` and not counted.
+    With none graded, the last line says that nothing is assigned instead (score_line).
     """
     width = max((len(r.name) for r in results), default=0)
-    lines = []
-    for r in results:
-        if status_of(r) == "not assigned":
-            lines.append(f"----  {r.name:<{width}}  {r.message}")
-            continue
-        lines.append(f"{'PASS' if r.passed else 'FAIL'}  {r.name:<{width}}  {r.message}")
-        lines += [f"      {'':<{width}}  {note}" for note in r.notes]
+    return "\n".join([line for r in results for line in report_lines(r, width)] + [score_line(results)])
+
+
+def report_lines(result, width):
+    """The report's lines for one Result: its PASS, FAIL or ---- line and its notes (names padded to `width`)."""
+    if status_of(result) == "not assigned":
+        return [f"----  {result.name:<{width}}  {result.message}"]
+    return [f"{'PASS' if result.passed else 'FAIL'}  {result.name:<{width}}  {result.message}",
+            *(f"      {'':<{width}}  {note}" for note in result.notes)]
+
+
+def score_line(results):
+    """`score: P/N components` over the graded results; with none graded, that nothing is assigned.
+
+    subtle: a handout whose work was all released (`release --week 1` on week 1's) assigns nothing;
+    "score: 0/0" would read as a grade, so the line says what happened instead.
+    """
     graded = [r for r in results if status_of(r) != "not assigned"]
-    lines.append(f"score: {sum(r.passed for r in graded)}/{len(graded)} components")
-    return "\n".join(lines)
+    if graded:
+        return f"score: {sum(r.passed for r in graded)}/{len(graded)} components"
+    released = [r.name for r in results if r.message == RELEASED]
+    if len(results) == len(COMPONENTS):
+        return ("nothing is assigned in this handout" + (f" (released: {', '.join(released)})" if released else "")
+                + ": nothing to grade")
+    names = [r.name for r in results]
+    return (f"nothing to grade: {', '.join(names) or 'no component'} {'is' if len(names) == 1 else 'are'} "
+            "not assigned in this handout")
