@@ -12,8 +12,9 @@ The exercises (notebooks/README.md): markdown cells tagged `exercise`, headed "E
 predict, run)" or "(implement, then check)". An implement exercise is followed by its stub (tag
 `exercise-stub`, functions my_*) and its check cell (tag `check`); each check cell is run here without
 a kernel with the solutions in notebooks/solutions.py (PASS) and with a typical wrong answer from
-tests/notebook_wrong_answers.py (FAIL, with the grader's message). A change-predict-run exercise asks
-for the prediction (tag `predict`) in a cell before the one that answers it (tag `answer`).
+tests/notebook_wrong_answers.py (FAIL, naming the failing case, with the grader's hint where it has
+one). A change-predict-run exercise asks for the prediction (tag `predict`) in a cell before the one
+that answers it (tag `answer`).
 """
 
 import ast
@@ -180,16 +181,17 @@ def test_check_cell_passes_the_solution(stub, check):
 
 
 @pytest.mark.parametrize("stub, check", _check_cells())
-def test_check_cell_fails_a_typical_wrong_answer_with_the_graders_message(stub, check):
+def test_check_cell_fails_a_typical_wrong_answer_naming_the_case(stub, check):
+    """The FAIL line names the failing output and case, shows the element (mine beside the reference's)
+    and, where the grader has a hint for the mistake, the hint (notebook_wrong_answers.Wrong says what)."""
     for wrong_name in _stub_names(stub):
-        namespace = {name: getattr(solutions, name) for name in _stub_names(stub)}
-        wrong, message = WRONG[wrong_name]
-        namespace[wrong_name] = wrong
-        with _quiet_numpy():
-            printed = _run_cell(check, namespace)
-        assert "FAIL" in printed and message in printed, (wrong.__name__, printed)
-        assert "mine" in printed and "reference" in printed, printed  # the element, mine beside the reference's
-        assert not namespace["result"].passed
+        for wrong in WRONG[wrong_name]:
+            namespace = {name: getattr(solutions, name) for name in _stub_names(stub)}
+            namespace[wrong_name] = wrong.fn
+            with _quiet_numpy():
+                printed = _run_cell(check, namespace)
+            assert not wrong.problems(printed), (wrong.fn.__name__, wrong.problems(printed), printed)
+            assert not namespace["result"].passed
 
 
 @pytest.mark.parametrize("stub, check", _check_cells())
@@ -308,6 +310,32 @@ def test_notebook_runs_offline(path, tiny_checkpoint, timings, monkeypatch):
             assert "FAIL" in printed and "not implemented" in printed, printed
     leaked = [line for line in _solution_lines() if line in text]
     assert not leaked, f"{path.name} shows lines of an assignment's solution: {leaked[:3]}"
+
+
+# Exercise 5.3 asks the learner to change the bridge dial. Every s is compared with s = 1 (the published
+# model), wherever 1 is in the dial, and a dial without it gets it added: this one has no 1 (added between
+# 0.5 and 2, so not last) and no 0 (the "both off" bar is then computed on its own).
+OTHER_DIAL = "np.array([0.5, 2.0])"
+
+
+def test_the_bridge_dial_compares_with_s_1_for_any_dial(tiny_checkpoint, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = NOTEBOOK_DIR / "05_bridges_and_coattention.ipynb"
+    monkeypatch.setenv("MINIBRIDGE_MODEL", str(tiny_checkpoint))
+    monkeypatch.setenv("MINIBRIDGE_PHOTOS", str(PHOTOS))
+    monkeypatch.setenv("MPLBACKEND", "agg")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    notebook = nbformat.read(path, as_version=4)
+    dial_cells = [c for c in notebook.cells if c.cell_type == "code" and re.search(r"^dial = ", c.source, re.M)]
+    assert len(dial_cells) == 1, "exercise 5.3: one cell sets `dial`"
+    dial_cells[0].source = re.sub(r"^dial = .*$", f"dial = {OTHER_DIAL}", dial_cells[0].source, flags=re.M)
+    NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    printed = "".join(o.get("text", "") for o in dial_cells[0].outputs)
+    assert "adding it" in printed, printed
+    assert re.search(r"s = 1 reproduces the model: max \|difference\| = 0\.0\b", printed), printed
 
 
 def _solution_lines():
