@@ -10,6 +10,13 @@ is minibridge's own output, so the snapshots can catch a mistake that minibridge
 
 Each component has a maker (seeded inputs, numpy) and a reference (outputs, torch); `references`
 recomputes the outputs from stored inputs, which is how tests check the committed file.
+
+Some components also have *stored mistakes* (`mistakes_<component>`): what a typical mistake computes
+from the same inputs, each named by a components.Symptom whose hint the grader gives when a student's
+outputs match it. They are computed here, with the reference's modules where it has the piece, so
+that the grader (which ships in every handout) never computes a component, right or wrong: a handout
+holds no solution, and a hint never depends on the student's own files. `mistake_outputs` recomputes
+them from stored inputs, as `references` does the outputs.
 """
 
 import argparse
@@ -304,6 +311,125 @@ def ref_bridgetower(x, t, ctx):
     return {k: out[k] for k in ("text_features", "image_features", "pooler_output")}
 
 
+# ---- stored mistakes: what typical mistakes compute, one function per component that has them --------------
+# Each returns {mistake: {output: array}} for the mistakes its component's symptoms name (components.Symptom).
+# Float mistakes are computed in float64 where the arithmetic is written out here: the exact value of
+# the mistake, which a student's float32 version lands within a few u of.
+
+
+def mistakes_layer_norm(x, t, ctx):
+    F = t.nn.functional
+    X, w, b, eps = (t.tensor(x[k], dtype=t.float64) for k in ("x", "weight", "bias", "eps"))
+    D, eps = X.shape[-1], float(eps)
+    c = X - X.mean(-1, keepdim=True)
+    var = (c * c).mean(-1, keepdim=True)
+    return {"no_eps": {"y": F.layer_norm(X, (D,), w, b, eps=0.0)},
+            "eps_outside_root": {"y": c / (var.sqrt() + eps) * w + b},
+            "eps_1e-6": {"y": F.layer_norm(X, (D,), w, b, eps=1e-6)},
+            "unbiased_variance": {"y": c / (X.var(-1, unbiased=True, keepdim=True) + eps).sqrt() * w + b},
+            "no_bias": {"y": F.layer_norm(X, (D,), w, None, eps)},
+            "no_weight": {"y": F.layer_norm(X, (D,), None, b, eps)}}
+
+
+def mistakes_gelu(x, t, ctx):
+    from transformers.activations import QuickGELUActivation
+
+    X = t.tensor(x["x"], dtype=t.float64)
+    return {"tanh_approximation": {"y": t.nn.functional.gelu(X, approximate="tanh")},
+            "quick_gelu": {"y": QuickGELUActivation()(X)}}
+
+
+def mistakes_quick_gelu(x, t, ctx):
+    X = t.tensor(x["x"], dtype=t.float64)
+    return {"sigmoid_of_x": {"y": t.nn.functional.silu(X)},
+            "exact_gelu": {"y": t.nn.functional.gelu(X, approximate="none")}}
+
+
+def mistakes_attention(x, t, ctx):
+    """Heads interleaved: head h reads features h, h + H, h + 2H, … (a reshape to [.., Dh, H])."""
+    from transformers.models.bridgetower.modeling_bridgetower import eager_attention_forward
+
+    s, H = x["s"], int(x["self_num_heads"])
+    split = t.tensor(s).reshape(s.shape[0], s.shape[1], -1, H).permute(0, 3, 1, 2)  # [B, S, D] -> [B, H, S, Dh]
+    _, probs = eager_attention_forward(t.nn.Module().eval(), split, split, split, None)
+    return {"interleaved_heads": {"self_probs": probs}}
+
+
+def mistakes_text_embed(x, t, ctx):
+    emb = ctx["model"].text_model.embeddings
+    ids = t.tensor(x["input_ids"])
+    positions = emb.create_position_ids_from_input_ids(ids, emb.padding_idx)
+    counted = t.arange(ids.shape[1]).expand(ids.shape)  # 0, 1, 2, … over every token, pads included
+    untyped = emb.LayerNorm(emb.word_embeddings(ids) + emb.position_embeddings(positions))  # no token type row
+    return {"no_token_type": {"embeddings": untyped},
+            "positions_0_1_2_over_pads": {"embeddings": emb(input_ids=ids, position_ids=counted)},
+            "positions_2_3_4_over_pads": {"embeddings": emb(input_ids=ids, position_ids=counted + 2)}}
+
+
+def _merge_loop(word, rank, pick=min, rounds=None):
+    """The textbook merge loop of one word: take the adjacent pair `pick` chooses by rank, merge all its
+    occurrences left to right, repeat (at most `rounds` times). With min and no limit it is tokenizers'
+    BPE (mistakes_bpe checks it on every stored word); with max the merges go highest rank first.
+
+    subtle: tokenizers itself cannot stand in for the highest-first loop: given the merge table reversed,
+    it merges one occurrence at a time, and a pair formed by a merge can then go before an older
+    occurrence of the same pair (Ġbbbbbbb: Ġ bbb bbb b, where the loop gives Ġ bb bb bbb).
+    """
+    symbols = list(word)
+    while len(symbols) > 1 and rounds != 0:
+        known = [pair for pair in zip(symbols, symbols[1:]) if pair in rank]
+        if not known:
+            break
+        best, merged, i = pick(known, key=rank.get), [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                merged.append(symbols[i] + symbols[i + 1])
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols, rounds = merged, None if rounds is None else rounds - 1
+    return " ".join(symbols)
+
+
+def mistakes_bpe(x, t, ctx):
+    """The merge loop taking the highest rank first, or stopping after one round of merges."""
+    rank = {tuple(m): i for i, m in enumerate(x["merges"].tolist())}
+    words = x["words"].tolist()
+    right = ref_bpe(x, t, ctx)["tokens"]
+    assert [_merge_loop(w, rank) for w in words] == right.tolist(), "the merge loop is no longer tokenizers' BPE"
+    return {"highest_rank_first": {"tokens": np.array([_merge_loop(w, rank, pick=max) for w in words])},
+            "one_merge": {"tokens": np.array([_merge_loop(w, rank, rounds=1) for w in words])}}
+
+
+def mistakes_cross_modal_layer(x, t, ctx):
+    """The text stream's cross-attention queried by the layer's input instead of its self-attention's output."""
+    layer = ctx["model"].cross_modal_text_layers[0]
+    _, probs = layer.crossattention(t.tensor(x["text"]), encoder_hidden_states=t.tensor(x["image"]))
+    return {"cross_queried_by_x": {"text_cross_probs": probs}}
+
+
+def mistakes_heads(x, t, ctx):
+    m, heads = ctx["model"], ctx["heads"]
+    text, image = t.tensor(x["text_features"]), t.tensor(x["image_features"])
+
+    def pooled(pick=lambda f: f[:, 0], tanh=True, transposed=True):
+        out = []
+        for pooler, f in ((m.cross_modal_text_pooler, text), (m.cross_modal_image_pooler, image)):
+            h = pooler.dense(pick(f)) if transposed else pick(f) @ pooler.dense.weight + pooler.dense.bias
+            out.append(t.tanh(h) if tanh else h)
+        return {"pooled": t.cat(out, dim=-1)}
+
+    mlm = heads["mlm_score"]
+    h = text @ mlm.transform.dense.weight + mlm.transform.dense.bias  # the square dense weight, not transposed
+    return {"pooler_mean": pooled(pick=lambda f: f.mean(1)),
+            "pooler_last_token": pooled(pick=lambda f: f[:, -1]),
+            "pooler_no_tanh": pooled(tanh=False),
+            "pooler_weight_not_transposed": pooled(transposed=False),
+            "mlm_dense_not_transposed": {"mlm_logits": mlm.decoder(mlm.transform.LayerNorm(
+                mlm.transform.transform_act_fn(h))) + mlm.bias}}
+
+
 # ---- the reference model ------------------------------------------------------------------------------
 
 
@@ -344,6 +470,34 @@ def references(inputs_by_component, names=None):
     return out
 
 
+def mistake_outputs(inputs_by_component, names=None):
+    """{component: {mistake: {output: np.ndarray}}}: the stored mistakes as snapshots.npz holds them.
+
+    Only the outputs each components.Symptom compares, cut to its `where`, float32 as the outputs.
+    """
+    import torch
+
+    ctx = reference_context()
+    out = {}
+    with torch.no_grad():
+        for c in COMPONENTS:
+            wanted = c.mistakes()
+            if not wanted or (names is not None and c.name not in names):
+                continue
+            made = globals()[f"mistakes_{c.name}"](inputs_by_component[c.name], torch, ctx)
+            assert sorted(made) == sorted(wanted), f"{c.name}: made {sorted(made)}, symptoms name {sorted(wanted)}"
+            out[c.name] = {}
+            for name, symptom in wanted.items():
+                kept = {}
+                for output in symptom.outputs or made[name]:
+                    v = made[name][output]
+                    v = v.detach().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+                    v = v if symptom.where is None else v[symptom.where]
+                    kept[output] = np.ascontiguousarray(v.astype(F32) if v.dtype.kind == "f" else v)
+                out[c.name][name] = kept
+    return out
+
+
 def make(path=SNAPSHOTS):
     """Write snapshots.npz at `path`; returns its size in bytes."""
     import tokenizers
@@ -352,6 +506,7 @@ def make(path=SNAPSHOTS):
 
     inputs = {c.name: globals()[f"make_{c.name}"](np.random.RandomState(SEED + i)) for i, c in enumerate(COMPONENTS)}
     outputs = references(inputs)
+    mistakes = mistake_outputs(inputs)
     arrays = {"meta/config": np.array(config_json()),
               "meta/weights_checksum": np.array(weights_checksum(tiny_weights())),
               "meta/made_with": np.array(f"torch {torch.__version__}, transformers {transformers.__version__}, "
@@ -359,6 +514,8 @@ def make(path=SNAPSHOTS):
     for c in COMPONENTS:
         arrays.update({f"{c.name}/in/{k}": np.asarray(v) for k, v in inputs[c.name].items()})
         arrays.update({f"{c.name}/out/{k}": v for k, v in outputs[c.name].items()})
+        arrays.update({f"{c.name}/mistake/{name}/{k}": v for name, stored in mistakes.get(c.name, {}).items()
+                       for k, v in stored.items()})
     np.savez_compressed(path, **arrays)
     return Path(path).stat().st_size
 

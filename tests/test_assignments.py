@@ -243,18 +243,24 @@ def test_snapshots_are_small_and_cover_every_component():
 
 
 def test_snapshots_are_what_the_reference_computes_from_their_inputs():
-    """Recompute every stored output with torch / transformers / tokenizers (the reference extra)."""
+    """Recompute every stored output and stored mistake with torch / transformers / tokenizers (the reference extra)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("tokenizers")
     import make_snapshots
 
     snaps = grader.load_snapshots()
-    fresh = make_snapshots.references({name: inputs for name, (inputs, _) in snaps.items()})
-    for name, (_, outputs) in snaps.items():
-        for key, stored in outputs.items():
+    inputs = {name: snap.inputs for name, snap in snaps.items()}
+    fresh, mistakes = make_snapshots.references(inputs), make_snapshots.mistake_outputs(inputs)
+    assert {name: sorted(snap.mistakes) for name, snap in snaps.items() if snap.mistakes} == \
+        {name: sorted(made) for name, made in mistakes.items()}
+    for name, snap in snaps.items():
+        pairs = [(key, fresh[name][key], stored) for key, stored in snap.outputs.items()]
+        pairs += [(f"mistake/{m}/{key}", mistakes[name][m][key], stored)
+                  for m, arrays in snap.mistakes.items() for key, stored in arrays.items()]
+        for key, again, stored in pairs:
             tol = 1e-6 if stored.dtype.kind == "f" else 0  # the same arithmetic again: only float noise may differ
-            ratio, line = grader.compare(f"{name}/{key}", fresh[name][key], stored, tol)
+            ratio, line = grader.compare(f"{name}/{key}", again, stored, tol)
             assert ratio <= 1, line
 
 

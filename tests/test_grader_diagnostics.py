@@ -5,10 +5,13 @@ Functions are graded through `check` exactly as a notebook would: on the stored 
 the reference's outputs, so each test here can fail.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from minibridge.assignments import check
+from minibridge.assignments.components import BY_NAME, COMPONENTS
 
 
 def textbook_softmax(x):
@@ -423,3 +426,220 @@ def test_typical_mistakes_fail_naming_the_case_and_the_hint(name, capsys):
     hints = [n for n in result.notes if n.startswith("hint: ")]
     assert any(hint in h for h in hints), out
     assert f"hint: " in out
+
+
+# ---- hints the review found missing or misleading: each now fits its mistake ---------------------------
+
+
+def layer_norm_affine(weight=True, bias=True, eps=None):
+    """A right LayerNorm but for its affine part, or with eps hard-coded."""
+
+    def layer_norm(x, p, eps_given):
+        c = x - x.mean(axis=-1, keepdims=True)
+        y = c / np.sqrt((c * c).mean(axis=-1, keepdims=True) + (eps_given if eps is None else eps))
+        return (y * p["weight"] if weight else y) + (p["bias"] if bias else 0)
+
+    return layer_norm
+
+
+def float16_softmax(x):
+    x = x.astype(np.float16)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def pooler_with(pick=lambda f: f[:, 0], tanh=True, transposed=True):
+    def pooler(p, features):
+        h = pick(features)
+        h = h @ (p["dense"]["weight"].T if transposed else p["dense"]["weight"]) + p["dense"]["bias"]
+        return np.tanh(h) if tanh else h
+
+    return pooler
+
+
+def mlm_dense_not_transposed(p, text_features, eps):
+    from minibridge.ops import gelu, layer_norm
+
+    h = text_features @ p["transform"]["dense"]["weight"] + p["transform"]["dense"]["bias"]
+    h = layer_norm(gelu(h), p["transform"]["LayerNorm"], eps)
+    return h @ p["decoder"]["weight"].T + p["bias"]
+
+
+# name: (component, functions, the case its FAIL line names, the hint it gives first, a text no hint may hold)
+REVIEWED = {
+    "LayerNorm without the bias": ("layer_norm", {"layer_norm": layer_norm_affine(bias=False)}, "y, case ",
+                                   "bias not added?", "eps"),
+    "LayerNorm without the weight": ("layer_norm", {"layer_norm": layer_norm_affine(weight=False)}, "y, case ",
+                                     "weight not applied?", "eps"),
+    "LayerNorm with eps hard-coded to 1e-6": ("layer_norm", {"layer_norm": layer_norm_affine(eps=1e-6)},
+                                              'case "std 1e-3 row where eps dominates"', "eps hard-coded",
+                                              "inside the square root"),
+    "GELU as QuickGELU": ("gelu", {"gelu": lambda x: x / (1 + np.exp(np.float32(-1.702) * x))}, "y, case ",
+                          "this is QuickGELU", None),
+    "QuickGELU as the exact GELU": ("quick_gelu", {"quick_gelu": float64_gelu}, "y, case ", "this is the exact GELU",
+                                    None),
+    "attention softmax over the queries, first hint": ("attention", {"attention": attention_with(axis=-2)}, "case ",
+                                                       "normalised over the queries?", "mask not applied"),
+    "attention scaled by 1/sqrt(D)": ("attention", {"attention": attention_with(scale=lambda Dh: 1.0 / np.sqrt(
+        16.0))}, "case ", "scaled by 1/sqrt(D), the whole width?", None),
+    "softmax in float16": ("softmax", {"softmax": float16_softmax}, 'case "row with a +1000 logit"',
+                           "computed in float16?", "subtract the row max"),
+    "softmax in float16, returned as float32": ("softmax", {"softmax": lambda x: float16_softmax(x).astype(np.float32)},
+                                                'case "row with a +1000 logit"', "computed in float16?",
+                                                "subtract the row max"),
+    "pooler as a mean": ("heads", {"pooler": pooler_with(pick=lambda f: f.mean(axis=1))}, "pooled",
+                         "pooler: a mean over the tokens?", None),
+    "pooler on the last token": ("heads", {"pooler": pooler_with(pick=lambda f: f[:, -1])}, "pooled",
+                                 "pooler: the last token?", None),
+    "pooler without tanh": ("heads", {"pooler": pooler_with(tanh=False)}, "pooled", "pooler without tanh?", None),
+    "pooler with the weight not transposed": ("heads", {"pooler": pooler_with(transposed=False)}, "pooled",
+                                              "dense's weight not transposed?", None),
+    "MLM transform with the weight not transposed": ("heads", {"mlm_logits": mlm_dense_not_transposed}, "mlm_logits",
+                                                     "transform.dense's weight not transposed?", None),
+    "BPE that never merges": ("bpe", {"bpe": lambda word, ranks: list(word)}, 'tokens, case "', "no merge made?",
+                              "stopped after one merge?"),
+}
+
+
+@pytest.mark.parametrize("name", list(REVIEWED))
+def test_reviewed_mistakes_get_the_hint_that_fits_first(name, capsys):
+    component, functions, case, hint, never = REVIEWED[name]
+    with np.errstate(all="ignore"):
+        result = check(component, **functions)
+    out = capsys.readouterr().out
+    assert not result.passed and case in result.message and " vs reference " in result.message, out
+    hints = [n for n in result.notes if n.startswith("hint: ")]
+    assert hints and hint in hints[0], out
+    assert never is None or not any(never in h for h in hints), out
+
+
+def test_a_case_hint_says_what_the_case_tests_and_only_where_the_failure_fits_it(capsys):
+    """layer_norm's eps row: its hint for an eps no symptom knows (1e-4), none where other rows fail too."""
+    result = check("layer_norm", layer_norm=layer_norm_affine(eps=1e-4))
+    assert 'case "std 1e-3 row where eps dominates"' in result.message
+    assert [n for n in result.notes if n.startswith("hint: ")] == [
+        "hint: " + next(c.hint for c in BY_NAME["layer_norm"].cases if c.hint)], capsys.readouterr().out
+    result = check("layer_norm", layer_norm=lambda x, p, eps: layer_norm_affine()(x, p, eps) * np.float32(1.01))
+    assert not result.passed and not [n for n in result.notes if n.startswith("hint: ")], capsys.readouterr().out
+    for c in (case for component in COMPONENTS for case in component.cases if case.hint):
+        assert c.hint.startswith("this "), f"{c.label}: a case hint says what the case tests ({c.hint!r})"
+
+
+@pytest.mark.parametrize("component, functions", [
+    ("linear", {"linear": lambda x, p: x @ p["weight"] + p.get("bias", 0)}),
+    ("heads", {"itm_logits": lambda p, pooled: pooled @ p["fc"]["weight"] + p["fc"]["bias"]}),
+])
+def test_a_weight_not_transposed_that_raises_gets_a_hint(component, functions, capsys):
+    result = check(component, **functions)
+    out = capsys.readouterr().out
+    assert result.message.startswith("error: ValueError: matmul"), out
+    assert any("stored (out, in)" in n and "x @ W.T" in n for n in result.notes), out
+
+
+def test_exact_outputs_say_how_many_differ_and_the_first(capsys):
+    result = check("position_ids", position_ids=lambda ids, pad: np.broadcast_to(np.arange(ids.shape[1]) + 1,
+                                                                                  ids.shape))
+    assert result.message == ('position_ids, case "no padding": 30 of 32 differ; the first, at index (0, 0): '
+                              "mine 1 vs reference 2"), capsys.readouterr().out
+    from minibridge.assignments.grade import compare
+
+    ratio, line = compare("ids", np.array([[2, 3], [1, 5]]), np.array([[2, 3], [1, 4]]), 0)
+    assert ratio == np.inf and line == "ids: 1 of 4 differ; the first, at index (1, 1): mine 5 vs reference 4"
+    assert compare("ids", np.array([2.0, 3.5]), np.array([2, 4]), 0)[1].endswith("mine 3.5 vs reference 4")
+
+
+# ---- the hints ship in every handout: they compute no component, right or wrong ------------------------
+
+
+COMPONENT_MODULES = {"ops", "vision", "text", "bridge", "heads", "model", "tokenizer", "backend"}
+# NumPy's math that, composed, computes components (the symptoms need none of it: properties and
+# stored mistakes do); and the matrix product.
+SOLUTION_MATH = {"exp", "expm1", "tanh", "erf", "sqrt", "einsum", "matmul", "dot", "tensordot", "cumsum", "sigmoid"}
+
+
+def test_components_py_computes_no_component_and_calls_the_package_only_through_the_student():
+    """components.py ships in every handout: it may reach ops, text, tokenizer, … only through the
+    `student` argument of a run function, and holds no formula of a component (its symptoms use
+    properties of the outputs and stored mistakes, tests/make_snapshots.py)."""
+    import ast
+    import minibridge.assignments.components as components
+
+    tree = ast.parse(Path(components.__file__).read_text(encoding="utf-8"))
+    runs = {c.run.__name__ for c in COMPONENTS}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):  # from ..ops import x, from .. import text, from minibridge import bridge
+            module = (node.module or "").split(".")
+            assert not (set(module) | {a.name for a in node.names}) & COMPONENT_MODULES, ast.unparse(node)
+            assert module[0] != "importlib", ast.unparse(node)
+        if isinstance(node, ast.Import):
+            assert not any(a.name.startswith(("minibridge", "importlib")) for a in node.names), ast.unparse(node)
+        if isinstance(node, ast.Name):
+            assert node.id not in ("__import__", "import_module", "getattr"), f"line {node.lineno}: {node.id}"
+        if isinstance(node, ast.BinOp | ast.AugAssign):
+            assert not isinstance(node.op, ast.MatMult), f"line {node.lineno}: a matrix product"
+        if isinstance(node, ast.Attribute) or isinstance(node, ast.Name):
+            name = node.attr if isinstance(node, ast.Attribute) else node.id
+            assert name not in SOLUTION_MATH, f"line {node.lineno}: {ast.unparse(node)}"
+    for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.Lambda)):
+        student = fn.args.args[0].arg if isinstance(fn, ast.FunctionDef) and fn.name in runs else None
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Attribute) and node.attr in COMPONENT_MODULES:
+                assert isinstance(node.value, ast.Name) and node.value.id == student, (
+                    f"line {node.lineno}: {ast.unparse(node)} outside a run function's student argument")
+
+
+BPE_HIGHEST_FIRST = '''
+def _planted_bpe(word, ranks):
+    symbols = list(word)
+    while len(symbols) > 1:
+        known = [pair for pair in zip(symbols, symbols[1:]) if pair in ranks]
+        if not known:
+            break
+        best, merged, i = max(known, key=ranks.get), [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                merged.append(symbols[i] + symbols[i + 1])
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
+'''
+BPE_NEVER_MERGES = '''
+def _planted_bpe(word, ranks):
+    return list(word)
+'''
+
+
+def check_inside_a_handout(handout, planted):
+    """The hint lines of `python -m minibridge.assignments check`, run inside a handout (its own grader and
+    snapshots) whose tokenizer.bpe is `planted`, as a student runs it."""
+    import subprocess
+    import sys
+
+    tokenizer = handout / "minibridge" / "tokenizer.py"
+    lines = tokenizer.read_text(encoding="utf-8").splitlines()
+    stub = next(i for i, line in enumerate(lines) if line.startswith('    raise NotImplementedError("bpe in'))
+    lines[stub] = "    return _planted_bpe(word, ranks)"
+    tokenizer.write_text("\n".join(lines) + "\n" + planted, encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "minibridge.assignments", "check", "--component", "bpe"], cwd=handout,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1 and "FAIL  bpe" in proc.stdout, proc.stdout + proc.stderr
+    return [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("hint: ")]
+
+
+def test_inside_a_handout_the_hints_are_the_graders_own(tmp_path, capsys):
+    """Inside a handout the grader's files are the handout's copy, beside the student's: a hint that ran the
+    package's bpe would run the student's (and miss, or misfire)."""
+    from minibridge.assignments import build as builder
+
+    builder.build(tmp_path / "highest", ["bpe"])
+    inside = check_inside_a_handout(tmp_path / "highest", BPE_HIGHEST_FIRST)
+    outside = check("bpe", bpe=bpe_with(pick=max)).notes
+    capsys.readouterr()
+    assert inside == [n for n in outside if n.startswith("hint: ")] and any("highest rank first" in h for h in inside)
+
+    builder.build(tmp_path / "never", ["bpe"])
+    inside = check_inside_a_handout(tmp_path / "never", BPE_NEVER_MERGES)
+    assert inside and not any("stopped after one merge" in h for h in inside), inside

@@ -7,15 +7,16 @@ A component is one box of the architecture, smallest first. For each one:
     source   where its snapshot comes from (tests/make_snapshots.py computes it)
     run      (student, inputs, tiny) -> {output name: array}: one call into the student's code
 
-The inputs live in snapshots.npz beside the outputs. The weights of the layer and model components
-(about 1.6 M numbers, too many to commit) do not: `tiny_weights` regenerates them from a seed,
-bit for bit, and a checksum stored with the snapshots proves it.
+The inputs live in snapshots.npz beside the outputs, and so do the *stored mistakes* the hints
+compare a failing student's outputs with (Symptom; tests/make_snapshots.py computes them): this file
+ships in every handout, so it computes no component, right or wrong. The weights of the layer and
+model components (about 1.6 M numbers, too many to commit) do not: `tiny_weights` regenerates them
+from a seed, bit for bit, and a checksum stored with the snapshots proves it.
 
 Axis legend as in minibridge/ops.py: B batch, T text tokens, L image tokens, D width, H heads.
 """
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -77,25 +78,55 @@ class Case:
 
     where: the indices of `output` it covers (np.s_[...] expressions, their union), or None for
     every element no earlier case of that output covers. tol: None for the component's tolerance.
+    hint: what the case tests, for a FAIL in this case that no Symptom recognises (so a statement of
+    what the case checks, never a guess at the mistake); fits: None, or (inputs, mine, reference) -> bool,
+    when the hint is only worth giving for failures of one kind.
     """
 
     label: str
     output: str
     where: tuple = None
     tol: float = None
-    hint: str = None  # a line for a FAIL in this case (what it is there to catch)
+    hint: str = None
+    fits: Callable = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class Symptom:
-    """A typical mistake and its hint: `test(inputs, mine, tiny)` is true when the failing outputs look like it.
+    """A typical mistake and its hint line for a FAIL, recognised from the student's failing outputs.
 
-    mine: {output: np.ndarray} of the student (each of the reference's shape); the test may
-    recompute the mistake with the reference package (see `_looks_like`).
+    Either by `test(inputs, mine, tiny)`: a property of the student's outputs `mine` ({output:
+    np.ndarray}, each of the reference's shape) alone or their relation to the inputs and to the
+    reference's outputs (inputs["_ref"]), never by computing the mistake;
+    or by `mistake`: the name of a *stored mistake*, what that mistake computes from the stored inputs.
+    tests/make_snapshots.py computes it offline with the reference (nothing here computes a
+    component, so a handout holds no solution and its hints do not depend on the student's own
+    files) and stores `outputs` (default: all of them), each cut to `where` (an np.s_[...] index, or
+    None for the whole output), as snapshots.npz keys `component/mistake/<mistake>/<output>`.
+    The symptom fits when mine[output][where] is within `rel` of every stored output (strings: equal).
     """
 
     hint: str
-    test: Callable = field(repr=False)
+    test: Callable = field(default=None, repr=False)
+    mistake: str = None
+    outputs: tuple = ()
+    where: tuple = None
+    rel: float = 1e-4
+
+    def fits(self, inputs, mine, tiny):
+        if self.mistake is None:
+            return bool(self.test(inputs, mine, tiny))
+        stored = inputs["_mistakes"][self.mistake]
+        return all(_same(mine[name] if self.where is None else mine[name][self.where], value, self.rel)
+                   for name, value in stored.items())
+
+
+@dataclass(frozen=True)
+class OnError:
+    """A hint for a component whose code raised: given when any of `says` is in the error's message."""
+
+    says: tuple
+    hint: str
 
 
 @dataclass(frozen=True)
@@ -110,9 +141,14 @@ class Component:
     hints: dict = field(default_factory=dict)  # {"module.function": a line for its TODO banner}
     cases: tuple = ()  # Case: the named parts of the outputs (an output without cases is one case)
     symptoms: tuple = ()  # Symptom: typical mistakes, each with a hint line for a FAIL
+    on_error: tuple = ()  # OnError: hints for typical exceptions
 
     def cases_of(self, output):
         return tuple(c for c in self.cases if c.output == output)
+
+    def mistakes(self):
+        """{name: Symptom} of the stored mistakes its symptoms compare with (tests/make_snapshots.py makes them)."""
+        return {s.mistake: s for s in self.symptoms if s.mistake is not None}
 
 
 def _linear(mb, x, tiny):
@@ -217,10 +253,48 @@ def _bridgetower(mb, x, tiny):
 
 # ---- cases and typical mistakes ------------------------------------------------------------------------
 # Cases name the inputs each snapshot holds on purpose (tests/make_snapshots.py says why each is there),
-# so a FAIL line says which kind of input went wrong. Symptom tests recognise a typical mistake from
-# the student's outputs, mostly by a relation to the reference's (never by running a solution).
+# so a FAIL line says which kind of input went wrong. Symptoms recognise a typical mistake from the
+# student's outputs: by a property of them or a relation to the reference's outputs, or by comparing
+# them with a *stored mistake*, computed offline by tests/make_snapshots.py. Nothing here computes a
+# component (this file ships in every handout, and a hint must not depend on the student's own files).
 
 _ = np.s_
+
+
+def _close(a, b, rel=1e-4):
+    """a is b within rel · max(1, max |b|), and of its shape."""
+    a, b = np.asarray(a), np.asarray(b, dtype=np.float64)
+    return a.shape == b.shape and bool(np.abs(a - b).max() <= rel * max(1.0, np.abs(b).max()))
+
+
+def _same(mine, stored, rel):
+    """mine is the stored output: the same strings, or numbers within rel (_close)."""
+    mine = np.asarray(mine)
+    if stored.dtype.kind == "U":
+        return mine.shape == stored.shape and bool((mine.astype(str) == stored).all())
+    return mine.dtype.kind in "biuf" and _close(mine, stored, rel)
+
+
+def _sums_to_one(p, axis):
+    return bool(np.allclose(p.sum(axis=axis), 1.0, atol=1e-4))
+
+
+def _wrong_axis(p):
+    """p sums to 1 over some axis, but not over the last one."""
+    return not _sums_to_one(p, -1) and any(_sums_to_one(p, a) for a in range(p.ndim - 1))
+
+
+def _float16(y):
+    """y is float16, or each of its (many different) values is a float16 number: computed in float16."""
+    if y.dtype == np.float16:
+        return True
+    finite = y[np.isfinite(y)]
+    return (y.dtype.kind == "f" and np.unique(finite).size > 10
+            and bool((finite.astype(np.float16).astype(y.dtype) == finite).all()))
+
+
+_FLOAT16 = ("computed in float16? it holds about 3 significant digits (scores near 1000 only to ±0.25) and overflows "
+            "above 65504: compute in float32")
 
 # softmax, x [3, 4, 7]: row (0, 0) has a +1000 logit, x[1] masks keys 5-6 with finfo.min, row (2, 1)
 # is [-1e4, 1e4, 0, …], the rest are normal(0, 3).
@@ -235,27 +309,18 @@ _ = np.s_
 SOFTMAX_LARGE_MAX = 1024.0  # |x| of the +1000 row stays below this (tests/test_grader_diagnostics.py checks it)
 SOFTMAX_LARGE_TOL = 2 * U32 * SOFTMAX_LARGE_MAX  # 1.2e-4; a missing max subtraction gives nan, a wrong axis ~1
 _SOFTMAX_CASES = (
-    Case("row with a +1000 logit", "y", (_[0, 0],), SOFTMAX_LARGE_TOL, "exp(1000) overflows float32: subtract the "
-         "row max before exp (softmax(x) = softmax(x - max))"),
-    Case("rows with masked keys (finfo.min)", "y", (_[1],), None, "masked keys (finfo.min) must get probability 0 "
-         "and the other keys still sum to 1"),
+    Case("row with a +1000 logit", "y", (_[0, 0],), SOFTMAX_LARGE_TOL, "this row tests stability: exp(1000) "
+         "overflows float32 unless the row max is subtracted before exp (softmax(x) = softmax(x - max)), and "
+         "float32 holds scores near 1000 only to 6e-5"),
+    Case("rows with masked keys (finfo.min)", "y", (_[1],), None, "this case tests masked keys (finfo.min): "
+         "they get probability 0, and the other keys still sum to 1"),
     Case("a ±1e4 row", "y", (_[2, 1],)),
     Case("ordinary rows", "y"),
 )
-
-
-def _sums_to_one(p, axis):
-    return bool(np.allclose(p.sum(axis=axis), 1.0, atol=1e-4))
-
-
-def _wrong_axis(p):
-    """p sums to 1 over some axis, but not over the last one."""
-    return not _sums_to_one(p, -1) and any(_sums_to_one(p, a) for a in range(p.ndim - 1))
-
-
 _SOFTMAX_SYMPTOMS = (
     Symptom("the probabilities sum to 1 over the wrong axis? softmax runs over the last axis (axis=-1)",
             lambda x, mine, tiny: _wrong_axis(mine["y"])),
+    Symptom(_FLOAT16, lambda x, mine, tiny: _float16(mine["y"])),
     Symptom("nan where the scores are large: exp overflowed; subtract the row max before exp",
             lambda x, mine, tiny: not np.isfinite(mine["y"][0, 0]).all()),
 )
@@ -265,76 +330,50 @@ _SOFTMAX_SYMPTOMS = (
 # u·E[x²] to cancellation, a relative error u·(1 + μ²/σ²)·(a few) in var + eps, half of it in the
 # output (|y| ≲ 5): with |μ/σ| < 3 here, below 5 · ½ · 10 · 10 · u = 1.5e-5 at worst and 1e-6 in fact.
 # The std 1e-3 row is where eps (1e-5) dwarfs the variance (1e-6): eps forgotten or added outside
-# the root changes that row by its whole size (~1), the std 1e-2 row by ~5%.
+# the root changes that row by its whole size (~1), the std 1e-2 row by ~5%, the rows of std ≥ 1
+# by 5e-6 or less (so those pass when only eps is wrong: the case's hint is given then alone).
 _LAYER_NORM_CASES = (
-    Case("std 1e-3 row where eps dominates", "y", (_[0],), None, "eps must be added to the variance inside the "
-         "square root: (x - mean) / sqrt(var + eps)"),
+    Case("std 1e-3 row where eps dominates", "y", (_[0],), None, "this row's variance (1e-6) is below eps "
+         "(1e-5), so it tests eps: (x - mean) / sqrt(var + eps), the eps argument inside the square root",
+         lambda x, mine, ref: _close(mine["y"][3:], ref["y"][3:], 1e-4)),
     Case("std 1e-2 row (eps is 10% of the variance)", "y", (_[1],)),
     Case("rows of std 0.1 to 100", "y"),
 )
-
-
-def _ln_like(x, mine, var_of, root):
-    """mine["y"] is a LayerNorm whose 1/std is root(var_of(centred)) instead of the right one."""
-    xx = x["x"].astype(np.float64)
-    c = xx - xx.mean(axis=-1, keepdims=True)
-    wrong = c / root(var_of(c), float(x["eps"])) * x["weight"] + x["bias"]
-    return bool(np.abs(mine["y"] - wrong).max() < 1e-3 * max(1.0, np.abs(wrong).max()))
-
-
-def _biased(c):
-    return (c * c).mean(axis=-1, keepdims=True)
-
-
 _LAYER_NORM_SYMPTOMS = (
-    Symptom("LayerNorm without eps? divide by sqrt(var + eps)",
-            lambda x, mine, tiny: _ln_like(x, mine, _biased, lambda v, eps: np.sqrt(v))),
+    Symptom("LayerNorm without eps? divide by sqrt(var + eps)", mistake="no_eps", rel=1e-3),
     Symptom("eps outside the square root? divide by sqrt(var + eps), not sqrt(var) + eps",
-            lambda x, mine, tiny: _ln_like(x, mine, _biased, lambda v, eps: np.sqrt(v) + eps)),
-    Symptom("unbiased variance (divided by D - 1)? LayerNorm divides by D",
-            lambda x, mine, tiny: _ln_like(x, mine, lambda c: (c * c).sum(-1, keepdims=True) / (c.shape[-1] - 1),
-                                           lambda v, eps: np.sqrt(v + eps))),
+            mistake="eps_outside_root", rel=1e-3),
+    Symptom("eps hard-coded (this one is 1e-6)? use the eps argument (here 1e-5; it comes from the config)",
+            mistake="eps_1e-6", rel=1e-3),
+    Symptom("unbiased variance (divided by D - 1)? LayerNorm divides by D", mistake="unbiased_variance", rel=1e-3),
+    Symptom("bias not added? LayerNorm ends with · weight + bias", mistake="no_bias", rel=1e-3),
+    Symptom("weight not applied? LayerNorm ends with · weight + bias", mistake="no_weight", rel=1e-3),
 )
 
 # gelu / quick_gelu, x [3, 100]: x[0], x[1] and x[2, :41] are a dense grid on [-6, 6], the rest normal(0, 3).
+# The stored mistakes differ from the right activation by 8e-5 (tanh-GELU, its closest) or more, of the
+# largest output: rel 1e-5 tells them apart.
 _ACTIVATION_CASES = (
     Case("the bend, a dense grid on [-6, 6]", "y", (_[0], _[1], _[2, :41])),
     Case("random inputs (std 3)", "y"),
 )
-
-
-def _close(a, b, rel=1e-4):
-    b = np.asarray(b, dtype=np.float64)
-    return bool(np.abs(a - b).max() <= rel * max(1.0, np.abs(b).max()))
-
-
-def _tanh_gelu(x):
-    x = x.astype(np.float64)
-    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
-
-
-def _x_sigmoid(x, a):
-    x = x.astype(np.float64)
-    return x / (1 + np.exp(-a * x))
-
-
 _GELU_SYMPTOMS = (
     Symptom("this is the tanh approximation of GELU; the grader wants the exact 0.5·x·(1 + erf(x/√2))",
-            lambda x, mine, tiny: _close(mine["y"], _tanh_gelu(x["x"]), 1e-5)),
+            mistake="tanh_approximation", rel=1e-5),
     Symptom("this is QuickGELU, x·sigmoid(1.702x); gelu is the exact 0.5·x·(1 + erf(x/√2))",
-            lambda x, mine, tiny: _close(mine["y"], _x_sigmoid(x["x"], 1.702), 1e-5)),
+            mistake="quick_gelu", rel=1e-5),
 )
 _QUICK_GELU_SYMPTOMS = (
-    Symptom("x·sigmoid(x)? QuickGELU is x·sigmoid(1.702·x)",
-            lambda x, mine, tiny: _close(mine["y"], _x_sigmoid(x["x"], 1.0), 1e-5)),
+    Symptom("x·sigmoid(x)? QuickGELU is x·sigmoid(1.702·x)", mistake="sigmoid_of_x", rel=1e-5),
+    Symptom("this is the exact GELU; QuickGELU is x·sigmoid(1.702·x)", mistake="exact_gelu", rel=1e-5),
 )
 
 # attention: q [2, 5, 16], k and v [2, 7, 16], 4 heads (Dh = 4), batch row 1 masks keys 4-6; then
 # self-attention of s [2, 6, 16] with 2 heads (Dh = 8) and no mask. Errors are those of a softmax
 # of scores |s| < 16 and two short dot products: a few u, far within PRIMITIVE_TOL.
 _ATTENTION_CASES = (
-    Case("masked keys (row 1: keys 4-6 padded)", "probs", (_[1],), None, "the additive mask (0 or finfo.min, "
-         "[B, 1, 1, Sk]) is added to the scores before the softmax"),
+    Case("masked keys (row 1: keys 4-6 padded)", "probs", (_[1],), None, "this case tests the padding mask: "
+         "the additive mask (0 or finfo.min, [B, 1, 1, Sk]) is added to the scores before the softmax"),
     Case("cross-attention (Sq != Sk), no padding", "probs"),
     Case("masked keys (row 1: keys 4-6 padded)", "context", (_[1],)),
     Case("cross-attention (Sq != Sk), no padding", "context"),
@@ -352,41 +391,43 @@ def _rows_of_softmax(probs, scores, keep):
 
 
 def _scaled_like(x, mine, factor):
-    """Mine's probabilities are softmax(factor · the reference's scores): log p = factor · log p_ref + const."""
+    """Mine's self-attention probabilities are softmax(factor · the reference's scores).
+
+    That is log p = factor · log p_ref + a constant per row: a relation to the reference's output.
+    """
     ref = x["_ref"]["self_probs"].astype(np.float64)
     return _rows_of_softmax(mine["self_probs"], factor * np.log(ref), ref > 0)
 
 
-def _interleaved(x, mine):
-    """Mine's self-attention heads are the interleaved feature slices h, h + H, h + 2H, …"""
-    s, H = x["s"].astype(np.float64), int(x["self_num_heads"])
-    B, S, D = s.shape
-    heads = s.reshape(B, S, D // H, H)  # feature f = j·H + h goes to head h
-    scores = np.einsum("bqjh,bkjh->bhqk", heads, heads) / np.sqrt(D // H)
-    return _rows_of_softmax(mine["self_probs"], scores, np.ones(scores.shape, dtype=bool))
+def _head_width(x):
+    return x["s"].shape[-1] // int(x["self_num_heads"])  # Dh of the self-attention
 
 
 _ATTENTION_SYMPTOMS = (
-    Symptom("scores not scaled by 1/sqrt(Dh)? (Dh = D / num_heads)", lambda x, mine, tiny: _scaled_like(
-        x, mine, math.sqrt(x["s"].shape[-1] // int(x["self_num_heads"])))),
-    Symptom("scores scaled by 1/Dh instead of 1/sqrt(Dh)?", lambda x, mine, tiny: _scaled_like(
-        x, mine, 1 / math.sqrt(x["s"].shape[-1] // int(x["self_num_heads"])))),
+    Symptom("probabilities normalised over the queries? softmax runs over the keys (the last axis)",
+            lambda x, mine, tiny: _wrong_axis(mine["self_probs"])),
+    Symptom("scores not scaled by 1/sqrt(Dh)? (Dh = D / num_heads)",
+            lambda x, mine, tiny: _scaled_like(x, mine, _head_width(x) ** 0.5)),
+    Symptom("scores scaled by 1/Dh instead of 1/sqrt(Dh)?",
+            lambda x, mine, tiny: _scaled_like(x, mine, _head_width(x) ** -0.5)),
+    Symptom("scores scaled by 1/sqrt(D), the whole width? scale by 1/sqrt(Dh), the width of one head "
+            "(Dh = D / num_heads)",
+            lambda x, mine, tiny: _scaled_like(x, mine, (_head_width(x) / x["s"].shape[-1]) ** 0.5)),
     Symptom("padding mask not applied? masked keys must get probability 0",
-            lambda x, mine, tiny: bool((mine["probs"][1, ..., 4:] > 1e-6).any())),
+            lambda x, mine, tiny: bool((mine["probs"][1, ..., 4:] > 1e-6).any()) and _sums_to_one(mine["probs"], -1)),
     Symptom("mask applied after the softmax? add it to the scores, then softmax",
             lambda x, mine, tiny: not _sums_to_one(mine["probs"][1], -1) and _sums_to_one(mine["probs"][0], -1)),
     Symptom("heads interleaved? head h is the contiguous slice of features h·Dh … (h + 1)·Dh - 1",
-            lambda x, mine, tiny: _interleaved(x, mine)),
-    Symptom("probabilities normalised over the queries? softmax runs over the keys (the last axis)",
-            lambda x, mine, tiny: _wrong_axis(mine["self_probs"])),
+            mistake="interleaved_heads", outputs=("self_probs",)),
 )
 
 # patchify, pixels [2, 3, 18, 13] in 4×4 patches: a 4×3 grid (N = 12), the last 2 rows and 1 column
 # dropped. The top-left patch is the same in any grid order, so it isolates the order inside a patch.
 # Patches are copies of pixels and the embeddings short sums: a few u, far within PRIMITIVE_TOL.
 _PATCHIFY_CASES = (
-    Case("the top-left patch (the same in any grid order)", "patches", (_[:, 0],), None, "inside a patch: "
-         "channel, then pixel row, then column (C·P·P), the order of the conv kernel [Dv, C, P, P]"),
+    Case("the top-left patch (the same in any grid order)", "patches", (_[:, 0],), None, "this case tests the "
+         "order inside a patch: channel, then pixel row, then column (C·P·P), the order of the conv kernel "
+         "[Dv, C, P, P]"),
     Case("the other patches of the 4×3 grid", "patches"),
     Case("embeddings (your patches times the flattened kernel)", "embeddings"),
 )
@@ -394,7 +435,7 @@ _PATCHIFY_CASES = (
 
 def _patches_like(x, mine, grid=(0, 1), inside=(0, 1, 2)):
     """Mine's patches are the reference's with the grid axes (rows, columns) and the axes inside a patch
-    (channel, pixel row, pixel column) taken in another order."""
+    (channel, pixel row, pixel column) taken in another order (a permutation of the reference's output)."""
     ref, P = x["_ref"]["patches"], int(x["patch_size"])
     B, C, H, W = x["pixels"].shape
     wrong = ref.reshape(B, H // P, W // P, C, P, P).transpose(0, *(1 + a for a in grid), *(3 + a for a in inside))
@@ -429,15 +470,15 @@ _POSITION_SYMPTOMS = (
 
 _VISION_BLOCK_CASES = (
     Case("attention probabilities (ln_1, packed q/k/v, scores)", "probs", None, None,
-         "the packed in_proj rows are [W_q; W_k; W_v], in that order; q, k, v come from ln_1(x); heads are "
-         "contiguous slices"),
+         "this case tests the attention's input: q, k, v from ln_1(x), the packed in_proj rows [W_q; W_k; W_v] "
+         "in that order, heads as contiguous slices"),
     Case("block output", "x"),
 )
 
 _BERT_ATTENTION_CASES = (
     Case("unpadded text", "probs", (_[0],)),
-    Case("padded texts (masked keys)", "probs", None, None, "the mask is added to the scores of every head "
-         "before the softmax"),
+    Case("padded texts (masked keys)", "probs", None, None, "this case tests the mask: it is added to the scores "
+         "of every head before the softmax"),
     Case("unpadded text", "out", (_[0],)),
     Case("padded texts (masked keys)", "out"),
 )
@@ -448,99 +489,55 @@ _BERT_ATTENTION_SYMPTOMS = (
                                         > 1e-6).any())),
 )
 
+# text_embed: the position_ids inputs, a few tokens changed. The stored mistakes keep 16 of the 128
+# features (LayerNorm mixes every feature into each, so 16 tell the mistakes apart; snapshots stay small).
 _TEXT_EMBED_CASES = tuple(Case(c.label, "embeddings", c.where) for c in _POSITION_CASES)
-
-
-def _text_embed_like(x, mine, tiny, token_type=True, positions=None):
-    """Mine is the text embedding without the token type row, or with positions(input_ids) for position ids."""
-    from ..ops import layer_norm
-    from ..text import position_ids
-
-    p, tc, ids = tiny.tree["text_model"]["embeddings"], tiny.cfg.text_config, x["input_ids"]
-    pos = position_ids(ids, tc.pad_token_id) if positions is None else positions(ids, tc.pad_token_id)
-    h = p["word_embeddings"]["weight"][ids] + p["position_embeddings"]["weight"][pos]
-    if token_type:
-        h = h + p["token_type_embeddings"]["weight"][0]
-    return _close(mine["embeddings"], layer_norm(h, p["LayerNorm"], tc.layer_norm_eps), 1e-4)
-
-
+_POSITIONS_OVER_PADS = ("positions counted over every token, pads included? look them up at "
+                        "position_ids(input_ids, cfg.pad_token_id)")
 _TEXT_EMBED_SYMPTOMS = (
-    Symptom("token type missing? every token adds row 0 of token_type_embeddings",
-            lambda x, mine, tiny: _text_embed_like(x, mine, tiny, token_type=False)),
-    Symptom("positions counted over every token, pads included? look them up at position_ids(input_ids, "
-            "cfg.pad_token_id)", lambda x, mine, tiny: any(_text_embed_like(
-                x, mine, tiny, positions=lambda ids, pad, s=start: np.broadcast_to(np.arange(ids.shape[1]) + s,
-                                                                                   ids.shape))
-                for start in (0, int(tiny.cfg.text_config.pad_token_id) + 1))),
+    Symptom("token type missing? every token adds row 0 of token_type_embeddings", mistake="no_token_type",
+            where=_[..., :16]),
+    Symptom(_POSITIONS_OVER_PADS, mistake="positions_0_1_2_over_pads", where=_[..., :16]),
+    Symptom(_POSITIONS_OVER_PADS, mistake="positions_2_3_4_over_pads", where=_[..., :16]),
 )
 
 # bpe, 49 words (tests/make_snapshots.py WORDS_FROM, pre-tokenised) under 150 merges learned from a
 # small caption corpus. Strings: the first case (in this order) with a wrong word is the one named.
 _BPE_CASES = (
     Case("words of the training captions", "tokens", (_[:18],)),
-    Case("repeated letters (aaaaaaa, Ġaaa, Ġbbbbbbb)", "tokens", (_[18:21],), None, "merge every occurrence of "
-         "the pair, left to right without overlap: with (a, a), a a a becomes aa a"),
+    Case("repeated letters (aaaaaaa, Ġaaa, Ġbbbbbbb)", "tokens", (_[18:21],), None, "this case tests repeated "
+         "pairs: every occurrence of the pair merges, left to right without overlap: with (a, a), a a a "
+         "becomes aa a"),
     Case("unseen words and digits", "tokens", (_[21:25],)),
     Case("multi-byte characters (ï, é, à, 😺)", "tokens", (_[25:28], _[29:30])),
     Case("spaces, tabs and punctuation", "tokens"),
 )
-
-
-def _bpe_like(x, mine, wrong_bpe):
-    """Mine's tokens are, word for word, what `wrong_bpe(word, ranks)` gives."""
-    ranks = {(left, right): rank for rank, (left, right) in enumerate(x["merges"].tolist())}
-    wrong = np.array([" ".join(wrong_bpe(word, ranks)) for word in x["words"].tolist()])
-    return bool((mine["tokens"].astype(str) == wrong).all())
-
-
-def _highest_first(word, ranks):
-    from ..tokenizer import bpe
-
-    return bpe(word, {pair: -rank for pair, rank in ranks.items()})
-
-
-def _one_merge(word, ranks):
-    from ..tokenizer import bpe_steps
-
-    steps = bpe_steps(word, ranks)
-    return steps[min(1, len(steps) - 1)][0]
-
-
 _BPE_SYMPTOMS = (
     Symptom("merged the highest rank first? the adjacent pair with the lowest rank (the earliest-learned "
-            "merge) goes first", lambda x, mine, tiny: _bpe_like(x, mine, _highest_first)),
-    Symptom("stopped after one merge? repeat until no adjacent pair is in ranks",
-            lambda x, mine, tiny: _bpe_like(x, mine, _one_merge)),
+            "merge) goes first", mistake="highest_rank_first"),
+    Symptom("stopped after one merge? repeat until no adjacent pair is in ranks", mistake="one_merge"),
+    Symptom("no merge made? every token is one character: merge the lowest-ranked adjacent pair, and repeat",
+            lambda x, mine, tiny: all(len(token) == 1 for tokens in mine["tokens"].astype(str).tolist()
+                                      for token in tokens.split(" ") if token)),
 )
 
 # cross_modal_layer: text [2, 6, D] (row 1 padded after 4 tokens, the text mask), image [2, 10, D].
 # As the model runs it: the text stream (self_mask = text mask, cross_mask None), the image stream
 # (self_mask None, cross_mask = text mask). Earlier stages first: a FAIL names the first that fails.
 _CROSS_MODAL_CASES = (
-    Case("text self-attention, padded text (self_mask)", "text_self_probs", (_[1],), None, "self_mask masks "
-         "this stream's own keys, in the self-attention"),
+    Case("text self-attention, padded text (self_mask)", "text_self_probs", (_[1],), None, "this case tests "
+         "self_mask: it masks this stream's own keys, in the self-attention"),
     Case("text self-attention, unpadded text", "text_self_probs"),
-    Case("text → image cross-attention (no mask)", "text_cross_probs", None, None, "the cross-attention's "
-         "queries are the self-attention's output; its keys and values are the other stream"),
+    Case("text → image cross-attention (no mask)", "text_cross_probs", None, None, "this case tests the "
+         "cross-attention's inputs: its queries are the self-attention's output, its keys and values the other "
+         "stream"),
     Case("text stream output", "text"),
     Case("image self-attention (no mask)", "image_self_probs"),
     Case("image → text cross-attention, padded text (cross_mask)", "image_cross_probs", (_[1],), None,
-         "cross_mask masks the other stream's keys, in the cross-attention"),
+         "this case tests cross_mask: it masks the other stream's keys, in the cross-attention"),
     Case("image → text cross-attention, unpadded text", "image_cross_probs"),
     Case("image stream output", "image"),
 )
-
-
-def _cross_queries_from_x(x, mine, tiny):
-    """Mine's text cross-attention is queried by the layer's input instead of the self-attention's output."""
-    from ..text import bert_attention
-
-    tc = tiny.cfg.text_config
-    p = tiny.tree["cross_modal_text_layers"][0]["crossattention"]
-    _, probs = bert_attention(p, x["text"], x["image"], tc.num_attention_heads, tc.layer_norm_eps)
-    return _close(mine["text_cross_probs"], probs, 1e-4)
-
-
 _CROSS_MODAL_SYMPTOMS = (
     Symptom("self_mask not applied? it masks this stream's keys in the self-attention (the text stream's "
             "padding)", lambda x, mine, tiny: bool((mine["text_self_probs"][1, ..., 4:] > 1e-6).any())),
@@ -548,7 +545,7 @@ _CROSS_MODAL_SYMPTOMS = (
             "stream attending to padded text)",
             lambda x, mine, tiny: bool((mine["image_cross_probs"][1, ..., 4:] > 1e-6).any())),
     Symptom("cross-attention queried by the layer input x? the queries are the self-attention's output",
-            _cross_queries_from_x),
+            mistake="cross_queried_by_x", outputs=("text_cross_probs",)),
 )
 
 _LINK_TOWER_SYMPTOMS = (
@@ -560,10 +557,25 @@ _LINK_TOWER_SYMPTOMS = (
             and _close(mine["add"], x["_ref"]["add"], 1e-4)),
 )
 
-_HEADS_SYMPTOMS = tuple(
-    Symptom(f"{name}: the contrastive embedding is scaled to unit length (l2_normalize)",
-            lambda x, mine, tiny, name=name: not np.allclose(np.linalg.norm(mine[name], axis=-1), 1, atol=1e-4))
-    for name in ("itc_text", "itc_image", "itc_cross"))
+_HEADS_SYMPTOMS = (
+    Symptom("pooler: a mean over the tokens? the pooler reads the first token, features[:, 0]",
+            mistake="pooler_mean", outputs=("pooled",)),
+    Symptom("pooler: the last token? the pooler reads the first token, features[:, 0]",
+            mistake="pooler_last_token", outputs=("pooled",)),
+    Symptom("pooler without tanh? it is tanh(dense(features[:, 0]))", mistake="pooler_no_tanh", outputs=("pooled",)),
+    Symptom("pooler: dense's weight not transposed? it is stored (out, in), as torch's: x @ W.T",
+            mistake="pooler_weight_not_transposed", outputs=("pooled",)),
+    Symptom("mlm_logits: transform.dense's weight not transposed? it is stored (out, in), as torch's: x @ W.T",
+            mistake="mlm_dense_not_transposed", outputs=("mlm_logits",)),
+    *(Symptom(f"{name}: the contrastive embedding is scaled to unit length (l2_normalize)",
+              lambda x, mine, tiny, name=name: not np.allclose(np.linalg.norm(mine[name], axis=-1), 1, atol=1e-4))
+      for name in ("itc_text", "itc_image", "itc_cross")),
+)
+
+# A Linear's weight not transposed (x @ W) is a shape error where the weight is not square (linear's
+# and the ITM head's, here); the square ones of the heads are stored mistakes above.
+_MATMUL_SHAPES = OnError(("matmul", "not aligned"), "a matrix product of mismatched shapes: a Linear's weight "
+                         "is stored (out, in), as torch's, so the product is x @ W.T")
 
 
 _TORCH = "torch"
@@ -572,7 +584,8 @@ _HF = "transformers"
 COMPONENTS = (
     Component("linear", ("ops.linear",), (), PRIMITIVE_TOL, f"{_TORCH}: torch.nn.functional.linear",
               "y = x W^T + b with torch's (out, in) weight layout, with and without bias", _linear,
-              {"ops.linear": 'p = {"weight": [out, in], "bias": [out]}; "bias" may be absent.'}),
+              {"ops.linear": 'p = {"weight": [out, in], "bias": [out]}; "bias" may be absent.'},
+              on_error=(_MATMUL_SHAPES,)),
     Component("layer_norm", ("ops.layer_norm",), (), PRIMITIVE_TOL, f"{_TORCH}: torch.nn.LayerNorm",
               "LayerNorm with the biased variance and eps, on rows of very different scales", _layer_norm,
               {"ops.layer_norm": 'p = {"weight": [D], "bias": [D]}.'}, _LAYER_NORM_CASES, _LAYER_NORM_SYMPTOMS),
@@ -636,7 +649,7 @@ COMPONENTS = (
                "heads.itm_logits": 'p = {"fc"} (itm_score).',
                "heads.mlm_logits": 'p = {"transform": {"dense", "LayerNorm"}, "decoder": {"weight"}, "bias"}.',
                "heads.contrastive_embedding": 'p = {"fc"} (itc_text_head, itc_image_head or itc_cross_modal_head).'},
-              symptoms=_HEADS_SYMPTOMS),
+              symptoms=_HEADS_SYMPTOMS, on_error=(_MATMUL_SHAPES,)),
     Component("bridgetower", ("bridge.to_cross_space", "model.bridgetower"),
               ("patchify", "vision_block", "text_embed", "bert_attention", "link_tower", "cross_modal_layer", "heads",
                "linear", "layer_norm"), MODEL_TOL, f"{_HF}: BridgeTowerModel, via tests/reference.py",

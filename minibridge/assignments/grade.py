@@ -22,6 +22,7 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -101,8 +102,16 @@ class Student:
 # ---- snapshots ----------------------------------------------------------------------------------------
 
 
+class Snapshot(NamedTuple):
+    """One component's part of snapshots.npz (keys component/in/…, component/out/…, component/mistake/…)."""
+
+    inputs: dict  # {name: read-only array}
+    outputs: dict  # {name: read-only array}: what the reference computes from the inputs
+    mistakes: dict  # {mistake: {output: read-only array}}: what a typical mistake computes (components.Symptom)
+
+
 def load_snapshots(path=SNAPSHOTS):
-    """{component: (inputs, outputs)}, each {name: read-only array}; checks they fit the components."""
+    """{component: Snapshot}, every array read-only; checks they fit the components."""
     if not Path(path).is_file():
         raise SnapshotError(f"{path} is missing; make it with: python tests/make_snapshots.py (from a checkout, with the reference extra)")
     with np.load(path) as data:
@@ -119,9 +128,18 @@ def load_snapshots(path=SNAPSHOTS):
             continue
         component, kind, name = key.split("/", 2)
         value.flags.writeable = False  # a student's code must not write into its inputs
-        snaps.setdefault(component, ({}, {}))[0 if kind == "in" else 1][name] = value
+        snap = snaps.setdefault(component, Snapshot({}, {}, {}))
+        if kind == "mistake":
+            mistake, output = name.rsplit("/", 1)
+            snap.mistakes.setdefault(mistake, {})[output] = value
+        else:
+            (snap.inputs if kind == "in" else snap.outputs)[name] = value
     if sorted(snaps) != sorted(BY_NAME):
         raise SnapshotError(f"{path} holds components {sorted(snaps)}, expected {sorted(BY_NAME)}" + stale)
+    for name, snap in snaps.items():
+        missing = sorted(set(BY_NAME[name].mistakes()) - set(snap.mistakes))
+        if missing:
+            raise SnapshotError(f"{path} lacks the stored mistakes {missing} of {name}" + stale)
     return snaps
 
 
@@ -131,37 +149,29 @@ def load_snapshots(path=SNAPSHOTS):
 def compare(name, mine, ref, tol, cases=()):
     """(error / tolerance ratio, message): the worst element of `mine` against `ref`.
 
-    error = max |mine - ref| / max(1, max |ref|), as the parity tests; for strings, any difference.
+    error = max |mine - ref| / max(1, max |ref|), as the parity tests; for exact outputs (strings,
+    integers, or a tolerance of 0), how many elements differ and the first of them.
     cases: the components.Case of this output; each is graded on its own elements with its own
     tolerance and scale, and the message names the case that is furthest beyond its tolerance
-    (for strings, the first case in order with a difference).
+    (for exact outputs, the first case in order with a difference).
     """
     ratio, message, *_ = _compare(name, mine, ref, tol, cases)
     return ratio, message
 
 
 def _compare(name, mine, ref, tol, cases=()):
-    """compare, plus the error, tolerance and hint of the case it reports (for a PASS line, a FAIL's hint)."""
+    """compare, plus the error and tolerance of the case it reports (for a PASS line) and that Case (or None)."""
     try:
         mine = np.asarray(to_numpy(mine))
     except Exception as e:  # noqa: BLE001 (a ragged list, an object that is no array)
         return np.inf, f"{name}: returned {type(mine).__name__}, not an array ({e})", np.inf, tol, None
     if mine.shape != ref.shape:
         return np.inf, f"{name}: shape mine {mine.shape} vs reference {ref.shape}", np.inf, tol, None
-    if ref.dtype.kind == "U":
-        wrong = mine.astype(str) != ref
-        if not wrong.any():
-            return 0.0, f"{name}: exact match", 0.0, tol, None
-        # Strings have no worst error: the first case (in the cases' order) with a difference is named.
-        label, inside, _ = next(m for m in _case_masks(ref.shape, cases, tol) if (wrong & m[1]).any())
-        i = int(np.flatnonzero(wrong & inside)[0])
-        hint = next((c.hint for c in cases if c.label == label and c.hint), None)
-        where = f'{name}, case "{label}"' if label else name
-        return np.inf, (f"{where}: {int(wrong.sum())} of {ref.size} differ; the first, at index {i}: "
-                        f"mine {str(mine.flat[i])!r} vs reference {str(ref.flat[i])!r}"), np.inf, tol, hint
-    if mine.dtype.kind not in "biuf":
+    if ref.dtype.kind not in "U" and mine.dtype.kind not in "biuf":
         return (np.inf, f"{name}: returned dtype {mine.dtype}, expected numbers like the reference's {ref.dtype}",
                 np.inf, tol, None)
+    if ref.dtype.kind in "Ubiu" or tol == 0:
+        return _compare_exact(name, mine, ref, tol, cases)
     if ref.size == 0:
         return 0.0, f"{name}: empty, as the reference", 0.0, tol, None
     diff = np.abs(mine.astype(np.float64) - ref.astype(np.float64))
@@ -176,12 +186,34 @@ def _compare(name, mine, ref, tol, cases=()):
         if best is None or ratio > best[0]:
             best = (ratio, label, worst, err, case_tol)
     ratio, label, worst, err, case_tol = best
-    hint = next((c.hint for c in cases if c.label == label and c.hint), None)
-    fmt = (lambda v: str(int(v))) if ref.dtype.kind in "biu" and mine.dtype.kind in "biu" else (lambda v: f"{v:.7g}")
     index = tuple(int(i) for i in worst)
     where = f'{name}, case "{label}"' if label else name
     return ratio, (f"{where}: worst error {err:.3g} {'>' if ratio > 1 else '<='} {case_tol:g} at index {index}: "
-                   f"mine {fmt(mine[worst])} vs reference {fmt(ref[worst])}"), err, case_tol, hint
+                   f"mine {mine[worst]:.7g} vs reference {ref[worst]:.7g}"), err, case_tol, _case(cases, label)
+
+
+def _compare_exact(name, mine, ref, tol, cases):
+    """_compare for outputs that must match exactly (strings, integers): no worst error, the first difference.
+
+    The first case (in the cases' order) with a difference is named, and its first differing element.
+    """
+    wrong = mine.astype(str) != ref if ref.dtype.kind == "U" else ~(mine == ref)
+    if not wrong.any():
+        return 0.0, f"{name}: exact match", 0.0, tol, None
+    label, inside, _ = next(m for m in _case_masks(ref.shape, cases, tol) if (wrong & m[1]).any())
+    i = int(np.flatnonzero(wrong & inside)[0])
+    if ref.dtype.kind == "U":
+        index, shown = str(i), lambda v: repr(str(v))
+    else:  # numbers: the index as a tuple, integers without a decimal point
+        index = str(tuple(int(j) for j in np.unravel_index(i, ref.shape)))
+        shown = lambda v: str(int(v)) if np.isfinite(v) and float(v) == int(v) else f"{v:.7g}"  # noqa: E731
+    where = f'{name}, case "{label}"' if label else name
+    return np.inf, (f"{where}: {int(wrong.sum())} of {ref.size} differ; the first, at index {index}: "
+                    f"mine {shown(mine.flat[i])} vs reference {shown(ref.flat[i])}"), np.inf, tol, _case(cases, label)
+
+
+def _case(cases, label):
+    return next((c for c in cases if c.label == label), None)
 
 
 def _case_masks(shape, cases, tol):
@@ -201,28 +233,44 @@ def _case_masks(shape, cases, tol):
     return out
 
 
-def _symptoms(component, inputs, mine, reference, tiny):
-    """The hint lines of the component's typical mistakes that the failing outputs look like."""
+def _symptoms(component, snapshot, mine, tiny):
+    """The hint lines of the component's typical mistakes (components.Symptom) that the failing outputs look like."""
     try:
         arrays = {k: np.asarray(to_numpy(v)) for k, v in mine.items()}
-        if any(arrays[k].shape != reference[k].shape for k in reference):
+        if any(arrays[k].shape != snapshot.outputs[k].shape for k in snapshot.outputs):
             return []
     except Exception:  # noqa: BLE001 (no arrays to look at: the FAIL line says why)
         return []
+    inputs = {**snapshot.inputs, "_ref": snapshot.outputs, "_mistakes": snapshot.mistakes}
     hints = []
     for symptom in component.symptoms:
         try:
             with np.errstate(all="ignore"):
-                if symptom.test({**inputs, "_ref": reference}, arrays, tiny):
+                if symptom.fits(inputs, arrays, tiny) and "hint: " + symptom.hint not in hints:
                     hints.append("hint: " + symptom.hint)
         except Exception:  # noqa: BLE001 (a symptom that cannot be judged on these outputs says nothing)
             pass
     nan = [k for k, v in arrays.items() if v.dtype.kind == "f" and not np.isfinite(v).all()
-           and np.isfinite(reference[k]).all()]
+           and np.isfinite(snapshot.outputs[k]).all()]
     if nan and not hints:
         hints.append(f"hint: nan or inf in {', '.join(nan)} where the reference is finite: an exp that overflows, "
                      "or a division by zero?")
     return hints
+
+
+def _case_hint(case, snapshot, mine):
+    """The failing case's hint line (what the case tests), where the case has one and the failure fits it."""
+    if case is None or not case.hint:
+        return []
+    if case.fits is not None:
+        try:
+            with np.errstate(all="ignore"):
+                arrays = {k: np.asarray(to_numpy(v), dtype=np.float64) for k, v in mine.items()}
+                if not case.fits(snapshot.inputs, arrays, snapshot.outputs):
+                    return []
+        except Exception:  # noqa: BLE001 (outputs the test cannot read: no hint)
+            return []
+    return ["hint: " + case.hint]
 
 
 @contextlib.contextmanager
@@ -335,7 +383,9 @@ def _is_students(filename, root):
 
 
 def run_component(component, student, snapshot, tiny):
-    inputs, reference = snapshot
+    """Run one component of the student's code on its snapshot (a Snapshot, or (inputs, outputs)): a Result."""
+    snapshot = Snapshot(*snapshot) if len(snapshot) == 3 else Snapshot(*snapshot, {})
+    inputs, reference = snapshot.inputs, snapshot.outputs
     try:
         with _time_limit(TIME_LIMIT_S):
             mine = component.run(student, inputs, tiny)
@@ -344,7 +394,8 @@ def run_component(component, student, snapshot, tiny):
     except (Exception, SystemExit) as e:  # noqa: BLE001 (whatever the student's code raises fails this component)
         hint = " (inputs and weights are read-only, as a memory-mapped checkpoint is)" if "read-only" in str(e) else ""
         where = student.where(e) if hasattr(student, "where") else _where(e, student.root)  # a notebook's, or a copy's
-        return Result(component.name, False, f"error: {type(e).__name__}: {e}{hint}{where}")
+        notes = ["hint: " + h.hint for h in component.on_error if any(s in str(e) for s in h.says)]
+        return Result(component.name, False, f"error: {type(e).__name__}: {e}{hint}{where}", notes)
     assert sorted(mine) == sorted(reference), f"{component.name}: run {sorted(mine)}, snapshot {sorted(reference)}"
     # The failing output to report: the first in the order of the component's cases (they list the
     # earlier stage first: a block's attention probabilities before its output), else the worst.
@@ -352,12 +403,12 @@ def run_component(component, student, snapshot, tiny):
     checks = sorted(((*_compare(name, mine[name], reference[name], component.tol, component.cases_of(name)), name)
                      for name in reference),
                     key=lambda c: (c[0] <= 1, order.index(c[-1]) if c[-1] in order else len(order), -c[0]))
-    (ratio, message, err, tol, case_hint, _), others = checks[0], [c[-1] for c in checks[1:] if c[0] > 1]
+    (ratio, message, err, tol, case, _), others = checks[0], [c[-1] for c in checks[1:] if c[0] > 1]
     if ratio > 1:
         notes = ["also failing: " + ", ".join(others)] if others else []
-        hints = _symptoms(component, inputs, mine, reference, tiny)
-        return Result(component.name, False, message, notes + (hints or (["hint: " + case_hint] if case_hint else [])),
-                      ratio=ratio)
+        # A typical mistake recognised says more than what the failing case tests.
+        hints = _symptoms(component, snapshot, mine, tiny) or _case_hint(case, snapshot, mine)
+        return Result(component.name, False, message, notes + hints, ratio=ratio)
     if component.tol == 0:
         return Result(component.name, True, "exact match", ratio=0.0)
     worst, _, err, tol, _, _ = max(checks, key=lambda c: c[0])  # passing: the closest to its tolerance
