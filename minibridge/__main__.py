@@ -4,6 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .config import BASE, LARGE, TINY_REAL_VOCAB
 from .infer import DEFAULT_MODEL
 
 EXAMPLES = """examples:
@@ -14,9 +15,8 @@ EXAMPLES = """examples:
   minibridge random-checkpoint weights/random-base --size base --tokenizer path/to/roberta-base
 """
 
-# The architectures `random-checkpoint` can make. tiny is config.TINY with RoBERTa's real vocabulary
-# and positions, so that the real tokenizer's ids fit it.
-SIZES = ("tiny", "base", "large")
+# The architectures `random-checkpoint` can make (config.py).
+SIZES = {"tiny": TINY_REAL_VOCAB, "base": BASE, "large": LARGE}
 
 
 def main(argv=None):
@@ -132,7 +132,6 @@ def _random_checkpoint(args):
     import os
     import shutil
 
-    from .config import BASE, LARGE, TINY, derived
     from .weights import check_tokenizer_dir, save_random_checkpoint
 
     out = Path(args.out)
@@ -142,8 +141,7 @@ def _random_checkpoint(args):
                                   + (" or pass --force to replace this checkpoint" if (out / "config.json").is_file()
                                      else " (--force replaces only a checkpoint folder)"))
     tokenizer = check_tokenizer_dir(args.tokenizer) if args.tokenizer else _found_tokenizer()
-    config = {"tiny": derived(TINY, text_config={"vocab_size": 50265, "max_position_embeddings": 514}),
-              "base": BASE, "large": LARGE}[args.size]
+    config = SIZES[args.size]
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside OUT and renamed into place: an error or ^C leaves no half-made checkpoint.
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"

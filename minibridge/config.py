@@ -59,6 +59,11 @@ def derived(config, **changes):
     return out
 
 
+
+# TINY with RoBERTa's real vocabulary and positions, so that the real tokenizer's ids fit it: what
+# `minibridge random-checkpoint --size tiny` writes, and what tests run the real tokenizer through.
+TINY_REAL_VOCAB = derived(TINY, text_config={"vocab_size": 50265, "max_position_embeddings": 514})
+
 @dataclass(frozen=True)
 class BridgeTowerVisionConfig:
     """The CLIP ViT image tower. Heads = hidden_size // 64 and MLP width = 4·hidden_size are fixed."""

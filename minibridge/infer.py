@@ -67,21 +67,22 @@ def infer(image, text, model=DEFAULT_MODEL, task=None, top_k=5, revision=None, d
 
     image: a path, an http(s) URL, a PIL image or an array [H, W, 3]; text: a string or a list.
     model: Hub id or local folder; task: None (chosen from the checkpoint and the text), "itm",
-    "mlm" or "itc". The model is loaded once per process and reused by later calls.
+    "mlm" or "itc". The model is loaded once per process and reused by later calls. A checkpoint
+    marked as random weights (`minibridge random-checkpoint`) gets a `note` saying its numbers are noise.
     """
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     texts = [text] if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else None
     if not texts or not all(isinstance(t, str) for t in texts):
         raise TypeError(f"text must be a string or a non-empty list of strings, got {text!r}")
-    task = _choose_task(task, _checkpoint(str(model), revision).heads, texts, model)
+    checkpoint = _checkpoint(str(model), revision)
+    task = _choose_task(task, checkpoint.heads, texts, model)
     net, processor = _load(str(model), revision, task, device)
     pixels = processor.image_processor(_open(image))["pixel_values"]  # [1, 3, S, S]
     enc = processor.tokenizer(texts, padding=True, return_tensors="np")  # [B, T]
     ids, mask = enc["input_ids"], enc["attention_mask"]
     pixels = np.repeat(pixels, len(texts), axis=0)  # one image, scored against every text: [B, 3, S, S]
-    result = InferResult(task=task, model=str(model), texts=texts,
-                         note=random_mark(_checkpoint(str(model), revision).folder))
+    result = InferResult(task=task, model=str(model), texts=texts, note=random_mark(checkpoint.folder))
     if task == "itm":
         logits = _numpy(net(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits)  # [B, 2]
         result.scores = softmax(logits)[:, 1].tolist()

@@ -13,7 +13,6 @@ offline, `random_weights` and `save_random_checkpoint` make a checkpoint of nois
 
 import json
 import mmap
-import os
 import re
 import shutil
 from pathlib import Path
@@ -326,7 +325,7 @@ def random_mark(folder):
     except (OSError, ValueError):
         return None
     mark = config.get(RANDOM_MARK) if isinstance(config, dict) else None
-    return (mark.get("note") or RANDOM_NOTE) if isinstance(mark, dict) else (RANDOM_NOTE if mark else None)
+    return mark.get("note", RANDOM_NOTE) if isinstance(mark, dict) else None
 
 
 def check_tokenizer_dir(folder):
@@ -364,9 +363,7 @@ def save_random_checkpoint(folder, config, heads=("itm", "mlm", "itc"), seed=0, 
     tmp = folder / "model.safetensors.partial"
     try:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o666 & ~umask)  # as the other files: safetensors writes it private
+        tmp.chmod(0o644)  # an ordinary file, as the others: safetensors writes it private
         tmp.replace(folder / "model.safetensors")  # never leave half a file behind
     finally:
         tmp.unlink(missing_ok=True)
@@ -379,7 +376,7 @@ def save_random_checkpoint(folder, config, heads=("itm", "mlm", "itc"), seed=0, 
         {"size": {"shortest_edge": size}, "crop_size": {"shortest_edge": size},
          "size_divisor": min(32, size), "image_processor_type": "BridgeTowerImageProcessor"}, indent=2))
     if tokenizer_dir is not None:
-        for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        for name in {name for group in TOKENIZER_FILES for name in group}:
             if (tokenizer_dir / name).is_file():
                 shutil.copyfile(tokenizer_dir / name, folder / name)  # contents only, not read-only modes
     return folder

@@ -5,7 +5,7 @@ import pytest
 
 import minibridge as mb
 from minibridge.backend import gpu_available, to_numpy
-from minibridge.config import TINY, derived
+from minibridge.config import TINY_REAL_VOCAB  # noqa: F401 (re-exported for the tests)
 from paths import FIXTURES, PHOTOS, ROBERTA, SHARED_DATA  # noqa: F401 (re-exported for the tests)
 
 # Tolerance of every parity check: max |mine − reference| ≤ TOL × max(1, max |reference|).
@@ -13,10 +13,6 @@ from paths import FIXTURES, PHOTOS, ROBERTA, SHARED_DATA  # noqa: F401 (re-expor
 # residual stream reaches ~1e-5 (bridgetower.md §12); 1e-4 leaves room for that, while a real mistake
 # (a skipped LayerNorm, a wrong eps order of magnitude, tanh-GELU) moves outputs by 1e-3 or more.
 TOL = 1e-4
-
-# config.TINY with the real RoBERTa vocabulary and text length, for tests that tokenize real text
-# with the real tokenizer files (TINY's own vocabulary has 50 tokens).
-TINY_REAL_VOCAB = derived(TINY, text_config={"vocab_size": 50265, "max_position_embeddings": 514})
 
 # Parity tests run on every backend: NumPy always, CuPy where there is a GPU (CONTRIBUTING.md habit 6).
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a GPU"))]
