@@ -100,6 +100,11 @@ def cache_folder(repo_id, revision=None, cache_dir=None):
     return Path(home).expanduser() / repo_id.replace("/", "--") / (revision or "main").replace("/", "--")
 
 
+def cached(repo_id, revision=None, cache_dir=None):
+    """True when `resolve` would find the Hub repo's config and weights on disk, without the network."""
+    return not _missing(cache_folder(repo_id, revision, cache_dir), weights=True)
+
+
 def _missing(folder, weights):
     """What a usable cached copy lacks: config.json, and the weights if they are wanted."""
     missing = [] if (folder / "config.json").is_file() else ["config.json"]

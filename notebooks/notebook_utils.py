@@ -92,14 +92,12 @@ def model_id(default):
     """
     folder = os.environ.get(MODEL_ENV)
     if folder:
-        # A relative path as written in the README (from the checkout) also works from notebooks/,
-        # where Jupyter starts the kernel.
-        for candidate in (Path(folder).expanduser(), CHECKOUT / folder):
-            if candidate.is_dir():
-                return str(candidate)
+        found = _model_folder(folder)
+        if found is not None:
+            return str(found)
         raise NoCheckpointError(f"{MODEL_ENV}={folder} names no folder (looked in {Path.cwd()} and {CHECKOUT}). "
                                 f"Make a random checkpoint there, from the checkout:\n{OFFLINE_HOWTO}")
-    if not _cached(default):
+    if not hub.cached(default):
         why = hub_unreachable(default)
         if why:
             raise NoCheckpointError(
@@ -113,16 +111,18 @@ def model_id(default):
     return default
 
 
-def _cached(repo_id):
-    """True when minibridge.hub.resolve would find `repo_id` on disk without the network."""
-    folder = hub.cache_folder(repo_id)
-    return (folder / "config.json").is_file() and any((folder / name).is_file()
-                                                      for name in (hub.SINGLE, hub.INDEX, hub.TORCH_BIN))
+def _model_folder(folder):
+    """The checkpoint folder that MINIBRIDGE_MODEL=`folder` names, or None when there is none.
+
+    A relative path as written in the README (from the checkout) also works from notebooks/, where
+    Jupyter starts the kernel.
+    """
+    return next((c for c in (Path(folder).expanduser(), CHECKOUT / folder) if c.is_dir()), None)
 
 
 def hub_unreachable(repo_id, timeout=HUB_PROBE_TIMEOUT):
     """Why the Hugging Face Hub cannot serve `repo_id` now (a short phrase), or None when it answers."""
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in hub._TRUE:
         return "HF_HUB_OFFLINE is set"
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     request = urllib.request.Request(f"{endpoint}/api/models/{repo_id}", method="HEAD")
@@ -188,12 +188,8 @@ def random_checkpoint(folder=None):
     weights.save_random_checkpoint) write the mark into config.json.
     """
     folder = folder or os.environ.get(MODEL_ENV)
-    if not folder:
-        return None
-    for candidate in (Path(folder).expanduser(), CHECKOUT / folder):
-        if candidate.is_dir():
-            return random_mark(candidate)
-    return None
+    found = _model_folder(folder) if folder else None
+    return None if found is None else random_mark(found)
 
 
 def stamp(fig, folder=None):
@@ -228,6 +224,7 @@ def show(*, from_weights=True):
 def source_without_solutions(fn):
     """The source of package function `fn`, each `# BEGIN SOLUTION` … `# END SOLUTION` region replaced by
     one line: "# … exercise: component X …" (the region's lines are the assignment's solution)."""
+    from minibridge.assignments.build import BEGIN, END
     from minibridge.assignments.components import component_of
 
     lines, start = inspect.getsourcelines(fn)
@@ -237,11 +234,11 @@ def source_without_solutions(fn):
     out, inside = [], False
     for line in lines:
         marker = line.strip()
-        if marker == "# BEGIN SOLUTION":
+        if marker == BEGIN:
             inside = True
             indent = line[: len(line) - len(line.lstrip())]
             out.append(f"{indent}# … exercise: component {name} (notebooks/assignments/README.md) …\n")
-        elif marker == "# END SOLUTION":
+        elif marker == END:
             inside = False
         elif not inside:
             out.append(line)

@@ -5,7 +5,9 @@ import sys
 import traceback
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1]  # the minibridge running this: a handout's, when run inside one
+# The minibridge running this: a handout's, when run inside one. Not build.PACKAGE: importing build
+# imports the copy's config.py and weights.py, which may be what _broken_copy reports as broken.
+PACKAGE = Path(__file__).resolve().parents[1]
 
 EXAMPLES = """examples:
   python -m minibridge.assignments build handout/                    # every component becomes a TODO
@@ -62,6 +64,8 @@ GRADED_MODULES = ("ops", "vision", "text", "bridge", "heads", "model", "tokenize
 
 def _main(argv=None):
     from .components import COMPONENTS, WEEKS
+    from .course import SUBMISSION_TIMEOUT_S
+    from .grade import TIME_LIMIT_S
 
     parser = argparse.ArgumentParser(prog="python -m minibridge.assignments", epilog=EXAMPLES,
                                      description="Course assignments generated from minibridge's source.",
@@ -90,8 +94,9 @@ def _main(argv=None):
                    help="grade as if the handout assigned these (repeatable; default: the copy's manifest)")
     p.add_argument("--json", metavar="PATH", help="also write one row per component as JSON to PATH (- for stdout)")
     p.add_argument("--csv", metavar="PATH", help="also write one row per component as CSV to PATH (- for stdout)")
-    p.add_argument("--time-limit", type=float, metavar="S", help="seconds one component may run (default 60); "
-                   "one still running a tenth more (at least 1 s) ends the check, exit status 3")
+    p.add_argument("--time-limit", type=float, metavar="S",
+                   help=f"seconds one component may run (default {TIME_LIMIT_S:g}); one still running a tenth "
+                        "more (at least 1 s) ends the check, exit status 3")
     p.add_argument("--progress", action="store_true",
                    help="for `grade`: write `check: running NAME` to stderr as each component starts, and the "
                         "Python stack there on SIGUSR1 or a crash")
@@ -112,8 +117,9 @@ def _main(argv=None):
     p.add_argument("--csv", metavar="PATH", help="write the gradebook: one row per student (- for stdout)")
     p.add_argument("--json", metavar="PATH", help="write one row per student and component as JSON (- for stdout)")
     p.add_argument("--reports", metavar="DIR", help="write each student's check output to DIR/<student>.txt")
-    p.add_argument("--timeout", type=float, default=600, metavar="S", help="seconds per submission (default 600)")
-    p.add_argument("--time-limit", type=float, metavar="S", help="seconds per component (default 60)")
+    p.add_argument("--timeout", type=float, default=SUBMISSION_TIMEOUT_S, metavar="S",
+                   help=f"seconds per submission (default {SUBMISSION_TIMEOUT_S:g})")
+    p.add_argument("--time-limit", type=float, metavar="S", help=f"seconds per component (default {TIME_LIMIT_S:g})")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="submissions graded at once (default 1)")
 
     sub.add_parser("list", help="the components by week: what each covers, builds on, its tolerance and snapshot source")
@@ -127,25 +133,31 @@ def _main(argv=None):
 
 
 def build_command(args):
-    from .build import build, plan
-    from .components import COMPONENTS, WEEKS
+    from .build import build, component_names
+    from .components import BY_NAME
 
     released = None
-    if args.release:
-        every = [c.name for c in COMPONENTS]
-        released = {n for r in args.release for n in (every if r == "all" else WEEKS[int(r)] if r.isdigit() else [r])}
-    chosen = plan(args.component, args.week or (), released)
+    if args.release:  # component names, week numbers and "all"
+        named = [n for r in args.release if not r.isdigit() for n in (BY_NAME if r == "all" else [r])]
+        released = component_names(named, [int(r) for r in args.release if r.isdigit()])
     regions = build(args.out_dir, args.component, force=args.force, released=released, weeks=args.week or ())
     out = Path(args.out_dir)
     print(f"wrote {out / 'minibridge'} and {out / 'ASSIGNMENTS.md'}: {len(regions)} regions stubbed in "
           f"{len({r.path for r in regions})} files")
-    _print_plan(chosen.assigned, chosen.released, chosen.withheld)
+    _print_plan(args.out_dir)
     return 0
 
 
-def _print_plan(assigned, released, withheld):
-    for key, names in (("assigned", assigned), ("released", released), ("withheld", withheld)):
-        print(f"  {key} ({len(names)}): {', '.join(names) or '-'}")
+def _print_plan(handout):
+    """What a handout assigns, releases and withholds, as its manifest records it."""
+    from .build import copy_root, read_manifest
+
+    manifest = read_manifest(copy_root(handout))
+    if manifest is None:
+        print("  nothing is stubbed: the handout is the reference (it has no manifest)")
+        return
+    for key in ("assigned", "released", "withheld"):
+        print(f"  {key} ({len(manifest[key])}): {', '.join(manifest[key]) or '-'}")
 
 
 def check_command(args):
@@ -156,8 +168,6 @@ def check_command(args):
     from .components import COMPONENTS
     from .course import FIELDS, rows, write_csv, write_json
 
-    if args.time_limit:
-        grader.TIME_LIMIT_S = args.time_limit
     if args.progress:  # grade's child process: its parent reads where a crash or a hang happened on stderr
         faulthandler.enable(file=sys.stderr)
         if hasattr(signal, "SIGUSR1"):
@@ -174,35 +184,31 @@ def check_command(args):
             return
         print("\n".join(grader.report_lines(result, width)), file=out, flush=True)
 
-    results = grader.grade(args.impl, args.component, assigned=args.assigned, progress=progress, hard_stop=True)
-    print(grader.score_line(results), file=out, flush=True)
+    results = grader.grade(args.impl, args.component, assigned=args.assigned, progress=progress, hard_stop=True,
+                           time_limit=args.time_limit)
+    print(grader.score_line(results, args.component), file=out, flush=True)
     if args.json:
         write_json(rows(results), args.json)
     if args.csv:
         write_csv(rows(results), FIELDS, args.csv)
-    return 0 if all(r.passed for r in results if grader.status_of(r) != "not assigned") else 1
+    return 0 if all(r.passed for r in grader.graded(results)) else 1
 
 
 def release_command(args):
-    from .build import copy_root, read_manifest, release
-    from .components import COMPONENTS, WEEKS
+    from .build import release
+    from .components import BY_NAME
 
-    names = [c.name for c in COMPONENTS] if args.all else args.component
+    names = list(BY_NAME) if args.all else args.component
     if not names and not args.week:
         raise ValueError("release what? name --component NAME, --week N or --all")
     regions = release(args.handout, names, args.week)
     print(f"released into {args.handout}: {len(regions)} regions put back")
-    manifest = read_manifest(copy_root(args.handout))
-    if manifest is None:
-        print("  nothing is stubbed any more: the handout is the reference (its manifest is removed)")
-    else:
-        _print_plan(manifest["assigned"], manifest["released"], manifest["withheld"])
+    _print_plan(args.handout)
     return 0
 
 
 def grade_command(args):
-    from .build import copy_root, read_manifest
-    from .components import COMPONENTS, WEEKS
+    from .build import component_names, copy_root, read_manifest
     from .course import gradebook, grade_folder, long_rows, summary, write_csv, write_json
 
     assigned = None
@@ -217,8 +223,7 @@ def grade_command(args):
             raise ValueError(f"{args.handout} assigns nothing now (released: {released}), so there is nothing "
                              "to grade; grade what it assigned with --week N or --component NAME")
     if args.week or args.component:
-        assigned = [c.name for c in COMPONENTS if c.name in {*(assigned or ()), *args.component,
-                                                              *(n for w in args.week for n in WEEKS[w])}]
+        assigned = component_names([*(assigned or ()), *args.component], args.week)
     submissions = grade_folder(args.submissions, assigned, args.timeout, args.time_limit, args.jobs)
     if not submissions:
         raise FileNotFoundError(f"{args.submissions} has no subfolders (one per student)")

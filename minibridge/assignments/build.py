@@ -187,6 +187,28 @@ class Plan:
         return self.assigned + self.withheld
 
 
+def component_names(components=(), weeks=()):
+    """The named components and those of the named weeks (components.WEEKS), in teaching order.
+
+    Refused (ValueError) when a component or a week is unknown.
+    """
+    unknown = [repr(n) for n in components if n not in BY_NAME] + [f"week {w!r}" for w in weeks if w not in WEEKS]
+    if unknown:
+        raise ValueError(f"unknown {', '.join(unknown)}; choose from the components {list(BY_NAME)} "
+                         f"and the weeks {sorted(WEEKS)}")
+    chosen = {*components, *(n for w in weeks for n in WEEKS[w])}
+    return [c.name for c in COMPONENTS if c.name in chosen]
+
+
+def assigned_in(root):
+    """The components a copy assigns: those its manifest lists, or every one without a manifest (the reference).
+
+    root: the copy's minibridge/ folder.
+    """
+    manifest = read_manifest(root)
+    return list(BY_NAME) if manifest is None else list(manifest["assigned"])
+
+
 def plan(components=None, weeks=(), released=None):
     """The Plan of a handout, refused (ValueError) when an assigned component cannot run.
 
@@ -195,23 +217,14 @@ def plan(components=None, weeks=(), released=None):
     the first of `weeks` (none without weeks).
     """
     weeks = tuple(sorted(set(weeks)))
-    unknown = [w for w in weeks if w not in WEEKS]
-    if unknown:
-        raise ValueError(f"unknown week(s) {unknown}; choose from {sorted(WEEKS)}")
-    named = [*(components or ()), *(n for w in weeks for n in WEEKS[w])]
-    if released is None:
-        released = [n for w in WEEKS if weeks and w < weeks[0] for n in WEEKS[w]]
-    unknown = [n for n in [*named, *released] if n not in BY_NAME]
-    if unknown:
-        raise ValueError(f"unknown component(s) {unknown}; choose from {[c.name for c in COMPONENTS]}")
+    assigned = component_names(components or (), weeks)
+    before = [w for w in WEEKS if weeks and w < weeks[0]]
+    released = component_names(weeks=before) if released is None else component_names(released)
     if components is None and not weeks:
-        named = [c.name for c in COMPONENTS if c.name not in released]
-    both = [n for n in named if n in released]
+        assigned = [c.name for c in COMPONENTS if c.name not in released]
+    both = [n for n in assigned if n in released]
     if both:
         raise ValueError(f"{', '.join(both)} cannot be both assigned and released")
-    order = [c.name for c in COMPONENTS]
-    assigned = tuple(n for n in order if n in named)
-    released = tuple(n for n in order if n in released)
     for name in assigned:
         missing = [f for f in foundations(name) if f not in assigned and f not in released]
         if missing:
@@ -219,7 +232,8 @@ def plan(components=None, weeks=(), released=None):
             raise ValueError(f"{name} builds on {', '.join(missing)}, neither assigned nor released in this "
                              f"handout (its code could not run); assign them too, release them ({fix}), "
                              f"or build a later --week, whose handout releases the weeks before it")
-    return Plan(assigned, released, tuple(n for n in order if n not in assigned and n not in released), weeks)
+    withheld = [c.name for c in COMPONENTS if c.name not in assigned and c.name not in released]
+    return Plan(tuple(assigned), tuple(released), tuple(withheld), weeks)
 
 
 def build(out_dir, components=None, force=False, package=PACKAGE, *, released=None, weeks=()):
@@ -262,11 +276,8 @@ def release(copy, components=(), weeks=(), package=PACKAGE):
     if manifest is None:
         raise FileNotFoundError(f"{root / MANIFEST} is missing: {copy} is no handout built by `build` "
                                 "(or nothing in it is stubbed)")
-    names = [*(components or ()), *(n for w in weeks for n in WEEKS.get(w, ()))]
-    unknown = [n for n in names if n not in BY_NAME] + [f"week {w}" for w in weeks if w not in WEEKS]
-    if unknown:
-        raise ValueError(f"unknown: {', '.join(map(str, unknown))}")
-    todo = [n for n in names if n not in manifest["released"]]
+    named = component_names(components or (), weeks)
+    todo = [n for n in named if n not in manifest["released"]]
     regions = reference_regions(package)
     restored = [r for r in regions if component_of(r.function).name in todo]
     for path in sorted({r.path for r in restored}):
@@ -284,10 +295,9 @@ def release(copy, components=(), weeks=(), package=PACKAGE):
         for begin, end, text in sorted(spans, reverse=True):  # bottom up
             lines[begin:end] = text
         _write(copied, lines)
-    order = [c.name for c in COMPONENTS]
-    now = Plan(tuple(n for n in manifest["assigned"] if n not in names),
-               tuple(n for n in order if n in names or n in manifest["released"]),
-               tuple(n for n in manifest["withheld"] if n not in names), tuple(manifest.get("weeks", ())))
+    now = Plan(tuple(n for n in manifest["assigned"] if n not in named),
+               tuple(component_names([*named, *manifest["released"]])),
+               tuple(n for n in manifest["withheld"] if n not in named), tuple(manifest.get("weeks", ())))
     write_manifest(root, now, manifest.get("built_from", {}))
     if (root.parent / "ASSIGNMENTS.md").is_file():
         (root.parent / "ASSIGNMENTS.md").write_text(handout(now), encoding="utf-8")
@@ -349,6 +359,8 @@ def _built_from(package):
 
 def handout(chosen):
     """ASSIGNMENTS.md for the student copy: what to write, in order, and how to check it."""
+    from .grade import TIME_LIMIT_S  # here: grade imports this module
+
     lines = ["# Assignments", ""]
     if chosen.weeks:
         lines += [f"Week {', '.join(map(str, chosen.weeks))} of the minibridge course.", ""]
@@ -372,7 +384,8 @@ def handout(chosen):
               f"python -m minibridge.assignments check --component {chosen.assigned[0]}  # one of them", "```", "",
               "It prints PASS or FAIL per component (a failure shows the worst element: its index, your",
               "value and the reference's) and ends with `score: P/N components`. A component still running",
-              "after its time limit (60 s) fails with a TimeoutError at your line; one that will not stop even",
+              f"after its time limit ({TIME_LIMIT_S:g} s) fails with a TimeoutError at your line; one that "
+              "will not stop even",
               "then (a loop that catches every exception) ends the check, which says where it was.", "",
               "| component | write | builds on | what it is |", "|---|---|---|---|"]
     for c in COMPONENTS:

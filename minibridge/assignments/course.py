@@ -23,35 +23,31 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from .build import read_manifest
+from .build import PACKAGE, assigned_in
 from .components import BY_NAME, COMPONENTS, week_of
 from .grade import RUNNING, STOPPED, package_dir, status_of, where_in_dump
 
-PACKAGE = Path(__file__).resolve().parents[1]  # the minibridge that grades: its parent is the subprocesses' cwd
 SUBMISSION_TIMEOUT_S = 600  # one whole submission (16 components take about a second when they end)
 FIELDS = ("component", "week", "status", "passed", "ratio", "message")
 
 
 def rows(results):
     """One gradebook row (a dict of FIELDS and notes) per grade.Result."""
-    out = []
-    for r in results:
-        ratio = r.ratio if r.ratio is not None and math.isfinite(r.ratio) else None  # JSON has no inf
-        out.append({"component": r.name, "week": week_of(r.name), "status": status_of(r), "passed": bool(r.passed),
-                    "ratio": ratio, "message": r.message, "notes": list(r.notes)})
-    return out
+    return [_row(r.name, status_of(r), r.passed, r.ratio, r.message, r.notes) for r in results]
+
+
+def _row(name, status, passed, ratio, message, notes=()):
+    ratio = ratio if ratio is not None and math.isfinite(ratio) else None  # JSON has no inf
+    return {"component": name, "week": week_of(name), "status": status, "passed": bool(passed), "ratio": ratio,
+            "message": message, "notes": list(notes)}
 
 
 def write_json(data, dest):
     """Write `data` as JSON to the file `dest`, or to stdout when dest is "-"."""
-    text = json.dumps(data, indent=1) + "\n"
-    if dest == "-":
-        sys.stdout.write(text)
-    else:
-        Path(dest).write_text(text, encoding="utf-8")
+    _write_text(json.dumps(data, indent=1) + "\n", dest)
 
 
 def write_csv(records, columns, dest):
@@ -60,10 +56,14 @@ def write_csv(records, columns, dest):
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)
+    _write_text(buffer.getvalue(), dest)
+
+
+def _write_text(text, dest):
     if dest == "-":
-        sys.stdout.write(buffer.getvalue())
+        sys.stdout.write(text)
     else:
-        Path(dest).write_text(buffer.getvalue(), encoding="utf-8")
+        Path(dest).write_text(text, encoding="utf-8")
 
 
 # ---- a folder of submissions --------------------------------------------------------------------------
@@ -75,7 +75,11 @@ class Submission:
     rows: list  # gradebook rows, one per component (as `rows`)
     problem: str = ""  # why grading stopped short (no package, a timeout, a crash), or ""
     report: str = ""  # what the check printed
-    graded: list = field(default_factory=list)  # the components graded
+
+    @property
+    def graded(self):
+        """The components graded (those the handout assigns)."""
+        return [r["component"] for r in self.rows if r["status"] != "not assigned"]
 
     @property
     def passed(self):
@@ -108,14 +112,10 @@ def grade_one(path, assigned=None, timeout_s=SUBMISSION_TIMEOUT_S, time_limit_s=
         root = package_dir(path)
     except FileNotFoundError as e:
         return _stopped(path.name, list(assigned or BY_NAME), str(e))
-    if assigned is None:
-        try:
-            manifest = read_manifest(root)
-        except ValueError as e:
-            return _stopped(path.name, list(BY_NAME), str(e))
-        expected = list(BY_NAME) if manifest is None else manifest["assigned"]
-    else:
-        expected = list(assigned)
+    try:
+        expected = assigned_in(root) if assigned is None else list(assigned)
+    except ValueError as e:  # a manifest naming components this grader does not know
+        return _stopped(path.name, list(BY_NAME), str(e))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rows.json"
         command = [sys.executable, "-u", "-m", "minibridge.assignments", "check", "--impl", str(path.resolve()),
@@ -139,7 +139,7 @@ def grade_one(path, assigned=None, timeout_s=SUBMISSION_TIMEOUT_S, time_limit_s=
             return _stopped(path.name, expected, problem, _partial(stdout, stderr, problem))
         if proc.returncode in (0, 1) and out.is_file():
             found = json.loads(out.read_text(encoding="utf-8"))
-            return Submission(path.name, found, "", stdout, [r["component"] for r in found if r["status"] != "not assigned"])
+            return Submission(path.name, found, "", stdout)
     problem = _crash(proc.returncode, stderr, root)
     return _stopped(path.name, expected, problem, _partial(stdout, stderr, problem))
 
@@ -197,9 +197,7 @@ def _partial(stdout, stderr, problem):
 
 def _stopped(name, expected, problem, report=""):
     """A Submission whose grading stopped short: every expected component an error with the reason."""
-    found = [{"component": n, "week": week_of(n), "status": "error", "passed": False, "ratio": None,
-              "message": problem, "notes": []} for n in expected]
-    return Submission(name, found, problem, report, list(expected))
+    return Submission(name, [_row(n, "error", False, None, problem) for n in expected], problem, report)
 
 
 def columns(submissions):
@@ -210,16 +208,13 @@ def columns(submissions):
 
 def summary(submissions):
     """One table: a row per student, a column per component (PASS, FAIL or - when not graded), the score."""
-    names = columns(submissions)
+    records, names = gradebook(submissions)[0], columns(submissions)
     header = ["student", *names, "score"]
-    table = []
-    for s in submissions:
-        status = {r["component"]: r["status"] for r in s.rows}
-        cells = [{"pass": "PASS", None: "-", "not assigned": "-"}.get(status.get(n), "FAIL") for n in names]
-        table.append([s.name, *cells, f"{s.passed}/{len(s.graded)}"])
+    table = [[b["student"], *({"pass": "PASS", "not assigned": "-"}.get(b[n], "FAIL") for n in names), b["score"]]
+             for b in records]
     widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *table]]
-    lines += [f"{s.name}: {s.problem}" for s in submissions if s.problem]
+    lines += [f"{b['student']}: {b['problem']}" for b in records if b["problem"]]
     return "\n".join(lines)
 
 

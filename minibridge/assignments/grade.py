@@ -27,8 +27,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import to_numpy
-from .build import read_manifest
-from .components import BY_NAME, COMPONENTS, Tiny, config_json, foundations, tiny_weights, weights_checksum
+from .build import assigned_in, component_names, read_manifest
+from .components import BY_NAME, Tiny, config_json, foundations, tiny_weights, weights_checksum
 
 SNAPSHOTS = Path(__file__).with_name("snapshots.npz")
 # Seconds one component may run (the full model takes well under one): a merge loop that never
@@ -298,8 +298,8 @@ def grace_s(limit):
 
 
 @contextlib.contextmanager
-def _hard_stop(name, seconds, root, progress=None):
-    """End the process if the code inside still runs after `seconds`: the last resort behind _time_limit.
+def _hard_stop(name, time_limit, root, progress=None):
+    """End the process if the code inside still runs grace_s after `time_limit`: the last resort behind _time_limit.
 
     _time_limit raises a TimeoutError in the student's code, which a loop with `except BaseException:`
     (or a bare `except:`) catches and ignores; nothing in-process can then take control back. A
@@ -310,12 +310,13 @@ def _hard_stop(name, seconds, root, progress=None):
     stack and exits (status 1) after a second grace period.
     """
     main = threading.main_thread().ident
+    seconds = time_limit + grace_s(time_limit)
 
     def stop():
         frame = sys._current_frames().get(main)
         at = _at([(f.filename, f.lineno, f.name) for f in traceback.extract_stack(frame)], root) if frame else ""
         result = Result(name, False, f"error: still running {seconds:g} s after it started, past its time limit "
-                        f"of {TIME_LIMIT_S:g} s: the check stops here{at}",
+                        f"of {time_limit:g} s: the check stops here{at}",
                         ["hint: code that catches the TimeoutError and goes on (`except BaseException:` or a bare "
                          "`except:` inside a loop), or one computation that never returns to Python"], status="error")
         try:
@@ -351,30 +352,32 @@ def _where(error, root):
 
     subtle: a student running the grader of their own copy has the grader's files inside the copy,
     under root/assignments; those frames (the time limit's handler, a component's call) are not theirs.
-    A SyntaxError has no frame in the broken file: it carries that file and line itself.
+    A SyntaxError has no frame in the broken file: it carries that file and line itself (the innermost).
     """
-    if isinstance(error, SyntaxError) and error.filename and _is_students(error.filename, root):
-        return f" (at minibridge/{Path(error.filename).resolve().relative_to(root).as_posix()}:{error.lineno})"
-    return _at([(f.filename, f.lineno, f.name) for f in traceback.extract_tb(error.__traceback__)], root)
+    frames = [(f.filename, f.lineno, f.name) for f in traceback.extract_tb(error.__traceback__)]
+    if isinstance(error, SyntaxError) and error.filename:
+        frames.append((error.filename, error.lineno, None))
+    return _at(frames, root)
 
 
 def _at(frames, root):
-    """ " (at minibridge/ops.py:120 in softmax)" for the last of `frames`, (file, line, function) oldest
-    first, in the student's code; "" when none is."""
+    """ " (at minibridge/ops.py:120 in softmax)" for the last of `frames`, (file, line, function or None)
+    oldest first, in the student's code; "" when none is."""
     frames = [f for f in frames if _is_students(f[0], root)]
     if not frames:
         return ""
     filename, line, function = frames[-1]
-    return f" (at minibridge/{Path(filename).resolve().relative_to(root).as_posix()}:{line} in {function})"
+    where = f"minibridge/{Path(filename).resolve().relative_to(root).as_posix()}:{line}"
+    return f" (at {where} in {function})" if function else f" (at {where})"
 
 
 def where_in_dump(text, root):
     """_at for a stack that faulthandler wrote into `text`: its innermost frame in the student's code, or "".
 
-    faulthandler lists each thread's frames innermost first; the grader's threads hold no student frame.
+    faulthandler lists each thread's frames innermost first (so reversed, they are oldest first, as _at
+    reads them); the grader's threads hold no student frame.
     """
-    frames = re.findall(r'^  File "(.+)", line (\d+) in (\S+)', text, re.M)
-    return _at([f for f in frames if _is_students(f[0], root)][:1], root)
+    return _at(re.findall(r'^  File "(.+)", line (\d+) in (\S+)', text, re.M)[::-1], root)
 
 
 def _is_students(filename, root):
@@ -382,12 +385,12 @@ def _is_students(filename, root):
     return path.is_relative_to(root) and not path.is_relative_to(Path(root) / "assignments")
 
 
-def run_component(component, student, snapshot, tiny):
+def run_component(component, student, snapshot, tiny, time_limit=TIME_LIMIT_S):
     """Run one component of the student's code on its snapshot (a Snapshot, or (inputs, outputs)): a Result."""
     snapshot = Snapshot(*snapshot) if len(snapshot) == 3 else Snapshot(*snapshot, {})
     inputs, reference = snapshot.inputs, snapshot.outputs
     try:
-        with _time_limit(TIME_LIMIT_S):
+        with _time_limit(time_limit):
             mine = component.run(student, inputs, tiny)
     except NotImplementedError as e:
         return Result(component.name, False, f"not implemented: {e}")
@@ -415,7 +418,7 @@ def run_component(component, student, snapshot, tiny):
     return Result(component.name, True, f"worst error {err:.2g} (tolerance {tol:.2g})", ratio=worst)
 
 
-def grade(impl, names=None, snapshots=SNAPSHOTS, assigned=None, progress=None, hard_stop=False):
+def grade(impl, names=None, snapshots=SNAPSHOTS, assigned=None, progress=None, hard_stop=False, time_limit=None):
     """Results of the student copy at `impl` on the named components (default: all), in teaching order.
 
     Only the components the handout assigns are graded: `assigned`, by default those its manifest
@@ -425,29 +428,26 @@ def grade(impl, names=None, snapshots=SNAPSHOTS, assigned=None, progress=None, h
     once it is (its notes complete), so a caller can print each line as it comes.
     hard_stop: end the process when a component is still running grace_s after its time limit
     (_hard_stop; for the `check` command, never for a caller that must go on).
+    time_limit: seconds one component may run; None: TIME_LIMIT_S.
     """
-    unknown = [n for n in [*(names or ()), *(assigned or ())] if n not in BY_NAME]
-    if unknown:
-        raise ValueError(f"unknown component(s) {unknown}; choose from {[c.name for c in COMPONENTS]}")
-    chosen = [c for c in COMPONENTS if names is None or c.name in names]
+    chosen = [BY_NAME[n] for n in component_names(BY_NAME if names is None else names)]
+    component_names(assigned or ())  # refuses an unknown name before anything runs
+    time_limit = TIME_LIMIT_S if time_limit is None else time_limit
     snaps = load_snapshots(snapshots)
     tiny = Tiny.make()
     student = Student(impl)
     results, failed = [], set()
     try:
-        manifest = read_manifest(student.root)
-        if assigned is None:
-            assigned = list(BY_NAME) if manifest is None else manifest["assigned"]
-        given = manifest["released"] if manifest else ()
+        assigned = assigned_in(student.root) if assigned is None else assigned
+        given = (read_manifest(student.root) or {}).get("released", ())
         for c in chosen:
             if c.name not in assigned:
                 r = Result(c.name, False, RELEASED if c.name in given else NOT_ASSIGNED, status="not assigned")
             else:
                 if progress:
                     progress(c.name, None)
-                limit = TIME_LIMIT_S + grace_s(TIME_LIMIT_S)
-                with _hard_stop(c.name, limit, student.root, progress) if hard_stop else contextlib.nullcontext():
-                    r = run_component(c, student, snaps[c.name], tiny)
+                with _hard_stop(c.name, time_limit, student.root, progress) if hard_stop else contextlib.nullcontext():
+                    r = run_component(c, student, snaps[c.name], tiny, time_limit=time_limit)
             r.status = status_of(r)
             # Foundations come earlier in teaching order (tests/test_assignments.py checks it): their
             # results are in by now.
@@ -473,14 +473,14 @@ def status_of(result):
     return next((s for s in ("not implemented", "error") if result.message.startswith(s)), "fail")
 
 
-def report(results):
+def report(results, names=None):
     """The grader's output: one line per component (plus notes), then `score: P/N components`.
 
     The score counts the graded components; those not assigned are listed with `----` and not counted.
-    With none graded, the last line says that nothing is assigned instead (score_line).
+    With none graded, the last line says that nothing is assigned instead (score_line, `names` as there).
     """
     width = max((len(r.name) for r in results), default=0)
-    return "\n".join([line for r in results for line in report_lines(r, width)] + [score_line(results)])
+    return "\n".join([line for r in results for line in report_lines(r, width)] + [score_line(results, names)])
 
 
 def report_lines(result, width):
@@ -491,19 +491,25 @@ def report_lines(result, width):
             *(f"      {'':<{width}}  {note}" for note in result.notes)]
 
 
-def score_line(results):
+def graded(results):
+    """The results of the components graded: all but those not assigned."""
+    return [r for r in results if status_of(r) != "not assigned"]
+
+
+def score_line(results, names=None):
     """`score: P/N components` over the graded results; with none graded, that nothing is assigned.
 
+    names: the components asked for (None: every one), to say which are not assigned when none is graded.
     subtle: a handout whose work was all released (`release --week 1` on week 1's) assigns nothing;
     "score: 0/0" would read as a grade, so the line says what happened instead.
     """
-    graded = [r for r in results if status_of(r) != "not assigned"]
-    if graded:
-        return f"score: {sum(r.passed for r in graded)}/{len(graded)} components"
+    done = graded(results)
+    if done:
+        return f"score: {sum(r.passed for r in done)}/{len(done)} components"
     released = [r.name for r in results if r.message == RELEASED]
-    if len(results) == len(COMPONENTS):
+    if names is None:
         return ("nothing is assigned in this handout" + (f" (released: {', '.join(released)})" if released else "")
                 + ": nothing to grade")
-    names = [r.name for r in results]
-    return (f"nothing to grade: {', '.join(names) or 'no component'} {'is' if len(names) == 1 else 'are'} "
+    listed = [r.name for r in results]
+    return (f"nothing to grade: {', '.join(listed) or 'no component'} {'is' if len(listed) == 1 else 'are'} "
             "not assigned in this handout")
