@@ -152,6 +152,20 @@ def test_an_assigned_component_needs_its_foundations_assigned_or_released(tmp_pa
     assert not (tmp_path / "h").exists() and not (tmp_path / "h3").exists()
 
 
+def test_an_unknown_component_or_week_is_refused_with_one_message(tmp_path):
+    from minibridge.assignments import grade as grader
+
+    builder.build(tmp_path / "h", ["softmax"])
+    unknown = "unknown 'softmx', week 9; choose from the components"
+    with pytest.raises(ValueError, match=unknown):
+        builder.plan(["softmx"], [9])
+    with pytest.raises(ValueError, match=unknown):
+        builder.release(tmp_path / "h", ["softmx"], [9])
+    with pytest.raises(ValueError, match="unknown 'softmx'; choose from the components"):
+        grader.grade(tmp_path / "h", assigned=["softmx"])
+    assert builder.component_names(["softmax", "linear"], [3]) == ["linear", "softmax", "vision_block", "bert_attention"]
+
+
 def test_release_puts_back_what_a_handout_built_with_those_solutions_has(tmp_path):
     assert cli("build", tmp_path / "week1", "--week", 1, cwd=tmp_path)[0] == 0
     builder.build(tmp_path / "given", [], released=WEEKS[1])  # nothing assigned, week 1 given, the rest withheld

@@ -90,6 +90,18 @@ def test_a_cached_checkpoint_needs_no_hub(monkeypatch, tmp_path):
     assert nu.model_id(BASE) == BASE
 
 
+def test_an_index_without_its_shards_is_not_cached(monkeypatch, tmp_path):
+    """As minibridge.hub.resolve sees it: a half-downloaded shard set is no checkpoint."""
+    _no_cache(monkeypatch, tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = nu.hub.cache_folder(BASE)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / nu.hub.INDEX).write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}}))
+    with pytest.raises(nu.NoCheckpointError, match="no copy of it is cached"):
+        nu.model_id(BASE)
+
+
 # ---- honest pictures ---------------------------------------------------------------------------------
 
 
