@@ -27,8 +27,6 @@ def to_cross_space(p, cfg, side, h, layer=0):
     residual stream, which gets ln_post here); also for the CLS row alone ([B, Dt] or [B, Dv]).
     layer: the cross-modal layer it feeds (read only when each layer has its own Linear).
     Returns [B, S, D] (or [B, D]).
-    Graded through the full model: ln_post first for the image only (cfg.vision_config.layer_norm_eps);
-    then the side's Linear; then + token_type_embeddings row TOKEN_TYPE[side] (text 0, image 1).
     """
     # BEGIN SOLUTION
     if side == "image":  # subtle: the bridges read ln_post(v); the vision residual stream v stays raw
@@ -43,8 +41,8 @@ def to_cross_space(p, cfg, side, h, layer=0):
 def link_tower(p, h, c, link_tower_type, eps):
     """Bridge layer: fuse uni-modal h with cross-modal c.  h, c: [B, S, D] -> [B, S, D]
 
-    Graded, each type: add LN(h + c), scaled_add LN(h·scaled_factor + c), interpolate
-    LN(h·(1 − beta) + c·beta); LN is layer_norm with p["LayerNorm"] and eps.
+    add: LN(h + c), scaled_add: LN(h·scaled_factor + c), interpolate: LN(h·(1 − beta) + c·beta);
+    LN is layer_norm with p["LayerNorm"] and eps.
     """
     # BEGIN SOLUTION
     if link_tower_type == "add":
@@ -66,10 +64,6 @@ def cross_modal_layer(p, x, other, cfg, self_mask=None, cross_mask=None):
     cross_mask: None or [B, 1, 1, S']. `cfg` is the *text* config: heads, FFN width and eps of
     every cross-modal layer come from it (bridgetower.md §5).
     Returns (x [B, S, D], self-attention probs [B, H, S, S], cross-attention probs [B, H, S, S']).
-    Graded, both streams: bert_attention(p["attention"]) of x on x with self_mask (this stream's keys),
-    then bert_attention(p["crossattention"]) with that output as queries and `other` as keys and values,
-    with cross_mask (the other stream's keys); then bert_ffn. (self_mask, cross_mask) is (text mask, None)
-    for the text stream and (None, text mask) for the image stream.
     """
     # BEGIN SOLUTION
     H, eps = cfg.num_attention_heads, cfg.layer_norm_eps

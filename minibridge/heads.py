@@ -14,32 +14,21 @@ from .ops import cross_entropy, gelu, l2_normalize, layer_norm, linear
 
 
 def pooler(p, features):
-    """A stream's first token ([CLS] / <s>) through Linear + tanh.  [B, S, D] -> [B, D]
-
-    Graded: features[:, 0] only (not a mean), then p["dense"], then tanh; the grader concatenates the
-    text and the image pooler, text first, into the [B, 2D] pooled vector.
-    """
+    """A stream's first token ([CLS] / <s>) through Linear + tanh.  [B, S, D] -> [B, D]"""
     # BEGIN SOLUTION
     return array_module(features).tanh(linear(features[:, 0], p["dense"]))
     # END SOLUTION
 
 
 def itm_logits(p, pooled):
-    """Image-text matching: [B, 2D] -> [B, 2] logits; index 1 means "this text fits this image".
-
-    Graded: p["fc"] (with its bias) on the concatenated pooled vector [text pooled, image pooled]; no activation.
-    """
+    """Image-text matching: [B, 2D] -> [B, 2] logits; index 1 means "this text fits this image"."""
     # BEGIN SOLUTION
     return linear(pooled, p["fc"])
     # END SOLUTION
 
 
 def mlm_logits(p, text_features, eps):
-    """Masked-LM scores for every text position: LN(gelu(W·x)) Eᵀ + b.  [B, T, D] -> [B, T, V]
-
-    Graded: transform.dense, then exact GELU, then transform.LayerNorm with eps, in that order; then
-    times decoder.weight [V, D] transposed (no decoder bias) plus the separate p["bias"] [V].
-    """
+    """Masked-LM scores for every text position: LN(gelu(W·x)) Eᵀ + b.  [B, T, D] -> [B, T, V]"""
     # BEGIN SOLUTION
     h = layer_norm(gelu(linear(text_features, p["transform"]["dense"])), p["transform"]["LayerNorm"], eps)
     # subtle: the decoder has no bias of its own; the vocabulary bias is the separate mlm_score.bias.
@@ -53,8 +42,6 @@ def contrastive_embedding(p, x):
     Its input depends on the head (model.py passes them, bridgetower.md §7.3): itc_text_head reads the
     raw last RoBERTa layer at <s> [B, Dt]; itc_image_head the last vision layer's CLS put into the
     cross-modal space [B, D]; itc_cross_modal_head the pooled pair [B, 2D].
-    Graded, each of the three heads on its stored input: p["fc"] with its bias, then L2-normalised
-    along the last axis (each row of length 1, ops.l2_normalize).
     """
     # BEGIN SOLUTION
     return l2_normalize(linear(x, p["fc"]))

@@ -75,10 +75,6 @@ def bridgetower(p, cfg, input_ids, attention_mask, pixel_values, interpolate_pos
     Returns a dict: text_features [B, T, D], image_features [B, L, D], pooler_output [B, 2D],
     and, for the contrastive head, text_last [B, T, Dt] and image_last [B, L, Dv] (the last
     layer of each tower). `trace` (a Trace) collects hidden states and attention maps.
-    Graded: text_features, image_features and pooler_output of a padded batch. Cross-modal layer 0
-    reads LN(to_cross_space(...)) (cross_modal_{text,image}_layernorm), layer l > 0 link tower l − 1 of
-    it and layer l − 1's output; both streams read this layer's inputs; (self_mask, cross_mask) is
-    (mask, None) for the text stream, (None, mask) for the image stream.
     """
     tc, vc, eps = cfg.text_config, cfg.vision_config, cfg.layer_norm_eps
     trace = trace or Trace()

@@ -22,8 +22,7 @@ from .backend import array_module, rowwise
 def linear(x, p):
     """y = x Wᵀ + b, with W stored (out, in) as in torch.  [..., in] -> [..., out]
 
-    Graded: p["weight"] is [out, in], so y = x @ Wᵀ (not x @ W); any leading axes are kept ([B, S, in]);
-    with and without "bias": a p without the key means no bias.
+    p: {"weight": [out, in], "bias": [out]}; without "bias", no bias.
     """
     # BEGIN SOLUTION
     # subtle: W.T is a free view, and BLAS multiplies by a transposed matrix without copying it.
@@ -39,10 +38,9 @@ def linear(x, p):
 def layer_norm(x, p, eps):
     """LayerNorm over the last axis with the *biased* variance, as torch.  [..., D] -> [..., D]
 
-    eps comes from the config (1e-5 for every published checkpoint); a wrong eps moves outputs
-    by about 1e-6 relative, which parity tests at 1e-4 would not catch, so it is always passed in.
-    Graded: (x - mean) / sqrt(var + eps) · weight + bias, var divided by D, eps inside the root;
-    rows of std 1e-3 (where eps dominates the variance) up to 100.
+    y = (x - mean) / sqrt(var + eps) · weight + bias: var divided by D, eps inside the root. eps
+    comes from the config (1e-5 for every published checkpoint); a wrong eps moves outputs by about
+    1e-6 relative, which parity tests at 1e-4 would not catch, so it is always passed in.
     """
     # BEGIN SOLUTION
     centred = x - x.mean(axis=-1, keepdims=True)  # [..., D]
@@ -100,11 +98,7 @@ def quick_gelu(x):
 
 @rowwise
 def softmax(x):
-    """Softmax along the last axis, shifted by the max so exp never overflows.  [..., S] -> [..., S]
-
-    Graded: always the last axis (there is no axis argument); rows with a +1000 or a ±1e4 score and
-    rows with masked (finfo.min) entries, which get probability 0 while the rest sum to 1.
-    """
+    """Softmax along the last axis, shifted by the max so exp never overflows.  [..., S] -> [..., S]"""
     # BEGIN SOLUTION
     e = array_module(x).exp(x - x.max(axis=-1, keepdims=True))  # [..., S], every entry in (0, 1]
     return e / e.sum(axis=-1, keepdims=True)
@@ -130,9 +124,6 @@ def attention(q, k, v, num_heads, mask=None):
 
     q: [B, Sq, D], k and v: [B, Sk, D], mask: None or additive [B, 1, 1, Sk].
     Returns (context [B, Sq, D], probabilities [B, H, Sq, Sk]).
-    Graded: head h is the contiguous slice of features h·Dh … (h+1)·Dh − 1 (Dh = D / num_heads) of q,
-    k and v, and of the context; scores q·kᵀ / sqrt(Dh); the mask (0 or finfo.min) added to the
-    scores before the softmax over the keys; cross-attention (Sq ≠ Sk) and self-attention.
     """
     # BEGIN SOLUTION
     B, Sq, D = q.shape

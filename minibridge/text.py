@@ -15,8 +15,6 @@ def position_ids(input_ids, pad_token_id):
 
     subtle: they start at 2, not 0, because fairseq reserved rows 0 and 1 (row 1 = the pad's).
     A left-padded text therefore gets the same positions as the unpadded one.
-    Graded, exactly (integers): no padding, right, left and inner padding; a pad anywhere keeps
-    pad_token_id and does not advance the count.
     """
     # BEGIN SOLUTION
     xp = array_module(input_ids)
@@ -26,12 +24,7 @@ def position_ids(input_ids, pad_token_id):
 
 
 def text_embed(p, input_ids, cfg):
-    """Word + token-type + position embeddings, then LayerNorm.  [B, T] int -> [B, T, Dt]
-
-    Graded: token type 0 for every token (row 0 of token_type_embeddings); position rows at
-    position_ids(input_ids, cfg.pad_token_id), so pads take row pad_token_id; LayerNorm with
-    cfg.layer_norm_eps; the four paddings of position_ids.
-    """
+    """Word + token-type + position embeddings, then LayerNorm.  [B, T] int -> [B, T, Dt]"""
     # BEGIN SOLUTION
     words = p["word_embeddings"]["weight"][input_ids]  # [B, T, Dt]
     # subtle: type_vocab_size is 1, so every token gets row 0; token_type_ids are never used.
@@ -46,8 +39,6 @@ def bert_attention(p, x, kv, num_heads, eps, mask=None):
 
     x: [B, Sq, D] queries, kv: [B, Sk, D] keys/values (kv is x for self-attention), mask: None or
     [B, 1, 1, Sk]. Returns (out [B, Sq, D], probs [B, H, Sq, Sk]).
-    Graded: q from x, k and v from kv, each through its own Linear; the residual adds x (the queries'
-    input) before the LayerNorm; a padded batch, the mask going to every head.
     """
     # BEGIN SOLUTION
     sp = p["self"]

@@ -95,9 +95,6 @@ def bpe(word, ranks):
     Start from single characters; repeatedly take the adjacent pair with the lowest rank (the
     earliest-learned merge) and merge all its occurrences, left to right; stop when no adjacent
     pair is a known merge.  bpe("Ġlower", ranks) might go Ġ l o w e r → Ġl o w e r → Ġlow e r → Ġlow er.
-    Graded, exactly, word by word: lowest rank first (not highest); all occurrences of that pair, left
-    to right without overlap (a a a → aa a); repeated until no adjacent pair is in ranks (not one merge);
-    seen and unseen words, repeated letters, multi-byte characters (é, 😺), digits, spaces.
     """
     # BEGIN SOLUTION
     symbols = list(word)

@@ -21,9 +21,6 @@ def patchify(pixels, patch_size):
 
     The patch conv (kernel = stride = P, no bias) is exactly a matrix product of these rows with the
     flattened kernel. Rows and columns beyond the last whole patch are dropped, as the conv does.
-    Graded: patch n = row·(W // P) + column, row-major over the grid; within a patch, entry
-    (c·P + i)·P + j is channel c, pixel row i, column j (the kernel's [C, P, P] order, not channel-last);
-    an 18×13 image in 4×4 patches (2 rows and 1 column dropped); also patch_embed, run on your patches.
     """
     # BEGIN SOLUTION
     B, C, H, W = pixels.shape
@@ -65,8 +62,6 @@ def vision_block(p, x, cfg):
     """One pre-LN ViT block: x + MHA(ln_1(x)), then x + MLP(ln_2(x)) with QuickGELU.
 
     x: [B, L, Dv]. Returns (x [B, L, Dv], attention probabilities [B, H, L, L]).
-    Graded: q, k, v = ln_1(x) times the packed in_proj rows [W_q; W_k; W_v], in that order; no mask;
-    QuickGELU (not GELU) in the MLP; both LayerNorms with cfg.layer_norm_eps.
     """
     # BEGIN SOLUTION
     h = layer_norm(x, p["ln_1"], cfg.layer_norm_eps)

@@ -355,6 +355,20 @@ def mistakes_attention(x, t, ctx):
     return {"interleaved_heads": {"self_probs": probs}}
 
 
+def mistakes_patchify(x, t, ctx):
+    """The patches with their grid (rows, columns) or their insides (channel, pixel row, column) in another order."""
+    P = int(x["patch_size"])
+    px = t.tensor(x["pixels"])
+    B, C = px.shape[:2]
+    grid = px.unfold(2, P, P).unfold(3, P, P)  # [B, C, gh, gw, P, P]
+
+    def patches(*order):  # the axes after B, of [B, C, gh, gw, P, P], in the order the rows are flattened
+        return {"patches": grid.permute(0, *order).reshape(B, -1, C * P * P)}
+
+    return {"grid_column_major": patches(3, 2, 1, 4, 5), "channel_last": patches(2, 3, 4, 5, 1),
+            "channel_last_columns_first": patches(2, 3, 5, 4, 1), "columns_before_rows": patches(2, 3, 1, 5, 4)}
+
+
 def mistakes_text_embed(x, t, ctx):
     emb = ctx["model"].text_model.embeddings
     ids = t.tensor(x["input_ids"])

@@ -225,12 +225,13 @@ def test_the_grader_leaves_the_installed_minibridge_alone(student_copy):
 
 def test_compare_speaks_in_diffs():
     ref = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
-    ratio, line = grader.compare("y", ref + np.array([[0, 0], [0.5, 0]], np.float32), ref, 1e-5)
-    assert ratio > 1 and line == "y: worst error 0.125 > 1e-05 at index (1, 0): mine 3.5 vs reference 3"
-    assert "shape mine (2,) vs reference (2, 2)" in grader.compare("y", ref[0], ref, 1e-5)[1]
-    assert grader.compare("y", ref * np.nan, ref, 1e-5)[0] == np.inf
+    found = grader.compare("y", ref + np.array([[0, 0], [0.5, 0]], np.float32), ref, 1e-5)
+    assert found.ratio > 1 and found.message == "y: worst error 0.125 > 1e-05 at index (1, 0): mine 3.5 vs reference 3"
+    assert found.tol == 1e-5 and found.err == pytest.approx(0.125) and found.case is None
+    assert "shape mine (2,) vs reference (2, 2)" in grader.compare("y", ref[0], ref, 1e-5).message
+    assert grader.compare("y", ref * np.nan, ref, 1e-5).ratio == np.inf
     words = np.array(["Ġlow er", "a"])
-    assert "mine 'Ġl ow er' vs reference 'Ġlow er'" in grader.compare("t", ["Ġl ow er", "a"], words, 0)[1]
+    assert "mine 'Ġl ow er' vs reference 'Ġlow er'" in grader.compare("t", ["Ġl ow er", "a"], words, 0).message
 
 
 # ---- the snapshots ------------------------------------------------------------------------------------
@@ -260,8 +261,8 @@ def test_snapshots_are_what_the_reference_computes_from_their_inputs():
                   for m, arrays in snap.mistakes.items() for key, stored in arrays.items()]
         for key, again, stored in pairs:
             tol = 1e-6 if stored.dtype.kind == "f" else 0  # the same arithmetic again: only float noise may differ
-            ratio, line = grader.compare(f"{name}/{key}", again, stored, tol)
-            assert ratio <= 1, line
+            found = grader.compare(f"{name}/{key}", again, stored, tol)
+            assert found.ratio <= 1, found.message
 
 
 def test_the_instructor_guide_lists_every_component_with_its_tolerance():

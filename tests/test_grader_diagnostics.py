@@ -12,6 +12,11 @@ import pytest
 
 from minibridge.assignments import check
 from minibridge.assignments.components import BY_NAME, COMPONENTS
+# The reference's own, held from before a check: while one runs, the learner's function is in its place.
+from minibridge.bridge import link_tower as reference_link_tower
+from minibridge.bridge import to_cross_space as reference_to_cross_space
+from minibridge.text import bert_attention as reference_bert_attention
+from minibridge.vision import patchify as reference_patchify
 
 
 def textbook_softmax(x):
@@ -55,6 +60,60 @@ def test_check_turns_the_learners_exceptions_into_fail_lines(capsys):
 def test_check_fills_the_functions_not_given_with_the_reference():
     assert check("heads").passed
     assert not check("heads", itm_logits=lambda p, pooled: pooled @ p["fc"]["weight"].T).passed  # no bias
+
+
+def test_check_puts_the_learners_function_where_the_reference_code_calls_it(capsys):
+    """model.bridgetower calls the to_cross_space model.py imported, vision.patch_embed the patchify of
+    vision.py: the learner's function must be the one they call, and the reference's again afterwards."""
+    import minibridge.bridge
+    import minibridge.model
+    import minibridge.vision
+
+    def my_to_cross_space(*args, **kwargs):
+        raise RuntimeError("my to_cross_space")
+
+    result = check("bridgetower", to_cross_space=my_to_cross_space)
+    assert result.status == "error" and "RuntimeError: my to_cross_space" in result.message, capsys.readouterr().out
+    assert "in my_to_cross_space)" in result.message, result.message
+    result = check("patchify", patchify=patchify_with(grid=(4, 2)))  # column-major grid
+    assert not result.passed and result.message.startswith("patches"), capsys.readouterr().out
+    assert "also failing: embeddings" in result.notes, result.notes
+    assert minibridge.model.to_cross_space is minibridge.bridge.to_cross_space is reference_to_cross_space
+    assert minibridge.vision.patchify is reference_patchify
+    assert check("bridgetower").passed and check("patchify").passed
+
+
+def test_every_result_says_its_status(capsys):
+    def unwritten(x):
+        raise NotImplementedError("my TODO")
+
+    with np.errstate(all="ignore"):
+        statuses = [check("softmax", softmax=f).status for f in (textbook_softmax, unwritten, lambda x: x.no_such,
+                                                                   np.exp)]
+    assert statuses == ["pass", "not implemented", "error", "fail"], capsys.readouterr().out
+    from minibridge.assignments.grade import Result
+
+    with pytest.raises(ValueError, match="status"):
+        Result("softmax", False, "a Result made without its status")
+    with pytest.raises(ValueError, match="status"):
+        Result("softmax", True, "passed, with the status of a failure", status="fail")
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGALRM"), reason="the time limit needs POSIX signals")
+def test_run_component_stops_at_its_time_limit():
+    from minibridge.assignments.components import Tiny
+    from minibridge.assignments.grade import load_snapshots, run_component
+    from minibridge.assignments.notebook import NotebookStudent
+
+    def endless(x):
+        while True:
+            pass
+
+    student = NotebookStudent({"ops.softmax": endless})
+    with student.patched():
+        result = run_component(BY_NAME["softmax"], student, load_snapshots()["softmax"], Tiny.make(), time_limit=0.2)
+    assert result.status == "error" and "TimeoutError: still running after 0.2 s" in result.message, result.message
+    assert "in endless, " in result.message or "in endless)" in result.message, result.message
 
 
 @pytest.mark.parametrize("component, keywords, match", [
@@ -256,11 +315,9 @@ def unnormalised_contrastive(p, x):
 
 
 def swapped_interpolate(p, h, c, link_tower_type, eps):
-    from minibridge.bridge import link_tower
-
     if link_tower_type == "interpolate":
-        return link_tower(p, c, h, link_tower_type, eps)  # h·β + c·(1 − β)
-    return link_tower(p, h, c, link_tower_type, eps)
+        return reference_link_tower(p, c, h, link_tower_type, eps)  # h·β + c·(1 − β)
+    return reference_link_tower(p, h, c, link_tower_type, eps)
 
 
 def patchify_with(grid=(2, 4), inside=(1, 3, 5)):
@@ -304,9 +361,7 @@ def bpe_with(pick=min, once=False, right_to_left=False):
 
 
 def bert_attention_without_mask(p, x, kv, num_heads, eps, mask=None):
-    from minibridge.text import bert_attention
-
-    return bert_attention(p, x, kv, num_heads, eps, None)
+    return reference_bert_attention(p, x, kv, num_heads, eps, None)
 
 
 def text_embed_with(token_type=True, positions=None):
@@ -543,9 +598,10 @@ def test_exact_outputs_say_how_many_differ_and_the_first(capsys):
                               "mine 1 vs reference 2"), capsys.readouterr().out
     from minibridge.assignments.grade import compare
 
-    ratio, line = compare("ids", np.array([[2, 3], [1, 5]]), np.array([[2, 3], [1, 4]]), 0)
-    assert ratio == np.inf and line == "ids: 1 of 4 differ; the first, at index (1, 1): mine 5 vs reference 4"
-    assert compare("ids", np.array([2.0, 3.5]), np.array([2, 4]), 0)[1].endswith("mine 3.5 vs reference 4")
+    found = compare("ids", np.array([[2, 3], [1, 5]]), np.array([[2, 3], [1, 4]]), 0)
+    assert found.ratio == np.inf and found.message == ("ids: 1 of 4 differ; the first, at index (1, 1): mine 5 vs "
+                                                       "reference 4")
+    assert compare("ids", np.array([2.0, 3.5]), np.array([2, 4]), 0).message.endswith("mine 3.5 vs reference 4")
 
 
 # ---- the hints ship in every handout: they compute no component, right or wrong ------------------------
@@ -555,6 +611,8 @@ COMPONENT_MODULES = {"ops", "vision", "text", "bridge", "heads", "model", "token
 # NumPy's math that, composed, computes components (the symptoms need none of it: properties and
 # stored mistakes do); and the matrix product.
 SOLUTION_MATH = {"exp", "expm1", "tanh", "erf", "sqrt", "einsum", "matmul", "dot", "tensordot", "cumsum", "sigmoid"}
+# and the array methods that rearrange a component's output into a mistake's (the patchify mistakes are stored)
+REARRANGING = {"reshape", "transpose", "moveaxis", "swapaxes", "permute", "T"}
 
 
 def test_components_py_computes_no_component_and_calls_the_package_only_through_the_student():
@@ -579,7 +637,7 @@ def test_components_py_computes_no_component_and_calls_the_package_only_through_
             assert not isinstance(node.op, ast.MatMult), f"line {node.lineno}: a matrix product"
         if isinstance(node, ast.Attribute) or isinstance(node, ast.Name):
             name = node.attr if isinstance(node, ast.Attribute) else node.id
-            assert name not in SOLUTION_MATH, f"line {node.lineno}: {ast.unparse(node)}"
+            assert name not in SOLUTION_MATH | REARRANGING, f"line {node.lineno}: {ast.unparse(node)}"
     for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.Lambda)):
         student = fn.args.args[0].arg if isinstance(fn, ast.FunctionDef) and fn.name in runs else None
         for node in ast.walk(fn):

@@ -95,9 +95,9 @@ class Case:
 class Symptom:
     """A typical mistake and its hint line for a FAIL, recognised from the student's failing outputs.
 
-    Either by `test(inputs, mine, tiny)`: a property of the student's outputs `mine` ({output:
+    Either by `test(inputs, mine, ref)`: a property of the student's outputs `mine` ({output:
     np.ndarray}, each of the reference's shape) alone or their relation to the inputs and to the
-    reference's outputs (inputs["_ref"]), never by computing the mistake;
+    reference's outputs `ref` ({output: np.ndarray}), never by computing the mistake;
     or by `mistake`: the name of a *stored mistake*, what that mistake computes from the stored inputs.
     tests/make_snapshots.py computes it offline with the reference (nothing here computes a
     component, so a handout holds no solution and its hints do not depend on the student's own
@@ -113,10 +113,11 @@ class Symptom:
     where: tuple = None
     rel: float = 1e-4
 
-    def fits(self, inputs, mine, tiny):
+    def fits(self, snapshot, mine):
+        """Whether `mine` looks like this mistake; snapshot: the component's grade.Snapshot (inputs, outputs, mistakes)."""
         if self.mistake is None:
-            return bool(self.test(inputs, mine, tiny))
-        stored = inputs["_mistakes"][self.mistake]
+            return bool(self.test(snapshot.inputs, mine, snapshot.outputs))
+        stored = snapshot.mistakes[self.mistake]
         return all(_same(mine[name] if self.where is None else mine[name][self.where], value, self.rel)
                    for name, value in stored.items())
 
@@ -319,10 +320,10 @@ _SOFTMAX_CASES = (
 )
 _SOFTMAX_SYMPTOMS = (
     Symptom("the probabilities sum to 1 over the wrong axis? softmax runs over the last axis (axis=-1)",
-            lambda x, mine, tiny: _wrong_axis(mine["y"])),
-    Symptom(_FLOAT16, lambda x, mine, tiny: _float16(mine["y"])),
+            lambda x, mine, ref: _wrong_axis(mine["y"])),
+    Symptom(_FLOAT16, lambda x, mine, ref: _float16(mine["y"])),
     Symptom("nan where the scores are large: exp overflowed; subtract the row max before exp",
-            lambda x, mine, tiny: not np.isfinite(mine["y"][0, 0]).all()),
+            lambda x, mine, ref: not np.isfinite(mine["y"][0, 0]).all()),
 )
 
 # layer_norm, x [6, 3, 16]: rows of std 1e-3, 1e-2, 0.1, 1, 10, 100 (each with an offset of its size).
@@ -390,12 +391,12 @@ def _rows_of_softmax(probs, scores, keep):
     return bool(np.isfinite(spread).all() and spread.max() < 1e-3 * max(1.0, np.abs(scores[keep]).max()))
 
 
-def _scaled_like(x, mine, factor):
+def _scaled_like(mine, ref, factor):
     """Mine's self-attention probabilities are softmax(factor · the reference's scores).
 
     That is log p = factor · log p_ref + a constant per row: a relation to the reference's output.
     """
-    ref = x["_ref"]["self_probs"].astype(np.float64)
+    ref = ref["self_probs"].astype(np.float64)
     return _rows_of_softmax(mine["self_probs"], factor * np.log(ref), ref > 0)
 
 
@@ -405,18 +406,18 @@ def _head_width(x):
 
 _ATTENTION_SYMPTOMS = (
     Symptom("probabilities normalised over the queries? softmax runs over the keys (the last axis)",
-            lambda x, mine, tiny: _wrong_axis(mine["self_probs"])),
+            lambda x, mine, ref: _wrong_axis(mine["self_probs"])),
     Symptom("scores not scaled by 1/sqrt(Dh)? (Dh = D / num_heads)",
-            lambda x, mine, tiny: _scaled_like(x, mine, _head_width(x) ** 0.5)),
+            lambda x, mine, ref: _scaled_like(mine, ref, _head_width(x) ** 0.5)),
     Symptom("scores scaled by 1/Dh instead of 1/sqrt(Dh)?",
-            lambda x, mine, tiny: _scaled_like(x, mine, _head_width(x) ** -0.5)),
+            lambda x, mine, ref: _scaled_like(mine, ref, _head_width(x) ** -0.5)),
     Symptom("scores scaled by 1/sqrt(D), the whole width? scale by 1/sqrt(Dh), the width of one head "
             "(Dh = D / num_heads)",
-            lambda x, mine, tiny: _scaled_like(x, mine, (_head_width(x) / x["s"].shape[-1]) ** 0.5)),
+            lambda x, mine, ref: _scaled_like(mine, ref, (_head_width(x) / x["s"].shape[-1]) ** 0.5)),
     Symptom("padding mask not applied? masked keys must get probability 0",
-            lambda x, mine, tiny: bool((mine["probs"][1, ..., 4:] > 1e-6).any()) and _sums_to_one(mine["probs"], -1)),
+            lambda x, mine, ref: bool((mine["probs"][1, ..., 4:] > 1e-6).any()) and _sums_to_one(mine["probs"], -1)),
     Symptom("mask applied after the softmax? add it to the scores, then softmax",
-            lambda x, mine, tiny: not _sums_to_one(mine["probs"][1], -1) and _sums_to_one(mine["probs"][0], -1)),
+            lambda x, mine, ref: not _sums_to_one(mine["probs"][1], -1) and _sums_to_one(mine["probs"][0], -1)),
     Symptom("heads interleaved? head h is the contiguous slice of features h·Dh … (h + 1)·Dh - 1",
             mistake="interleaved_heads", outputs=("self_probs",)),
 )
@@ -432,24 +433,16 @@ _PATCHIFY_CASES = (
     Case("embeddings (your patches times the flattened kernel)", "embeddings"),
 )
 
-
-def _patches_like(x, mine, grid=(0, 1), inside=(0, 1, 2)):
-    """Mine's patches are the reference's with the grid axes (rows, columns) and the axes inside a patch
-    (channel, pixel row, pixel column) taken in another order (a permutation of the reference's output)."""
-    ref, P = x["_ref"]["patches"], int(x["patch_size"])
-    B, C, H, W = x["pixels"].shape
-    wrong = ref.reshape(B, H // P, W // P, C, P, P).transpose(0, *(1 + a for a in grid), *(3 + a for a in inside))
-    return _close(mine["patches"], wrong.reshape(ref.shape), 1e-6)
-
-
+# The stored mistakes are the reference's patches with the grid axes (rows, columns) or the axes inside a
+# patch (channel, pixel row, pixel column) taken in another order (tests/make_snapshots.py mistakes_patchify).
 _PATCHIFY_SYMPTOMS = (
     Symptom("patches in column-major order? the patch index runs row-major over the grid: n = row·(W // P) + column",
-            lambda x, mine, tiny: _patches_like(x, mine, grid=(1, 0))),
-    Symptom("each patch flattened channel-last (P, P, C)? flatten it channel-major, C·P·P, as the conv kernel "
-            "[Dv, C, P, P] is", lambda x, mine, tiny: _patches_like(x, mine, inside=(1, 2, 0))
-            or _patches_like(x, mine, inside=(2, 1, 0))),
+            mistake="grid_column_major", outputs=("patches",)),
+    *(Symptom("each patch flattened channel-last (P, P, C)? flatten it channel-major, C·P·P, as the conv kernel "
+              "[Dv, C, P, P] is", mistake=mistake, outputs=("patches",))
+      for mistake in ("channel_last", "channel_last_columns_first")),
     Symptom("each patch transposed (pixel columns before rows)? within a channel: pixel row i, then column j",
-            lambda x, mine, tiny: _patches_like(x, mine, inside=(0, 2, 1))),
+            mistake="columns_before_rows", outputs=("patches",)),
 )
 
 # position_ids, input_ids [4, 8] with pad 1: no padding, right padding, left padding, pads inside.
@@ -461,11 +454,11 @@ _POSITION_CASES = (
 )
 _POSITION_SYMPTOMS = (
     Symptom("positions counted from 0? real tokens count up from pad_token_id + 1 = 2",
-            lambda x, mine, tiny: bool((mine["position_ids"][0] == x["_ref"]["position_ids"][0] - 2).all())),
+            lambda x, mine, ref: bool((mine["position_ids"][0] == ref["position_ids"][0] - 2).all())),
     Symptom("positions counted from 1? real tokens count up from pad_token_id + 1 = 2",
-            lambda x, mine, tiny: bool((mine["position_ids"][0] == x["_ref"]["position_ids"][0] - 1).all())),
+            lambda x, mine, ref: bool((mine["position_ids"][0] == ref["position_ids"][0] - 1).all())),
     Symptom("pads must keep pad_token_id and not advance the count",
-            lambda x, mine, tiny: bool((mine["position_ids"][0] == x["_ref"]["position_ids"][0]).all())),
+            lambda x, mine, ref: bool((mine["position_ids"][0] == ref["position_ids"][0]).all())),
 )
 
 _VISION_BLOCK_CASES = (
@@ -485,7 +478,7 @@ _BERT_ATTENTION_CASES = (
 
 _BERT_ATTENTION_SYMPTOMS = (
     Symptom("padding mask not applied? pass mask on to the attention: masked keys get probability 0",
-            lambda x, mine, tiny: bool((mine["probs"][np.broadcast_to(x["mask"] < -1e30, mine["probs"].shape)]
+            lambda x, mine, ref: bool((mine["probs"][np.broadcast_to(x["mask"] < -1e30, mine["probs"].shape)]
                                         > 1e-6).any())),
 )
 
@@ -517,7 +510,7 @@ _BPE_SYMPTOMS = (
             "merge) goes first", mistake="highest_rank_first"),
     Symptom("stopped after one merge? repeat until no adjacent pair is in ranks", mistake="one_merge"),
     Symptom("no merge made? every token is one character: merge the lowest-ranked adjacent pair, and repeat",
-            lambda x, mine, tiny: all(len(token) == 1 for tokens in mine["tokens"].astype(str).tolist()
+            lambda x, mine, ref: all(len(token) == 1 for tokens in mine["tokens"].astype(str).tolist()
                                       for token in tokens.split(" ") if token)),
 )
 
@@ -540,21 +533,21 @@ _CROSS_MODAL_CASES = (
 )
 _CROSS_MODAL_SYMPTOMS = (
     Symptom("self_mask not applied? it masks this stream's keys in the self-attention (the text stream's "
-            "padding)", lambda x, mine, tiny: bool((mine["text_self_probs"][1, ..., 4:] > 1e-6).any())),
+            "padding)", lambda x, mine, ref: bool((mine["text_self_probs"][1, ..., 4:] > 1e-6).any())),
     Symptom("cross_mask not applied? it masks the other stream's keys in the cross-attention (the image "
             "stream attending to padded text)",
-            lambda x, mine, tiny: bool((mine["image_cross_probs"][1, ..., 4:] > 1e-6).any())),
+            lambda x, mine, ref: bool((mine["image_cross_probs"][1, ..., 4:] > 1e-6).any())),
     Symptom("cross-attention queried by the layer input x? the queries are the self-attention's output",
             mistake="cross_queried_by_x", outputs=("text_cross_probs",)),
 )
 
 _LINK_TOWER_SYMPTOMS = (
     Symptom("interpolate: h is weighted by (1 - beta) and c by beta",
-            lambda x, mine, tiny: not _close(mine["interpolate"], x["_ref"]["interpolate"], 1e-4)
-            and _close(mine["add"], x["_ref"]["add"], 1e-4)),
+            lambda x, mine, ref: not _close(mine["interpolate"], ref["interpolate"], 1e-4)
+            and _close(mine["add"], ref["add"], 1e-4)),
     Symptom("scaled_add: h is scaled (h·s + c), c is not",
-            lambda x, mine, tiny: not _close(mine["scaled_add"], x["_ref"]["scaled_add"], 1e-4)
-            and _close(mine["add"], x["_ref"]["add"], 1e-4)),
+            lambda x, mine, ref: not _close(mine["scaled_add"], ref["scaled_add"], 1e-4)
+            and _close(mine["add"], ref["add"], 1e-4)),
 )
 
 _HEADS_SYMPTOMS = (
@@ -568,7 +561,7 @@ _HEADS_SYMPTOMS = (
     Symptom("mlm_logits: transform.dense's weight not transposed? it is stored (out, in), as torch's: x @ W.T",
             mistake="mlm_dense_not_transposed", outputs=("mlm_logits",)),
     *(Symptom(f"{name}: the contrastive embedding is scaled to unit length (l2_normalize)",
-              lambda x, mine, tiny, name=name: not np.allclose(np.linalg.norm(mine[name], axis=-1), 1, atol=1e-4))
+              lambda x, mine, ref, name=name: not np.allclose(np.linalg.norm(mine[name], axis=-1), 1, atol=1e-4))
       for name in ("itc_text", "itc_image", "itc_cross")),
 )
 
@@ -584,11 +577,15 @@ _HF = "transformers"
 COMPONENTS = (
     Component("linear", ("ops.linear",), (), PRIMITIVE_TOL, f"{_TORCH}: torch.nn.functional.linear",
               "y = x W^T + b with torch's (out, in) weight layout, with and without bias", _linear,
-              {"ops.linear": 'p = {"weight": [out, in], "bias": [out]}; "bias" may be absent.'},
+              {"ops.linear": 'p = {"weight": [out, in], "bias": [out]}, so y = x @ Wᵀ (not x @ W); a p without "bias" '
+                             'means no bias (both are graded); any leading axes of x are kept ([B, S, in] -> '
+                             '[B, S, out]).'},
               on_error=(_MATMUL_SHAPES,)),
     Component("layer_norm", ("ops.layer_norm",), (), PRIMITIVE_TOL, f"{_TORCH}: torch.nn.LayerNorm",
               "LayerNorm with the biased variance and eps, on rows of very different scales", _layer_norm,
-              {"ops.layer_norm": 'p = {"weight": [D], "bias": [D]}.'}, _LAYER_NORM_CASES, _LAYER_NORM_SYMPTOMS),
+              {"ops.layer_norm": 'p = {"weight": [D], "bias": [D]}, and eps as an argument (never a constant: it '
+                                 'comes from the config). Graded on rows of std 1e-3 (where eps dominates the '
+                                 'variance) up to 100.'}, _LAYER_NORM_CASES, _LAYER_NORM_SYMPTOMS),
     Component("gelu", ("ops.gelu",), (), PRIMITIVE_TOL, f"{_TORCH}: torch.nn.functional.gelu (exact, erf)",
               "exact GELU through erf (the tanh approximation fails)", _gelu,
               {"ops.gelu": "erf(x) above is given (NumPy has none)."}, _ACTIVATION_CASES, _GELU_SYMPTOMS),
@@ -597,69 +594,121 @@ COMPONENTS = (
               cases=_ACTIVATION_CASES, symptoms=_QUICK_GELU_SYMPTOMS),
     Component("softmax", ("ops.softmax",), (), PRIMITIVE_TOL, f"{_TORCH}: torch.softmax(dim=-1)",
               "softmax over the last axis, stable for large and for masked (finfo.min) scores", _softmax,
+              {"ops.softmax": "x [..., S]: always the last axis (there is no axis argument). Graded on rows with a "
+                              "+1000 or a ±1e4 score and rows with masked (finfo.min) entries, which get "
+                              "probability 0 while the rest sum to 1."},
               cases=_SOFTMAX_CASES, symptoms=_SOFTMAX_SYMPTOMS),
     Component("attention", ("ops.attention",), ("softmax",), PRIMITIVE_TOL,
               f"{_HF}: BridgeTower's eager_attention_forward",
               "multi-head scaled dot-product attention with a padding mask", _attention,
+              {"ops.attention": "q, k, v of num_heads heads: head h is the contiguous slice of features "
+                                "h·Dh … (h+1)·Dh − 1 (Dh = D / num_heads) of q, k and v, and of the context; "
+                                "scores q·kᵀ / sqrt(Dh); the mask (0 or finfo.min) added to the scores before the "
+                                "softmax over the keys. Graded on cross-attention (Sq ≠ Sk) and self-attention."},
               cases=_ATTENTION_CASES, symptoms=_ATTENTION_SYMPTOMS),
     Component("patchify", ("vision.patchify",), (), PRIMITIVE_TOL,
               f"{_TORCH}: Tensor.unfold (patches) and torch.nn.functional.conv2d (embeddings)",
               "cut images into P x P patches; the patch conv as one matrix product", _patchify,
+              {"vision.patchify": "pixels [B, C, H, W] and P: patch n = row·(W // P) + column, row-major over the "
+                                  "grid; within a patch, entry (c·P + i)·P + j is channel c, pixel row i, column j "
+                                  "(the kernel's [C, P, P] order, not channel-last). Graded on an 18×13 image in "
+                                  "4×4 patches (2 rows and 1 column dropped), and through patch_embed, which runs "
+                                  "on your patches."},
               cases=_PATCHIFY_CASES, symptoms=_PATCHIFY_SYMPTOMS),
     Component("vision_block", ("vision.vision_block",), ("linear", "layer_norm", "quick_gelu", "attention"),
               LAYER_TOL, f"{_HF}: BridgeTowerResidualAttention (resblocks.0 of the tiny model)",
               "one pre-LN CLIP ViT block: packed q/k/v, QuickGELU MLP", _vision_block,
               {"vision.vision_block": 'p = {"ln_1", "attn": {"in_proj_weight" [3·Dv, Dv], "in_proj_bias" [3·Dv], '
                                       '"out_proj"}, "ln_2", "mlp": {"c_fc", "c_proj"}}; '
-                                      'heads: cfg.num_attention_heads.'}, _VISION_BLOCK_CASES),
+                                      'heads: cfg.num_attention_heads. q, k, v = ln_1(x) times the packed in_proj '
+                                      'rows [W_q; W_k; W_v], in that order; no mask; QuickGELU (not GELU) in the '
+                                      'MLP; both LayerNorms with cfg.layer_norm_eps.'}, _VISION_BLOCK_CASES),
     Component("position_ids", ("text.position_ids",), (), EXACT,
               f"{_HF}: BridgeTowerTextEmbeddings.create_position_ids_from_input_ids",
               "RoBERTa position ids (from 2; pads keep the pad id), right-, left- and inner padding", _position_ids,
+              {"text.position_ids": "input_ids [B, T] int: a pad anywhere keeps pad_token_id and does not advance "
+                                    "the count. Graded exactly (integers) on no padding, right, left and inner "
+                                    "padding."},
               cases=_POSITION_CASES, symptoms=_POSITION_SYMPTOMS),
     Component("text_embed", ("text.text_embed",), ("position_ids", "layer_norm"), PRIMITIVE_TOL,
               f"{_HF}: BridgeTowerTextEmbeddings (text_model.embeddings of the tiny model)",
               "word + token-type + position embeddings, then LayerNorm", _text_embed,
               {"text.text_embed": 'p = {"word_embeddings", "position_embeddings", "token_type_embeddings", '
-                                  '"LayerNorm"}, each table under "weight"; pad id and eps are in cfg.'},
+                                  '"LayerNorm"}, each table under "weight"; pad id and eps are in cfg. Token type '
+                                  '0 for every token (row 0 of token_type_embeddings); position rows at '
+                                  'position_ids(input_ids, cfg.pad_token_id), so pads take row pad_token_id; '
+                                  'LayerNorm with cfg.layer_norm_eps. Graded on the four paddings of position_ids.'},
               _TEXT_EMBED_CASES, _TEXT_EMBED_SYMPTOMS),
     Component("bert_attention", ("text.bert_attention",), ("linear", "attention", "layer_norm"), LAYER_TOL,
               f"{_HF}: BridgeTowerAttention (text layer 0's self-attention)",
               "a RoBERTa attention block with its post-LN residual, padded batch", _bert_attention,
-              {"text.bert_attention": 'p = {"self": {"query", "key", "value"}, "output": {"dense", "LayerNorm"}}.'},
+              {"text.bert_attention": 'p = {"self": {"query", "key", "value"}, "output": {"dense", "LayerNorm"}}: q '
+                                      'from x, k and v from kv, each through its own Linear; the residual adds x '
+                                      '(the queries\' input) before the LayerNorm; the mask goes to every head. '
+                                      'Graded on a padded batch.'},
               _BERT_ATTENTION_CASES, _BERT_ATTENTION_SYMPTOMS),
     Component("bpe", ("tokenizer.bpe",), (), EXACT,
               "tokenizers: models.BPE.tokenize, merges trained by tokenizers' BpeTrainer on a small corpus",
-              "the byte-pair merge loop of one word", _bpe, cases=_BPE_CASES, symptoms=_BPE_SYMPTOMS),
+              "the byte-pair merge loop of one word", _bpe,
+              {"tokenizer.bpe": "word: one pre-tokenised word of byte-level symbols: the lowest rank first (not the "
+                                "highest); all occurrences of that pair, left to right without overlap (a a a → aa "
+                                "a); repeated until no adjacent pair is in ranks (not one merge). Graded exactly, "
+                                "word by word, on seen and unseen words, repeated letters, multi-byte characters "
+                                "(é, 😺), digits, spaces."},
+              cases=_BPE_CASES, symptoms=_BPE_SYMPTOMS),
     Component("link_tower", ("bridge.link_tower",), ("layer_norm",), PRIMITIVE_TOL,
               f"{_HF}: BridgeTowerLinkTower, one per link_tower_type",
               "the bridge layer: LN(h + c), scaled_add and interpolate", _link_tower,
-              {"bridge.link_tower": 'p = {"LayerNorm"}, plus the 0-d "scaled_factor" or "beta" for those types.'},
+              {"bridge.link_tower": 'p = {"LayerNorm"}, plus the 0-d "scaled_factor" or "beta" for those types. '
+                                   'Graded on each of the three types.'},
               symptoms=_LINK_TOWER_SYMPTOMS),
     Component("cross_modal_layer", ("bridge.cross_modal_layer",), ("bert_attention", "linear", "gelu", "layer_norm"),
               LAYER_TOL, f"{_HF}: BridgeTowerBertCrossLayer (cross_modal_{{text,image}}_layers.0)",
               "self-attention, co-attention to the other stream, FFN; both streams", _cross_modal_layer,
               {"bridge.cross_modal_layer": 'p = {"attention", "crossattention", "intermediate", "output"}: '
-                                           'text.bert_attention and text.bert_ffn take these subtrees.'},
+                                           'text.bert_attention and text.bert_ffn take these subtrees: '
+                                           'bert_attention(p["attention"]) of x on x with self_mask (this stream\'s '
+                                           'keys), then bert_attention(p["crossattention"]) with that output as '
+                                           'queries and `other` as keys and values, with cross_mask (the other '
+                                           'stream\'s keys); then bert_ffn. Graded on both streams: (self_mask, '
+                                           'cross_mask) is (text mask, None) for the text stream and (None, text '
+                                           'mask) for the image stream.'},
               _CROSS_MODAL_CASES, _CROSS_MODAL_SYMPTOMS),
     Component("heads", ("heads.pooler", "heads.itm_logits", "heads.mlm_logits", "heads.contrastive_embedding"),
               ("linear", "layer_norm", "gelu"), LAYER_TOL,
               f"{_HF}: BridgeTowerPooler, BridgeTowerITMHead, BridgeTowerMLMHead, BridgeTowerContrastiveHead",
               "poolers, ITM, MLM and the three contrastive embeddings", _heads,
-              {"heads.pooler": 'p = {"dense"} (cross_modal_text_pooler or cross_modal_image_pooler).',
-               "heads.itm_logits": 'p = {"fc"} (itm_score).',
-               "heads.mlm_logits": 'p = {"transform": {"dense", "LayerNorm"}, "decoder": {"weight"}, "bias"}.',
-               "heads.contrastive_embedding": 'p = {"fc"} (itc_text_head, itc_image_head or itc_cross_modal_head).'},
+              {"heads.pooler": 'p = {"dense"} (cross_modal_text_pooler or cross_modal_image_pooler): features[:, 0] '
+                               'only (not a mean), then p["dense"], then tanh. Graded as the model uses it: the text '
+                               'and the image pooler concatenated, text first, into the [B, 2D] pooled vector.',
+               "heads.itm_logits": 'p = {"fc"} (itm_score), a Linear with its bias, on the concatenated pooled '
+                                   'vector [text pooled, image pooled]; no activation.',
+               "heads.mlm_logits": 'p = {"transform": {"dense", "LayerNorm"}, "decoder": {"weight"}, "bias"}: '
+                                   'transform.dense, then exact GELU, then transform.LayerNorm with eps, in that '
+                                   'order; then times decoder.weight [V, D] transposed (the decoder has no bias) '
+                                   'plus the separate p["bias"] [V].',
+               "heads.contrastive_embedding": 'p = {"fc"} (itc_text_head, itc_image_head or itc_cross_modal_head): '
+                                              'p["fc"] with its bias, then L2-normalised along the last axis (each '
+                                              'row of length 1, ops.l2_normalize). Graded on each of the three '
+                                              'heads, on its stored input.'},
               symptoms=_HEADS_SYMPTOMS, on_error=(_MATMUL_SHAPES,)),
     Component("bridgetower", ("bridge.to_cross_space", "model.bridgetower"),
               ("patchify", "vision_block", "text_embed", "bert_attention", "link_tower", "cross_modal_layer", "heads",
                "linear", "layer_norm"), MODEL_TOL, f"{_HF}: BridgeTowerModel, via tests/reference.py",
               "the full forward pass: towers, bridges, cross-modal stack, poolers", _bridgetower,
-              {"bridge.to_cross_space": 'p: the whole tree: p["cross_modal_{side}_transform"] (a list of Linears '
-                                        'when not cfg.share_cross_modal_transformer_layers), '
-                                        'p["token_type_embeddings"]["weight"] [2, D], TOKEN_TYPE[side], and for '
-                                        'the image p["vision_model"]["visual"]["ln_post"].',
+              {"bridge.to_cross_space": 'p: the whole tree: for the image only, first p["vision_model"]["visual"]'
+                                        '["ln_post"] (eps cfg.vision_config.layer_norm_eps); then the side\'s '
+                                        'p["cross_modal_{side}_transform"] (a list of Linears when not '
+                                        'cfg.share_cross_modal_transformer_layers); then + row TOKEN_TYPE[side] '
+                                        '(text 0, image 1) of p["token_type_embeddings"]["weight"] [2, D]. Graded '
+                                        'through the full model.',
                "model.bridgetower": "The cross-modal part of one step of the loop (the diagram at the top of "
-                                    "model.py): tower layer i feeds cross-modal layer l = i - first."}),
+                                    "model.py): tower layer i feeds cross-modal layer l = i - first. Cross-modal "
+                                    "layer 0 reads LN(to_cross_space(...)) (cross_modal_{text,image}_layernorm), "
+                                    "layer l > 0 link tower l − 1 of it and layer l − 1's output; both streams read "
+                                    "this layer's inputs; (self_mask, cross_mask) is (mask, None) for the text "
+                                    "stream, (None, mask) for the image stream. Graded: text_features, "
+                                    "image_features and pooler_output of a padded batch."}),
 )
 
 BY_NAME = {c.name: c for c in COMPONENTS}

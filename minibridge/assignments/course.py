@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .build import PACKAGE, assigned_in
 from .components import BY_NAME, COMPONENTS, week_of
-from .grade import RUNNING, STOPPED, package_dir, status_of, where_in_dump
+from .grade import RUNNING, STOPPED, package_dir, where_in_dump
 
 SUBMISSION_TIMEOUT_S = 600  # one whole submission (16 components take about a second when they end)
 FIELDS = ("component", "week", "status", "passed", "ratio", "message")
@@ -36,7 +36,7 @@ FIELDS = ("component", "week", "status", "passed", "ratio", "message")
 
 def rows(results):
     """One gradebook row (a dict of FIELDS and notes) per grade.Result."""
-    return [_row(r.name, status_of(r), r.passed, r.ratio, r.message, r.notes) for r in results]
+    return [_row(r.name, r.status, r.passed, r.ratio, r.message, r.notes) for r in results]
 
 
 def _row(name, status, passed, ratio, message, notes=()):

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import to_numpy
+from . import GRADED_MODULES
 from .build import assigned_in, component_names, read_manifest
 from .components import BY_NAME, Tiny, config_json, foundations, tiny_weights, weights_checksum
 
@@ -34,7 +35,7 @@ SNAPSHOTS = Path(__file__).with_name("snapshots.npz")
 # Seconds one component may run (the full model takes well under one): a merge loop that never
 # ends fails its component instead of hanging the grader.
 TIME_LIMIT_S = 60
-MODULES = ("ops", "vision", "text", "bridge", "heads", "model", "tokenizer")  # what components call
+MODULES = GRADED_MODULES  # what components call (assignments/__init__.py)
 # `check` ends itself, with this exit status, when a component is still running a grace period
 # after its time limit (code that catches the TimeoutError and goes on); see _hard_stop.
 HARD_STOP_EXIT = 3
@@ -50,14 +51,23 @@ class SnapshotError(RuntimeError):
     """snapshots.npz does not fit this version of the components."""
 
 
+STATUSES = ("pass", "fail", "not implemented", "error", "not assigned")  # "error": the code raised
+
+
 @dataclass
 class Result:
+    """One component's grade. Whoever makes it sets its status (one of STATUSES); passed is status == "pass"."""
+
     name: str
     passed: bool
     message: str  # one line: the worst error, or why it failed
     notes: list = field(default_factory=list)  # further lines: other failing outputs, failing dependencies
-    status: str = ""  # pass, fail, not implemented, error or not assigned: `grade` sets it (status_of)
+    status: str = None  # one of STATUSES
     ratio: float = None  # the worst error over the tolerance, where one was measured
+
+    def __post_init__(self):
+        if self.status not in STATUSES or self.passed != (self.status == "pass"):
+            raise ValueError(f"Result {self.name}: status {self.status!r} (one of {STATUSES}) and passed={self.passed}")
 
 
 # ---- the student copy ---------------------------------------------------------------------------------
@@ -97,6 +107,10 @@ class Student:
     def close(self):
         for name in [n for n in sys.modules if n == self.package or n.startswith(self.package + ".")]:
             del sys.modules[name]
+
+    def where(self, error):
+        """ " (at minibridge/ops.py:120 in softmax)": where in this copy `error` was raised (_where), or ""."""
+        return _where(error, self.root)
 
 
 # ---- snapshots ----------------------------------------------------------------------------------------
@@ -146,34 +160,42 @@ def load_snapshots(path=SNAPSHOTS):
 # ---- comparing ----------------------------------------------------------------------------------------
 
 
+class Check(NamedTuple):
+    """How one output compares with the reference's (compare)."""
+
+    ratio: float  # the worst error over its tolerance (inf: a wrong shape or dtype, or any difference if exact)
+    message: str  # one line: where, the worst error or the first difference, mine vs reference
+    tol: float  # the tolerance of the case it reports
+    case: object = None  # that components.Case, or None
+
+    @property
+    def err(self):
+        """The worst error itself."""
+        return self.ratio * self.tol
+
+
 def compare(name, mine, ref, tol, cases=()):
-    """(error / tolerance ratio, message): the worst element of `mine` against `ref`.
+    """The worst element of `mine` against `ref`: a Check.
 
     error = max |mine - ref| / max(1, max |ref|), as the parity tests; for exact outputs (strings,
     integers, or a tolerance of 0), how many elements differ and the first of them.
     cases: the components.Case of this output; each is graded on its own elements with its own
-    tolerance and scale, and the message names the case that is furthest beyond its tolerance
+    tolerance and scale, and the Check reports the case that is furthest beyond its tolerance
     (for exact outputs, the first case in order with a difference).
     """
-    ratio, message, *_ = _compare(name, mine, ref, tol, cases)
-    return ratio, message
-
-
-def _compare(name, mine, ref, tol, cases=()):
-    """compare, plus the error and tolerance of the case it reports (for a PASS line) and that Case (or None)."""
     try:
         mine = np.asarray(to_numpy(mine))
     except Exception as e:  # noqa: BLE001 (a ragged list, an object that is no array)
-        return np.inf, f"{name}: returned {type(mine).__name__}, not an array ({e})", np.inf, tol, None
+        return Check(np.inf, f"{name}: returned {type(mine).__name__}, not an array ({e})", tol)
     if mine.shape != ref.shape:
-        return np.inf, f"{name}: shape mine {mine.shape} vs reference {ref.shape}", np.inf, tol, None
+        return Check(np.inf, f"{name}: shape mine {mine.shape} vs reference {ref.shape}", tol)
     if ref.dtype.kind not in "U" and mine.dtype.kind not in "biuf":
-        return (np.inf, f"{name}: returned dtype {mine.dtype}, expected numbers like the reference's {ref.dtype}",
-                np.inf, tol, None)
+        return Check(np.inf, f"{name}: returned dtype {mine.dtype}, expected numbers like the reference's {ref.dtype}",
+                     tol)
     if ref.dtype.kind in "Ubiu" or tol == 0:
         return _compare_exact(name, mine, ref, tol, cases)
     if ref.size == 0:
-        return 0.0, f"{name}: empty, as the reference", 0.0, tol, None
+        return Check(0.0, f"{name}: empty, as the reference", tol)
     diff = np.abs(mine.astype(np.float64) - ref.astype(np.float64))
     diff[np.isnan(diff)] = np.inf
     best = None
@@ -188,18 +210,18 @@ def _compare(name, mine, ref, tol, cases=()):
     ratio, label, worst, err, case_tol = best
     index = tuple(int(i) for i in worst)
     where = f'{name}, case "{label}"' if label else name
-    return ratio, (f"{where}: worst error {err:.3g} {'>' if ratio > 1 else '<='} {case_tol:g} at index {index}: "
-                   f"mine {mine[worst]:.7g} vs reference {ref[worst]:.7g}"), err, case_tol, _case(cases, label)
+    return Check(ratio, (f"{where}: worst error {err:.3g} {'>' if ratio > 1 else '<='} {case_tol:g} at index {index}: "
+                         f"mine {mine[worst]:.7g} vs reference {ref[worst]:.7g}"), case_tol, _case(cases, label))
 
 
 def _compare_exact(name, mine, ref, tol, cases):
-    """_compare for outputs that must match exactly (strings, integers): no worst error, the first difference.
+    """compare for outputs that must match exactly (strings, integers): no worst error, the first difference.
 
     The first case (in the cases' order) with a difference is named, and its first differing element.
     """
     wrong = mine.astype(str) != ref if ref.dtype.kind == "U" else ~(mine == ref)
     if not wrong.any():
-        return 0.0, f"{name}: exact match", 0.0, tol, None
+        return Check(0.0, f"{name}: exact match", tol)
     label, inside, _ = next(m for m in _case_masks(ref.shape, cases, tol) if (wrong & m[1]).any())
     i = int(np.flatnonzero(wrong & inside)[0])
     if ref.dtype.kind == "U":
@@ -208,8 +230,8 @@ def _compare_exact(name, mine, ref, tol, cases):
         index = str(tuple(int(j) for j in np.unravel_index(i, ref.shape)))
         shown = lambda v: str(int(v)) if np.isfinite(v) and float(v) == int(v) else f"{v:.7g}"  # noqa: E731
     where = f'{name}, case "{label}"' if label else name
-    return np.inf, (f"{where}: {int(wrong.sum())} of {ref.size} differ; the first, at index {index}: "
-                    f"mine {shown(mine.flat[i])} vs reference {shown(ref.flat[i])}"), np.inf, tol, _case(cases, label)
+    return Check(np.inf, (f"{where}: {int(wrong.sum())} of {ref.size} differ; the first, at index {index}: "
+                          f"mine {shown(mine.flat[i])} vs reference {shown(ref.flat[i])}"), tol, _case(cases, label))
 
 
 def _case(cases, label):
@@ -233,7 +255,7 @@ def _case_masks(shape, cases, tol):
     return out
 
 
-def _symptoms(component, snapshot, mine, tiny):
+def _symptoms(component, snapshot, mine):
     """The hint lines of the component's typical mistakes (components.Symptom) that the failing outputs look like."""
     try:
         arrays = {k: np.asarray(to_numpy(v)) for k, v in mine.items()}
@@ -241,12 +263,11 @@ def _symptoms(component, snapshot, mine, tiny):
             return []
     except Exception:  # noqa: BLE001 (no arrays to look at: the FAIL line says why)
         return []
-    inputs = {**snapshot.inputs, "_ref": snapshot.outputs, "_mistakes": snapshot.mistakes}
     hints = []
     for symptom in component.symptoms:
         try:
             with np.errstate(all="ignore"):
-                if symptom.fits(inputs, arrays, tiny) and "hint: " + symptom.hint not in hints:
+                if symptom.fits(snapshot, arrays) and "hint: " + symptom.hint not in hints:
                     hints.append("hint: " + symptom.hint)
         except Exception:  # noqa: BLE001 (a symptom that cannot be judged on these outputs says nothing)
             pass
@@ -386,36 +407,43 @@ def _is_students(filename, root):
 
 
 def run_component(component, student, snapshot, tiny, time_limit=TIME_LIMIT_S):
-    """Run one component of the student's code on its snapshot (a Snapshot, or (inputs, outputs)): a Result."""
-    snapshot = Snapshot(*snapshot) if len(snapshot) == 3 else Snapshot(*snapshot, {})
-    inputs, reference = snapshot.inputs, snapshot.outputs
+    """Run one component of the student's code on its Snapshot: a Result.
+
+    student: a Student, or a notebook.NotebookStudent (the modules, and where(error) for an error line).
+    time_limit: seconds the component may run before a TimeoutError stops it.
+    """
     try:
         with _time_limit(time_limit):
-            mine = component.run(student, inputs, tiny)
+            mine = component.run(student, snapshot.inputs, tiny)
     except NotImplementedError as e:
-        return Result(component.name, False, f"not implemented: {e}")
+        return Result(component.name, False, f"not implemented: {e}", status="not implemented")
     except (Exception, SystemExit) as e:  # noqa: BLE001 (whatever the student's code raises fails this component)
         hint = " (inputs and weights are read-only, as a memory-mapped checkpoint is)" if "read-only" in str(e) else ""
-        where = student.where(e) if hasattr(student, "where") else _where(e, student.root)  # a notebook's, or a copy's
         notes = ["hint: " + h.hint for h in component.on_error if any(s in str(e) for s in h.says)]
-        return Result(component.name, False, f"error: {type(e).__name__}: {e}{hint}{where}", notes)
+        return Result(component.name, False, f"error: {type(e).__name__}: {e}{hint}{student.where(e)}", notes,
+                      status="error")
+    reference = snapshot.outputs
     assert sorted(mine) == sorted(reference), f"{component.name}: run {sorted(mine)}, snapshot {sorted(reference)}"
+    checks = {name: compare(name, mine[name], reference[name], component.tol, component.cases_of(name))
+              for name in reference}
     # The failing output to report: the first in the order of the component's cases (they list the
     # earlier stage first: a block's attention probabilities before its output), else the worst.
     order = [c.output for c in component.cases]
-    checks = sorted(((*_compare(name, mine[name], reference[name], component.tol, component.cases_of(name)), name)
-                     for name in reference),
-                    key=lambda c: (c[0] <= 1, order.index(c[-1]) if c[-1] in order else len(order), -c[0]))
-    (ratio, message, err, tol, case, _), others = checks[0], [c[-1] for c in checks[1:] if c[0] > 1]
-    if ratio > 1:
+    first, *rest = sorted(checks, key=lambda name: (checks[name].ratio <= 1,
+                                                    order.index(name) if name in order else len(order),
+                                                    -checks[name].ratio))
+    failing = checks[first]
+    if failing.ratio > 1:
+        others = [name for name in rest if checks[name].ratio > 1]
         notes = ["also failing: " + ", ".join(others)] if others else []
         # A typical mistake recognised says more than what the failing case tests.
-        hints = _symptoms(component, snapshot, mine, tiny) or _case_hint(case, snapshot, mine)
-        return Result(component.name, False, message, notes + hints, ratio=ratio)
+        hints = _symptoms(component, snapshot, mine) or _case_hint(failing.case, snapshot, mine)
+        return Result(component.name, False, failing.message, notes + hints, status="fail", ratio=failing.ratio)
     if component.tol == 0:
-        return Result(component.name, True, "exact match", ratio=0.0)
-    worst, _, err, tol, _, _ = max(checks, key=lambda c: c[0])  # passing: the closest to its tolerance
-    return Result(component.name, True, f"worst error {err:.2g} (tolerance {tol:.2g})", ratio=worst)
+        return Result(component.name, True, "exact match", status="pass", ratio=0.0)
+    closest = max(checks.values(), key=lambda c: c.ratio)  # passing: the closest to its tolerance
+    return Result(component.name, True, f"worst error {closest.err:.2g} (tolerance {closest.tol:.2g})", status="pass",
+                  ratio=closest.ratio)
 
 
 def grade(impl, names=None, snapshots=SNAPSHOTS, assigned=None, progress=None, hard_stop=False, time_limit=None):
@@ -448,7 +476,6 @@ def grade(impl, names=None, snapshots=SNAPSHOTS, assigned=None, progress=None, h
                     progress(c.name, None)
                 with _hard_stop(c.name, time_limit, student.root, progress) if hard_stop else contextlib.nullcontext():
                     r = run_component(c, student, snaps[c.name], tiny, time_limit=time_limit)
-            r.status = status_of(r)
             # Foundations come earlier in teaching order (tests/test_assignments.py checks it): their
             # results are in by now.
             below = [n for n in foundations(r.name) if n in failed]
@@ -464,15 +491,6 @@ def grade(impl, names=None, snapshots=SNAPSHOTS, assigned=None, progress=None, h
     return results
 
 
-def status_of(result):
-    """pass, fail, not implemented, error (the code raised) or not assigned."""
-    if result.status:
-        return result.status
-    if result.passed:
-        return "pass"
-    return next((s for s in ("not implemented", "error") if result.message.startswith(s)), "fail")
-
-
 def report(results, names=None):
     """The grader's output: one line per component (plus notes), then `score: P/N components`.
 
@@ -485,7 +503,7 @@ def report(results, names=None):
 
 def report_lines(result, width):
     """The report's lines for one Result: its PASS, FAIL or ---- line and its notes (names padded to `width`)."""
-    if status_of(result) == "not assigned":
+    if result.status == "not assigned":
         return [f"----  {result.name:<{width}}  {result.message}"]
     return [f"{'PASS' if result.passed else 'FAIL'}  {result.name:<{width}}  {result.message}",
             *(f"      {'':<{width}}  {note}" for note in result.notes)]
@@ -493,7 +511,7 @@ def report_lines(result, width):
 
 def graded(results):
     """The results of the components graded: all but those not assigned."""
-    return [r for r in results if status_of(r) != "not assigned"]
+    return [r for r in results if r.status != "not assigned"]
 
 
 def score_line(results, names=None):

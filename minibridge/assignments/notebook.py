@@ -7,43 +7,56 @@
 The keywords are the functions the component covers (`Component.covers`, the part after the dot);
 the ones not given are the reference package's own. The component runs on the same stored inputs,
 tiny weights and tolerances as `python -m minibridge.assignments check`, and prints the same lines.
+
+While it runs, the learner's functions replace the reference's in the package's modules (so the
+reference code that calls them calls the learner's); a learner's function that calls the reference's
+version of itself must hold it from before: `from minibridge.ops import softmax as reference_softmax`.
 """
 
+import contextlib
+import importlib
 import traceback
 from pathlib import Path
 
-from .. import bridge, heads, model, ops, text, tokenizer, vision
+from . import GRADED_MODULES
 from .components import BY_NAME, COMPONENTS, Tiny
 from .grade import load_snapshots, report, run_component
 
-_REFERENCE = {"ops": ops, "vision": vision, "text": text, "bridge": bridge, "heads": heads, "model": model,
-              "tokenizer": tokenizer}
-
-
-class _Module:
-    """A reference module with some of its functions replaced by the learner's (a read-only view)."""
-
-    def __init__(self, module, overrides):
-        self._module, self._overrides = module, overrides
-
-    def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return self._overrides[name] if name in self._overrides else getattr(self._module, name)
-
 
 class NotebookStudent:
-    """What `run_component` calls: student.ops, student.text, ... with the learner's functions in them."""
+    """What `run_component` calls: student.ops, student.text, ... (the reference modules) and where(error).
+
+    The learner's functions are in those modules only while `patched` holds them there.
+    """
 
     def __init__(self, functions):
         """functions: {"module.function": callable}."""
         self.functions = functions
-        by_module = {}
-        for qualified, fn in functions.items():
-            module, name = qualified.split(".")
-            by_module.setdefault(module, {})[name] = fn
-        for module, reference in _REFERENCE.items():
-            setattr(self, module, _Module(reference, by_module.get(module, {})))
+        for module in GRADED_MODULES:
+            setattr(self, module, importlib.import_module(f"..{module}", __package__))
+
+    @contextlib.contextmanager
+    def patched(self):
+        """Put the learner's functions in place of the reference's, in every module that holds the reference's.
+
+        subtle: a reference function calls another through its own module's globals (model.bridgetower
+        calls the to_cross_space that model.py imported from bridge.py, vision.patch_embed calls patchify),
+        so replacing it in its defining module alone would grade the reference's own in those calls.
+        """
+        modules = [getattr(self, m) for m in GRADED_MODULES]
+        replaced = []  # (module, name, the reference's function)
+        try:
+            for qualified, fn in self.functions.items():
+                module, name = qualified.split(".")
+                ref = getattr(getattr(self, module), name)
+                for m in modules:
+                    if getattr(m, name, None) is ref:
+                        replaced.append((m, name, ref))
+                        setattr(m, name, fn)
+            yield
+        finally:
+            for m, name, ref in reversed(replaced):
+                setattr(m, name, ref)
 
     def where(self, error):
         """ " (in my_softmax, line 3 of its notebook cell)" for the last frame of the learner's code, or ""."""
@@ -75,6 +88,8 @@ def check(component, /, **functions):
         raise ValueError(f"component {component!r} covers {sorted(valid)}, not {unknown}"
                          f" (a function of another component is checked with check(\"<that component>\", ...))")
     student = NotebookStudent({valid[name]: fn for name, fn in functions.items()})
-    result = run_component(c, student, load_snapshots()[component], Tiny.make())
+    snapshot, tiny = load_snapshots()[component], Tiny.make()
+    with student.patched():
+        result = run_component(c, student, snapshot, tiny)
     print(report([result]))
     return result
