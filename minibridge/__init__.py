@@ -9,9 +9,17 @@ only NumPy: no Pillow, huggingface_hub or safetensors until something asks for t
 """
 
 import importlib
+import os as _os
+import sys as _sys
 
 try:
     from .infer import InferResult, infer  # subtle: eager, so that `minibridge.infer` is the function, not its module
+except KeyboardInterrupt:
+    # ^C while the `minibridge` command (or `python -m minibridge`) is still importing NumPy & co.:
+    # end as the command ends on ^C, status 130 and no traceback. Any other program gets the interrupt.
+    if _os.path.basename(_sys.argv[0]) in ("minibridge", "-m"):
+        raise SystemExit(130) from None
+    raise
 except Exception:  # noqa: BLE001
     # subtle: in a student copy (minibridge.assignments) ops.py & co. may not import yet; `import minibridge`
     # must still work, so that the copy's own grader runs and names the broken file. mb.infer raises it

@@ -4,8 +4,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import BASE, LARGE, TINY_REAL_VOCAB
-from .infer import DEFAULT_MODEL
+# subtle: nothing heavy is imported before main() is running, so that ^C while NumPy & co. load is
+# caught below (exit 130, no traceback); `import minibridge` itself does the same (its __init__).
+DEFAULT_MODEL = "BridgeTower/bridgetower-base-itm-mlm"  # infer.DEFAULT_MODEL (a test keeps them equal)
 
 EXAMPLES = """examples:
   minibridge infer cats.jpg "two cats on a sofa" "a plate of food"
@@ -15,15 +16,29 @@ EXAMPLES = """examples:
   minibridge random-checkpoint weights/random-base --size base --tokenizer path/to/roberta-base
 """
 
-# The architectures `random-checkpoint` can make (config.py).
-SIZES = {"tiny": TINY_REAL_VOCAB, "base": BASE, "large": LARGE}
+# The architectures `random-checkpoint` can make (config.py's TINY_REAL_VOCAB, BASE, LARGE).
+SIZES = ("tiny", "base", "large")
 
 
 def main(argv=None):
+    """Run one command; returns the exit status (0 done, 1 bad input, 130 interrupted)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # --traceback may come anywhere before a "--" (after it, every word is a text)
+    end = argv.index("--") if "--" in argv else len(argv)
+    show_traceback = "--traceback" in argv[:end]
+    argv = [a for a in argv[:end] if a != "--traceback"] + argv[end:]
+    try:
+        return _run(argv, show_traceback)
+    except KeyboardInterrupt:
+        return 130  # the shell's status for ^C, without Python's traceback
+
+
+def _run(argv, show_traceback):
     parser = argparse.ArgumentParser(prog="minibridge", description="BridgeTower in NumPy: score, fill in and "
                                      "embed images and text.", epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--traceback", action="store_true", help="show Python's traceback on an error")
+    parser.add_argument("--traceback", action="store_true", help="show Python's traceback on an error "
+                        "(anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("infer", help="score texts against an image, or fill in <mask>")
@@ -33,6 +48,11 @@ def main(argv=None):
     p.add_argument("--task", choices=["itm", "mlm", "itc"], help="default: chosen from the checkpoint and text")
     p.add_argument("--top-k", type=int, default=5, help="candidates shown per <mask> (default 5)")
     p.add_argument("--revision", help="branch, tag, commit or refs/pr/N on the Hub")
+    p.add_argument("--truncation", action="store_true", help="cut texts longer than the model takes "
+                   "(512 tokens, or --max-length) instead of refusing them")
+    p.add_argument("--max-length", type=int, help="the longest text in tokens, <s> and </s> included")
+    p.add_argument("--batch-size", type=int, default=8, help="texts per forward pass (default 8): memory "
+                   "stays that of one batch however many texts")
 
     p = sub.add_parser("download", help="download a checkpoint from the Hub (then it works offline)")
     p.add_argument("id", help="e.g. BridgeTower/bridgetower-base-itm-mlm")
@@ -40,15 +60,18 @@ def main(argv=None):
 
     p = sub.add_parser("convert", help="write model.safetensors beside a pytorch_model.bin (no torch needed)")
     p.add_argument("folder")
+    p.add_argument("--force", action="store_true", help="replace an existing model.safetensors")
 
     p = sub.add_parser("embed", help="contrastive embeddings of images or texts (one vector each)")
     p.add_argument("--model", required=True, help="a contrastive checkpoint, e.g. "
                    "BridgeTower/bridgetower-large-itm-mlm-itc")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--image", nargs="+", metavar="PATH")
+    group.add_argument("--image", nargs="+", metavar="PATH", help="paths or http(s) URLs")
     group.add_argument("--text", nargs="+")
     p.add_argument("--out", help="write the [N, C] float32 array to this .npy file (default: print shapes)")
     p.add_argument("--revision")
+    p.add_argument("--truncation", action="store_true", help="cut texts longer than 512 tokens")
+    p.add_argument("--batch-size", type=int, default=8, help="images or texts per forward pass (default 8)")
 
     p = sub.add_parser("random-checkpoint", help="write a checkpoint of random weights (no network): to run "
                        "the notebooks and the code offline; its outputs are noise")
@@ -65,10 +88,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        return 130
     except Exception as e:  # noqa: BLE001 -- every error becomes one readable paragraph, no traceback
-        if args.traceback or not _is_user_error(e):
+        if show_traceback or not _is_user_error(e):
             raise
         print(f"minibridge {args.command}: {e}", file=sys.stderr)
         return 1
@@ -77,7 +98,8 @@ def main(argv=None):
 def _infer(args):
     from .infer import infer
 
-    print(infer(args.image, args.text, model=args.model, task=args.task, top_k=args.top_k, revision=args.revision))
+    print(infer(args.image, args.text, model=args.model, task=args.task, top_k=args.top_k, revision=args.revision,
+                truncation=args.truncation, max_length=args.max_length, batch_size=args.batch_size))
     return 0
 
 
@@ -93,7 +115,7 @@ def _download(args):
 def _convert(args):
     from .convert import convert_folder
 
-    print(convert_folder(Path(args.folder)))
+    print(convert_folder(Path(args.folder), force=args.force))
     return 0
 
 
@@ -103,15 +125,23 @@ def _embed(args):
     from .modeling import BridgeTowerForContrastiveLearning
     from .processing import BridgeTowerProcessor
 
+    from .infer import _positive_int
+
+    batch = _positive_int(args.batch_size, "--batch-size")
     model = BridgeTowerForContrastiveLearning.from_pretrained(args.model, revision=args.revision)
     processor = BridgeTowerProcessor.from_pretrained(args.model, revision=args.revision)
-    if args.image:
-        vectors = model.get_image_features(processor(images=args.image)["pixel_values"])
-    else:
-        enc = processor(text=args.text, padding=True)
-        vectors = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-    vectors = np.asarray(vectors, dtype=np.float32)  # [N, C]
     names = args.image or args.text
+    if args.text:  # every text is checked before any is embedded
+        processor.tokenizer(args.text, truncation=args.truncation)
+    vectors = []
+    for start in range(0, len(names), batch):  # a batch at a time: memory stays that of one batch
+        some = names[start:start + batch]
+        if args.image:
+            vectors.append(model.get_image_features(processor(images=some)["pixel_values"]))
+        else:
+            enc = processor(text=some, padding=True, truncation=args.truncation)
+            vectors.append(model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
+    vectors = np.concatenate([np.asarray(v, dtype=np.float32) for v in vectors])  # [N, C]
     if args.out:
         out = Path(args.out)
         tmp = out.with_name(out.name + ".partial")
@@ -132,6 +162,7 @@ def _random_checkpoint(args):
     import os
     import shutil
 
+    from .config import BASE, LARGE, TINY_REAL_VOCAB
     from .weights import check_tokenizer_dir, save_random_checkpoint
 
     out = Path(args.out)
@@ -141,7 +172,7 @@ def _random_checkpoint(args):
                                   + (" or pass --force to replace this checkpoint" if (out / "config.json").is_file()
                                      else " (--force replaces only a checkpoint folder)"))
     tokenizer = check_tokenizer_dir(args.tokenizer) if args.tokenizer else _found_tokenizer()
-    config = SIZES[args.size]
+    config = {"tiny": TINY_REAL_VOCAB, "base": BASE, "large": LARGE}[args.size]
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside OUT and renamed into place: an error or ^C leaves no half-made checkpoint.
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -183,7 +214,8 @@ COMMANDS = {"infer": _infer, "download": _download, "convert": _convert, "embed"
 
 def _is_user_error(e):
     """Errors that say what went wrong in the input or the environment (not bugs in minibridge)."""
-    return isinstance(e, (ValueError, TypeError, OSError)) or type(e).__name__ in ("HubError", "ConvertError")
+    # MemoryError: refused up front by a size check (an image too large for attention), not a crash
+    return isinstance(e, (ValueError, TypeError, OSError, MemoryError)) or type(e).__name__ in ("HubError", "ConvertError")
 
 
 if __name__ == "__main__":

@@ -7,15 +7,17 @@
       1     …       two cats on a sofa
       2     …       a plate of food
 
-The readout follows the checkpoint and the text (or `task=`):
+The readout follows the checkpoint and the text (or `task=`); one image may be scored against many
+texts, many images against one text, or images and texts in pairs, in batches of `batch_size`:
 * "itm": image-text matching heads; scores are softmax(logits)[:, 1], one per text.
 * "mlm": a text with <mask> on a masked-LM checkpoint; the filled-in text and the top-k per mask.
 * "itc": contrastive checkpoints; scores are cosine similarities of the image and text embeddings.
 """
 
 import functools
-import io
+import numbers
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -34,27 +36,35 @@ _TITLES = {"itm": "image-text matching: probability that the text fits the image
 
 @dataclass
 class InferResult:
-    """What `infer` found. scores: one per text (itm, itc); filled / candidates: per text (mlm)."""
+    """What `infer` found, one row per (image, text) pair scored.
+
+    texts: the text of each row; images: the image of each row (a name), set only when several
+    images were given; scores: one per row (itm, itc); filled / candidates: per row (mlm).
+    """
 
     task: str
     model: str
     texts: list
+    images: list = None  # several images: which image each row scored (its path, URL or "image k")
     scores: list = None  # itm: match probability; itc: cosine similarity
     filled: list = None  # mlm: each text with its masks replaced by the best token
-    candidates: list = None  # mlm: per text, per mask, [(token, probability)]
+    candidates: list = None  # mlm: per row, per mask, [(token, probability)]
     note: str = None  # set when the checkpoint is marked as random weights: the numbers are noise
 
     def __str__(self):
         lines = [f"{self.model} · {_TITLES[self.task]}"]
+        images = self.images or [None] * len(self.texts)
         if self.task == "mlm":
-            for text, filled, masks in zip(self.texts, self.filled, self.candidates):
+            for text, image, filled, masks in zip(self.texts, images, self.filled, self.candidates):
+                lines += [f"  image:  {image}"] if image is not None else []
                 lines += [f"  text:   {text}", f"  filled: {filled}"]
                 for i, cands in enumerate(masks, 1):
                     lines.append(f"  mask {i}: " + " | ".join(f"{tok.strip() or repr(tok)} {p:.3f}" for tok, p in cands))
         else:
-            lines.append("  rank  score   text")
+            lines.append("  rank  score   " + ("image  " if self.images else "") + "text")
             for rank, i in enumerate(np.argsort(-np.asarray(self.scores), kind="stable"), 1):
-                lines.append(f"  {rank:<5} {self.scores[i]:<7.4f} {self.texts[i]}")
+                image = f"{self.images[i]}  " if self.images else ""
+                lines.append(f"  {rank:<5} {self.scores[i]:<7.4f} {image}{self.texts[i]}")
         if self.note:
             lines.append(f"  note: {self.note}")
         return "\n".join(lines)
@@ -62,38 +72,133 @@ class InferResult:
     __repr__ = __str__
 
 
-def infer(image, text, model=DEFAULT_MODEL, task=None, top_k=5, revision=None, device="cpu"):
-    """Score text(s) against one image, or fill in <mask>, with a BridgeTower checkpoint.
+def infer(image, text, model=DEFAULT_MODEL, task=None, top_k=5, revision=None, device="cpu",
+          truncation=False, max_length=None, batch_size=8):
+    """Score text(s) against image(s), or fill in <mask>, with a BridgeTower checkpoint.
 
-    image: a path, an http(s) URL, a PIL image or an array [H, W, 3]; text: a string or a list.
+    image: a path, an http(s) URL, a PIL image or an array [H, W, 3], or a list of them;
+    text: a string or a list. How they pair, for every task:
+        one image, N texts  → N rows: the image with each text
+        N images, one text  → N rows: each image with the text
+        N images, N texts   → N rows: image k with text k
     model: Hub id or local folder; task: None (chosen from the checkpoint and the text), "itm",
-    "mlm" or "itc". The model is loaded once per process and reused by later calls. A checkpoint
-    marked as random weights (`minibridge random-checkpoint`) gets a `note` saying its numbers are noise.
+    "mlm" or "itc". truncation / max_length: as the tokenizer's (texts over the model's 512
+    tokens are an error unless truncation=True). batch_size: pairs per forward pass, so memory
+    stays that of batch_size pairs however many are scored. The model is loaded once per process
+    and reused by later calls. A checkpoint marked as random weights (`minibridge random-checkpoint`)
+    gets a `note` saying its numbers are noise.
     """
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    top_k = _positive_int(top_k, "top_k")
+    batch_size = _positive_int(batch_size, "batch_size")
     texts = [text] if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else None
     if not texts or not all(isinstance(t, str) for t in texts):
         raise TypeError(f"text must be a string or a non-empty list of strings, got {text!r}")
+    images = _image_list(image)
+    pairs = _pairs(len(images), len(texts))  # [(image index, text index), …]: one row each
     checkpoint = _checkpoint(str(model), revision)
     task = _choose_task(task, checkpoint.heads, texts, model)
     net, processor = _load(str(model), revision, task, device)
-    pixels = processor.image_processor(_open(image))["pixel_values"]  # [1, 3, S, S]
-    enc = processor.tokenizer(texts, padding=True, return_tensors="np")  # [B, T]
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    pixels = np.repeat(pixels, len(texts), axis=0)  # one image, scored against every text: [B, 3, S, S]
-    result = InferResult(task=task, model=str(model), texts=texts, note=random_mark(checkpoint.folder))
-    if task == "itm":
-        logits = _numpy(net(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits)  # [B, 2]
-        result.scores = softmax(logits)[:, 1].tolist()
-    elif task == "itc":
-        text_emb = _numpy(net.get_text_features(input_ids=ids, attention_mask=mask))  # [B, C], unit length
-        image_emb = _numpy(net.get_image_features(pixel_values=pixels[:1]))  # [1, C]
-        result.scores = (text_emb @ image_emb[0]).tolist()
+    tok = processor.tokenizer
+    # Every text is tokenised (and so checked) before any image is read or any layer runs.
+    ids = tok(texts, truncation=truncation, max_length=max_length)["input_ids"]
+    made = _Images(processor.image_processor, images)
+    result = InferResult(task=task, model=str(model), texts=[texts[t] for _, t in pairs],
+                         images=[_name(images[i], i) for i, _ in pairs] if len(images) > 1 else None,
+                         note=random_mark(checkpoint.folder))
+    scores, filled, candidates = [], [], []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        chunk_ids, mask = _pad([ids[t] for _, t in chunk], tok.pad_token_id)  # [b, T]
+        if task == "itc":
+            # subtle: each tower alone, as the embeddings are defined; the image is embedded once
+            text_emb = _numpy(net.get_text_features(input_ids=chunk_ids, attention_mask=mask))  # [b, C]
+            image_emb = np.concatenate([made.embedding(net, i) for i, _ in chunk])  # [b, C]
+            scores += (text_emb * image_emb).sum(-1).tolist()
+            continue
+        chunk_pixels = np.concatenate([made.pixels(i) for i, _ in chunk])  # [b, 3, S, S]
+        logits = _numpy(net(input_ids=chunk_ids, attention_mask=mask, pixel_values=chunk_pixels).logits)
+        if task == "itm":
+            scores += softmax(logits)[:, 1].tolist()  # [b, 2] -> P(match)
+        else:
+            f, c = _fill_masks(tok, chunk_ids, logits, top_k)  # logits [b, T, V]
+            filled += f
+            candidates += c
+    if task == "mlm":
+        result.filled, result.candidates = filled, candidates
     else:
-        logits = _numpy(net(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits)  # [B, T, V]
-        result.filled, result.candidates = _fill_masks(processor.tokenizer, ids, logits, top_k)
+        result.scores = scores
     return result
+
+
+def _positive_int(value, name):
+    # subtle: NumPy integers are integers (numbers.Integral); True is not a count
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _image_list(image):
+    """One image or several (a list, a tuple, or an array [N, H, W, C]) as a list."""
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise ValueError("got an empty list of images; pass at least one")
+        return list(image)
+    if isinstance(image, np.ndarray) and image.ndim == 4:
+        return list(image)
+    return [image]
+
+
+def _pairs(n_images, n_texts):
+    if n_images == 1:
+        return [(0, t) for t in range(n_texts)]
+    if n_texts == 1:
+        return [(i, 0) for i in range(n_images)]
+    if n_images == n_texts:
+        return [(k, k) for k in range(n_images)]
+    raise ValueError(f"got {n_images} images and {n_texts} texts; pass one image (scored against every text), "
+                     "one text (scored against every image), or as many images as texts (image k with text k)")
+
+
+def _name(image, index):
+    """How a row names its image: the path or URL it came from, else its position."""
+    if isinstance(image, (str, Path)):
+        return str(image)
+    return getattr(image, "filename", "") or f"image {index + 1}"
+
+
+class _Images:
+    """Each image's pixel_values [1, 3, S, S] (and, for itc, its embedding [1, C]), made when first needed.
+
+    One image, scored against every text, is processed once and kept; several images each appear
+    in one row, so nothing is kept and memory stays that of one batch.
+    """
+
+    def __init__(self, image_processor, images):
+        self.image_processor, self.images, self.kept = image_processor, images, {}
+
+    def pixels(self, i):
+        return self._made(("pixels", i), lambda: self.image_processor(self.images[i])["pixel_values"])
+
+    def embedding(self, net, i):
+        return self._made(("itc", i), lambda: _numpy(net.get_image_features(pixel_values=self.pixels(i))))
+
+    def _made(self, key, make):
+        if key not in self.kept:
+            value = make()
+            if len(self.images) > 1:
+                return value
+            self.kept[key] = value
+        return self.kept[key]
+
+
+def _pad(rows, pad_id):
+    """Token-id lists → (input_ids [b, T], attention_mask [b, T]), padded on the right to the longest."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for k, r in enumerate(rows):
+        ids[k, :len(r)], mask[k, :len(r)] = r, 1
+    return ids, mask
 
 
 def _fill_masks(tok, ids, logits, top_k):
@@ -141,22 +246,6 @@ def _choose_task(task, heads, texts, model):
         missing = [t for t, m in zip(texts, has_mask) if not m]
         raise ValueError(f"the mlm task fills in <mask>, but {missing[0]!r} has none; write <mask> where a word goes")
     return task
-
-
-def _open(image):
-    """A URL is fetched here (with the standard library); anything else goes to the image processor."""
-    if isinstance(image, str) and image.startswith(("http://", "https://")):
-        import urllib.request
-
-        import PIL.Image
-
-        try:
-            with urllib.request.urlopen(image, timeout=30) as response:
-                data = response.read()
-        except OSError as e:
-            raise OSError(f"could not download the image {image}: {e}") from None
-        return PIL.Image.open(io.BytesIO(data))
-    return image
 
 
 def _numpy(x):

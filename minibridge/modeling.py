@@ -11,6 +11,7 @@ One deliberate difference from transformers: every array is batch-first, includi
 hidden states, which the reference returns sequence-first ([L, B, Dv]).
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -356,7 +357,44 @@ def check_pixels(vc, pixel_values, interpolate_pos_encoding):
                          "(BridgeTowerImageProcessor) or pass interpolate_pos_encoding=True")
     if pixel_values.shape[0] == 0:
         raise ValueError("pixel_values holds no image (batch size 0)")
+    if not bool(array_module(pixel_values).isfinite(pixel_values).all()):
+        raise ValueError("pixel_values holds NaN or infinity; expected finite normalised pixels "
+                         "(BridgeTowerImageProcessor makes them)")
+    if interpolate_pos_encoding:
+        _check_attention_memory(vc, pixel_values.shape)
     return pixel_values.astype(np.float32, copy=False)
+
+
+def _check_attention_memory(vc, shape):
+    """Refuse, before any layer runs, images whose self-attention would not fit in memory.
+
+    With interpolate_pos_encoding the image may be any size, and attention grows with the square of
+    its tokens: a 1024-pixel image in 16-pixel patches is 4,097 tokens, so each ViT layer holds
+    scores and probabilities of [B, heads, 4097, 4097] float32, 1.6 GB per image at once.
+    """
+    B, _, H, W = shape
+    tokens = (H // vc.patch_size) * (W // vc.patch_size) + 1
+    need = 2 * B * vc.num_attention_heads * tokens * tokens * 4  # scores and probabilities, float32
+    available = available_memory()
+    if available is not None and need > available:
+        raise MemoryError(f"{B} image(s) of {H}×{W} pixels are {tokens} tokens each; the vision tower's attention "
+                          f"would need {need / 1e9:.1f} GB at once and this machine has {available / 1e9:.1f} GB "
+                          "available. Use smaller images (or fewer per call).")
+
+
+def available_memory():
+    """Bytes of memory the system can still give this process (Linux: MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file counts in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def check_labels(labels, shape, num_classes, name, allow_ignore):
