@@ -12,9 +12,10 @@ The steps, in reading order (each a function below), mirror transformers' PIL ba
 Axis legend: B batch, H / W height / width, C = 3 colour channels, S output side.
 """
 
+import io
 import json
 import warnings
-from math import ceil
+from math import ceil, isfinite
 from pathlib import Path
 
 import numpy as np
@@ -33,38 +34,56 @@ class BatchFeature(BatchEncoding):
 
 
 # -------------------------------------------------------------------- 1. load and convert to RGB
-def load_image(image):
-    """Any one image (path, PIL image, or array [H, W] / [H, W, C] uint8 or float in [0, 1])
-    → uint8 RGB array [H, W, 3]."""
+def load_image(image, input_data_format=None):
+    """Any one image (path, http(s) URL, PIL image, or array [H, W], [H, W, C] or [C, H, W], uint8 or
+    float in [0, 1]) → uint8 RGB array [H, W, 3].
+
+    input_data_format: "channels_last" or "channels_first" says how a 3-D array is laid out; by default
+    it is inferred as the reference does (see array_to_rgb).
+    """
+    if isinstance(image, str):
+        from . import fetch  # lazy: the network code loads only when a string is given
+
+        if fetch.is_url(image):
+            return decode_image(fetch.fetch_url(image), image)  # FetchError (an OSError) names the URL
     if isinstance(image, (str, Path)):
-        return _open_image(Path(image))
+        path = Path(image)
+        if not path.is_file():
+            hint = " (a URL must start with http:// or https://)" if str(image).lower().startswith("http") else ""
+            raise FileNotFoundError(f"no image file at {path}{hint}")
+        return decode_image(path, str(path))
     if isinstance(image, PIL.Image.Image):
         return pil_to_rgb(image)
     if isinstance(image, np.ndarray):
-        return array_to_rgb(image)
+        return array_to_rgb(image, input_data_format)
     hint = "; open the bytes with PIL.Image.open(io.BytesIO(data))" if isinstance(image, (bytes, bytearray)) else ""
-    raise TypeError("an image must be a path, a PIL.Image.Image or a numpy array [H, W, C], "
+    raise TypeError("an image must be a path, a URL, a PIL.Image.Image or a numpy array [H, W, C], "
                     f"got {type(image).__name__}{hint}")
 
 
-def _open_image(path):
-    """Decode an image file fully (so a truncated file fails here, not later) and convert it to RGB."""
-    if not path.is_file():
-        hint = " (minibridge does not download; save the image first)" if str(path).startswith("http") else ""
-        raise FileNotFoundError(f"no image file at {path}{hint}")
+def decode_image(source, name):
+    """An image file's path, or its bytes, → uint8 RGB [H, W, 3]; `name` (the path or URL) is in every error.
+
+    A file and a download go through these same checks, so they fail with the same message.
+    The image is decoded fully here, so a truncated file fails here, not later.
+    """
     with warnings.catch_warnings():
         # subtle: Pillow only *warns* between 1x and 2x its pixel limit; we refuse from 1x, as for
         # images passed in memory, so one limit holds everywhere.
         warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
         try:
-            with PIL.Image.open(path) as im:
+            with PIL.Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
                 im.load()
-                return pil_to_rgb(im)  # inside the `with`: a closed Pillow image has no pixels
+                return pil_to_rgb(im, name)  # inside the `with`: a closed Pillow image has no pixels
         except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
-            raise ValueError(f"{path}: {err} Raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) "
+            raise ValueError(f"{name}: {err} Raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) "
                              "if you trust this file.") from err
-        except (OSError, SyntaxError, EOFError, ValueError) as err:  # unknown format, truncated, corrupt
-            raise ValueError(f"cannot read {path} as an image: {err}") from err
+        except PIL.UnidentifiedImageError as err:  # Pillow's own message names a file object, not `name`
+            head = source[:16] if isinstance(source, bytes) else Path(source).open("rb").read(16)
+            raise ValueError(f"cannot read {name} as an image: it starts with {head!r}, which is no "
+                             "image format Pillow knows (expected JPEG, PNG, GIF, WebP, …)") from err
+        except (OSError, SyntaxError, EOFError, ValueError) as err:  # truncated, corrupt
+            raise ValueError(f"cannot read {name} as an image: {err}") from err
 
 
 def _check_pixel_count(height, width):
@@ -77,10 +96,11 @@ def _check_pixel_count(height, width):
             f"limit of {limit}; raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) if you trust it")
 
 
-def pil_to_rgb(im):
+def pil_to_rgb(im, name="the image"):
     """A PIL image of any mode → uint8 RGB [H, W, 3], as the reference with do_convert_rgb=True:
     an image with transparency is composited on white, every other mode goes through convert("RGB")."""
     _check_pixel_count(im.height, im.width)
+    _warn_if_clipped(im, name)
     if im.mode == "La":
         # subtle: Pillow cannot convert premultiplied "La" to RGB(A) and the reference crashes;
         # un-premultiplying to "LA" first gives the white composite every other alpha mode gets.
@@ -94,12 +114,33 @@ def pil_to_rgb(im):
     return np.array(im.convert("RGB"))  # [H, W, 3] uint8
 
 
-def array_to_rgb(a):
-    """An array [H, W] or [H, W, C] (C = 1, 3 or 4), uint8 or float in [0, 1] → uint8 RGB [H, W, 3].
+def _warn_if_clipped(im, name):
+    """Warn when a wide grey image (16-bit "I;16", 32-bit "I", float "F") will not survive convert("RGB").
 
-    Follows the reference's NumPy path: grey is repeated, alpha is blended onto white in floating point.
+    subtle: Pillow (and so the reference, whose pixels we keep to the bit) clips these to 0…255 without
+    scaling: a 16-bit scan comes out nearly white, a float image in [0, 1] nearly black.
     """
-    a = _check_array(a)
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        return
+    values = np.asarray(im)  # (getextrema refuses the byte-ordered I;16B/L/N modes)
+    lo, hi = values.min().item(), values.max().item()
+    if lo < 0 or hi > 255:
+        result, fix = "clipped to 0…255 (over 255: white)", 'im.point(lambda v: v / 256).convert("L") for 16-bit data'
+    elif im.mode == "F" and 0 < hi <= 1:
+        result, fix = "rounded to 0 or 1 (black)", 'im.point(lambda v: v * 255).convert("L") for values in [0, 1]'
+    else:
+        return
+    warnings.warn(f"{name} has mode {im.mode} with values {lo}…{hi}: converting it to RGB as transformers "
+                  f"does, they are {result}. Scale it to 0…255 first, e.g. {fix}", stacklevel=2)
+
+
+def array_to_rgb(a, input_data_format=None):
+    """An array [H, W], [H, W, C] or [C, H, W] (C = 1, 3 or 4), uint8 or float in [0, 1] → uint8 RGB [H, W, 3].
+
+    Follows the reference's NumPy path: the layout is inferred (see _channels_last), grey is repeated,
+    alpha is blended onto white in floating point.
+    """
+    a = _check_array(_channels_last(a, input_data_format))  # [H, W] or [H, W, C]
     if a.ndim == 2:
         a = a[:, :, None]  # [H, W] -> [H, W, 1]
     if a.shape[-1] == 1:
@@ -116,13 +157,37 @@ def array_to_rgb(a):
     return a
 
 
+CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: the channel counts an image array may have
+
+
+def _channels_last(a, input_data_format=None):
+    """A 3-D array [C, H, W] or [H, W, C] → [H, W, C], inferring the layout as the reference does.
+
+    subtle: transformers (infer_channel_dimension_format) takes a first axis of 1, 3 or 4 as channels;
+    when the last axis could be channels too ([3, 4, 4], [1, 1, 3], [4, 4, 3]: tiny images), it still
+    takes the first, and says so. We follow it, with a warning, so the pixels stay the reference's.
+    """
+    if a.ndim != 3 or input_data_format == "channels_last":
+        return a
+    if input_data_format is None:
+        if a.shape[0] not in CHANNELS:
+            return a  # [H, W, C], or no image at all (_check_array says so)
+        if a.shape[-1] in CHANNELS:
+            warnings.warn(f"the image array of shape {tuple(a.shape)} could be [C, H, W] or [H, W, C]; taking "
+                          "it as channels-first [C, H, W], as transformers does. Pass input_data_format="
+                          '"channels_last" (or "channels_first") to say which', stacklevel=2)
+    elif input_data_format != "channels_first":
+        raise ValueError(f'input_data_format must be "channels_first", "channels_last" or None, got {input_data_format!r}')
+    elif a.shape[0] not in CHANNELS:
+        raise ValueError(f"a channels-first image array must be [C, H, W] with C in {CHANNELS}, got shape {tuple(a.shape)}")
+    return np.moveaxis(a, 0, -1)  # [C, H, W] -> [H, W, C]
+
+
 def _check_array(a):
     """Refuse arrays that are not an image, saying what was expected."""
     shape = tuple(a.shape)
-    if a.ndim not in (2, 3) or (a.ndim == 3 and shape[-1] not in (1, 3, 4)):
-        hint = ("; it looks channels-first, use a.transpose(1, 2, 0)"
-                if a.ndim == 3 and shape[0] in (1, 3, 4) else "")
-        raise ValueError(f"an image array must be [H, W] or [H, W, C] with C in (1, 3, 4), got shape {shape}{hint}")
+    if a.ndim not in (2, 3) or (a.ndim == 3 and shape[-1] not in CHANNELS):
+        raise ValueError(f"an image array must be [H, W], [H, W, C] or [C, H, W] with C in {CHANNELS}, got shape {shape}")
     _check_pixel_count(shape[0], shape[1])
     if a.dtype == np.uint8:
         return a
@@ -230,12 +295,19 @@ class BridgeTowerImageProcessor:
     def __init__(self, size=288, crop_size=None, size_divisor=32, do_resize=True, do_center_crop=True,
                  do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=OPENAI_CLIP_MEAN,
                  image_std=OPENAI_CLIP_STD, do_pad=True):
+        # Every field is checked here, where a bad preprocessor_config.json is read, rather than deep
+        # inside a resize (a huge size) or a division (size_divisor 0, image_std 0).
         self.size = _edge(size, "size")
         self.crop_size = self.size if crop_size is None else _edge(crop_size, "crop_size")
-        self.size_divisor = int(size_divisor)
+        self.size_divisor = _whole(size_divisor, "size_divisor", 1, self.size)
+        for name, flag in (("do_resize", do_resize), ("do_center_crop", do_center_crop), ("do_rescale", do_rescale),
+                           ("do_normalize", do_normalize), ("do_pad", do_pad)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{name} must be true or false, got {flag!r}")
         self.do_resize, self.do_center_crop, self.do_pad = do_resize, do_center_crop, do_pad
-        self.do_rescale, self.rescale_factor = do_rescale, rescale_factor
-        self.do_normalize, self.image_mean, self.image_std = do_normalize, tuple(image_mean), tuple(image_std)
+        self.do_rescale, self.rescale_factor = do_rescale, _number(rescale_factor, "rescale_factor", positive=True)
+        self.do_normalize = do_normalize
+        self.image_mean, self.image_std = _three(image_mean, "image_mean"), _three(image_std, "image_std", positive=True)
 
     def __repr__(self):
         return (f"BridgeTowerImageProcessor(size={self.size}, crop_size={self.crop_size}, "
@@ -251,11 +323,20 @@ class BridgeTowerImageProcessor:
         path = Path(folder) / "preprocessor_config.json"
         if not path.is_file():
             raise FileNotFoundError(f"no preprocessor_config.json in {folder}")
-        return cls(**_config_kwargs(json.loads(path.read_text(encoding="utf-8"))))
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not valid UTF-8 JSON: {err}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{path} should hold a JSON object of settings, found {type(config).__name__}")
+        try:
+            return cls(**_config_kwargs(config, path))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
-    def preprocess_one(self, image):
+    def preprocess_one(self, image, input_data_format=None):
         """One image → float32 [3, c, c] (or [3, h, w] without the crop)."""
-        rgb = load_image(image)  # [H, W, 3] uint8
+        rgb = load_image(image, input_data_format)  # [H, W, 3] uint8
         if self.do_resize:
             rgb = resize(rgb, *resize_output_size(*rgb.shape[:2], self.size, self.size_divisor))
         if self.do_center_crop:
@@ -263,11 +344,13 @@ class BridgeTowerImageProcessor:
         return rescale_and_normalize(rgb, self.rescale_factor, self.image_mean, self.image_std,
                                      self.do_rescale, self.do_normalize)  # [3, c, c]
 
-    def __call__(self, images, return_tensors="np"):
-        """One image or a list of images → BatchFeature(pixel_values [B, 3, c, c], pixel_mask [B, c, c])."""
+    def __call__(self, images, return_tensors="np", input_data_format=None):
+        """One image or a list of images → BatchFeature(pixel_values [B, 3, c, c], pixel_mask [B, c, c]).
+
+        input_data_format: "channels_first" / "channels_last" for arrays, else inferred (load_image)."""
         if return_tensors not in (None, "np"):
             raise ValueError(f"return_tensors must be 'np' (minibridge computes in NumPy), got {return_tensors!r}")
-        arrays = [self.preprocess_one(im) for im in as_image_list(images)]
+        arrays = [self.preprocess_one(im, input_data_format) for im in as_image_list(images)]
         if not self.do_pad and len({a.shape for a in arrays}) > 1:
             raise ValueError(f"images of different sizes {sorted({a.shape for a in arrays})} cannot be "
                              "stacked without padding; use do_pad=True or keep the crop")
@@ -288,18 +371,44 @@ def as_image_list(images):
     return [images]
 
 
+# The published checkpoints resize to 288 or 294 px. A side of 4096 already means a 4096×6825 resize and
+# ~65,000 patches for the vision tower; anything larger is a typo (10^6 would start a multi-GB resize).
+MAX_SIDE = 4096
+
+
 def _edge(value, name):
-    """An int, {"shortest_edge": n} or a square {"height": n, "width": n} → n."""
+    """An int, {"shortest_edge": n} or a square {"height": n, "width": n} → n, with 1 ≤ n ≤ MAX_SIDE."""
     if isinstance(value, dict):
         if "shortest_edge" in value:
-            return int(value["shortest_edge"])
+            return _whole(value["shortest_edge"], f"{name}.shortest_edge", 1, MAX_SIDE)
         if "height" in value and value.get("height") == value.get("width"):
-            return int(value["height"])
+            return _whole(value["height"], f"{name}.height", 1, MAX_SIDE)
         raise ValueError(f"{name} must be an int, {{'shortest_edge': n}} or a square {{'height': n, 'width': n}}, "
                          f"got {value}")
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
+    return _whole(value, name, 1, MAX_SIDE)
+
+
+def _whole(value, name, low, high):
+    """An integer in [low, high], or a ValueError naming the field, the range and the value."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and low <= value <= high:
         return int(value)
-    raise ValueError(f"{name} must be a positive int or a dict, got {value!r}")
+    raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
+def _number(value, name, positive=False):
+    """A finite number (> 0 if positive), or a ValueError naming the field and the value."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and isfinite(value) \
+            and (value > 0 or not positive):
+        return float(value)
+    raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value!r}")
+
+
+def _three(value, name, positive=False):
+    """One number per RGB channel (a single number is used for all three) → a tuple of 3 floats."""
+    values = [value] * 3 if isinstance(value, (int, float)) else value
+    if not isinstance(values, (list, tuple, np.ndarray)) or len(values) != 3:
+        raise ValueError(f"{name} must be three numbers, one per RGB channel, got {value!r}")
+    return tuple(_number(v, f"{name}[{i}]", positive) for i, v in enumerate(values))
 
 
 # Keys of preprocessor_config.json that change nothing here, with the reason.
@@ -315,14 +424,14 @@ _ARGUMENT_KEYS = {"size", "crop_size", "size_divisor", "do_resize", "do_center_c
                   "rescale_factor", "do_normalize", "image_mean", "image_std", "do_pad"}
 
 
-def _config_kwargs(config):
+def _config_kwargs(config, path="preprocessor_config.json"):
     """Constructor arguments from a preprocessor_config.json dict, refusing what would change the output."""
     resample = config.get("resample", 3)
     if resample not in (3, "BICUBIC", "bicubic"):
-        raise ValueError(f"preprocessor_config.json asks for resample={resample!r}; only bicubic (3) is implemented")
+        raise ValueError(f"resample={resample!r}; only bicubic (3) is implemented")
     if config.get("pad_size") is not None:
-        raise ValueError("preprocessor_config.json sets pad_size, which is not implemented (pads to the batch)")
+        raise ValueError("pad_size is set, which is not implemented (pads to the batch)")
     unknown = set(config) - _IGNORED_KEYS - _ARGUMENT_KEYS - {"resample", "pad_size"}
     if unknown:
-        warnings.warn(f"preprocessor_config.json: ignoring unknown keys {sorted(unknown)}", stacklevel=3)
+        warnings.warn(f"{path}: ignoring unknown keys {sorted(unknown)}", stacklevel=3)
     return {k: v for k, v in config.items() if k in _ARGUMENT_KEYS and v is not None}

@@ -2,9 +2,13 @@
 BridgeTowerImageProcessorPil (do_convert_rgb=True, same crop size) on real photos, synthetic sizes
 and every Pillow mode, then configs and bad input."""
 
+import contextlib
 import glob
+import io
 import json
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -166,8 +170,8 @@ def test_bad_files(tmp_path):
     proc = BridgeTowerImageProcessor()
     with pytest.raises(FileNotFoundError, match="no image file"):
         proc(tmp_path / "missing.jpg")
-    with pytest.raises(FileNotFoundError, match="does not download"):
-        proc("https://example.com/cat.jpg")
+    with pytest.raises(FileNotFoundError, match="a URL must start with http:// or https://"):
+        proc("https:/example.com/cat.jpg")  # one slash: a path, not a URL (URLs: test_hostile_inputs.py)
     (tmp_path / "notes.jpg").write_text("not an image")
     with pytest.raises(ValueError, match="cannot read .*notes.jpg as an image"):
         proc(str(tmp_path / "notes.jpg"))
@@ -205,7 +209,8 @@ def test_decompression_bomb_limit(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("array, error, message", [
-    (np.zeros((3, 32, 32), np.uint8), ValueError, "channels-first, use a.transpose"),
+    # [3, 32, 32] is a channels-first image, taken as the reference takes it (test_channel_layouts_match_reference)
+    (np.zeros((2, 32, 32), np.uint8), ValueError, r"\[C, H, W\] with C in \(1, 3, 4\), got shape \(2, 32, 32\)"),
     (np.zeros((32, 32, 5), np.uint8), ValueError, r"C in \(1, 3, 4\), got shape \(32, 32, 5\)"),
     (np.zeros(32, np.uint8), ValueError, r"got shape \(32,\)"),
     (np.zeros((2, 2, 2, 2, 3), np.uint8), ValueError, "got shape"),
@@ -234,8 +239,7 @@ def reference_processor(module, size, **kwargs):
 def reference_pixels(ref, image, size):
     """The reference's pixel_values; for the shapes it cannot size (short side floored to 0, see
     resize_output_size) its own resize/crop/rescale/normalise steps at our 32-px minimum."""
-    from transformers.image_utils import ChannelDimension
-    layout = ChannelDimension.LAST if isinstance(image, np.ndarray) else None
+    layout = None  # inferred from the shape by both sides, as by default (tiny [1, 1, 3] is channels-first)
     try:
         return ref(image, return_tensors="np", input_data_format=layout)["pixel_values"]
     except ValueError as err:
@@ -340,3 +344,197 @@ def test_resize_size_matches_reference_formula(reference_module):
                 theirs = formula(image, shorter=size, longer=longer, size_divisor=32)
                 if min(theirs) > 0:  # where the reference can size the image at all
                     assert resize_output_size(h, w, size, 32) == theirs, (h, w, size)
+
+
+# ------------------------------------------------------------------ images by URL (issue 11)
+URL = "https://example.com/photos/cat.jpg"
+
+
+def png_declaring(width, height):
+    """A ~100-byte PNG whose header claims width × height RGB pixels: a decompression bomb's signature."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
+
+
+def png_bytes(image):
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def truncated_photo():
+    if not PHOTOS:
+        pytest.skip(f"no photos at {DATA / 'images'} (shared data lives outside the repo)")
+    jpeg = next(p for p in PHOTOS if p.endswith(".jpg"))
+    data = Path(jpeg).read_bytes()
+    return data[:len(data) // 2]
+
+
+def serve(monkeypatch, data):
+    """Make minibridge.fetch.fetch_url return `data` for any URL; returns the list of URLs asked for."""
+    import minibridge.fetch
+
+    asked = []
+    monkeypatch.setattr(minibridge.fetch, "fetch_url", lambda url, **kw: asked.append(url) or data)
+    return asked
+
+
+# (what the server sends, how the error must read); each is refused the same way from a file
+HOSTILE_DOWNLOADS = {
+    "bomb: 10^10 pixels declared": (lambda: png_declaring(100_000, 100_000), r"decompression bomb.*MAX_IMAGE_PIXELS"),
+    "bomb: 1x-2x the limit": (lambda: png_bytes(PIL.Image.new("RGB", (40, 40))), r"decompression bomb.*MAX_IMAGE_PIXELS"),
+    "an HTML page": (lambda: b"<!DOCTYPE html><html><body>Not found</body></html>",
+                     r"as an image: it starts with b'<!DOCTYPE html><', which is no image format"),
+    "a truncated JPEG": (truncated_photo, r"as an image: image file is truncated"),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_DOWNLOADS))
+def test_a_url_gets_the_checks_of_a_file(kind, tmp_path, monkeypatch):
+    make, message = HOSTILE_DOWNLOADS[kind]
+    data = make()
+    if "1x-2x" in kind:  # 1600 px: between 1x and 2x the limit, where Pillow only warns
+        monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
+    asked = serve(monkeypatch, data)
+    proc = BridgeTowerImageProcessor()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning may escape either
+        with pytest.raises(ValueError, match=message) as by_url:
+            proc(URL)
+        assert asked == [URL] and URL in str(by_url.value)
+        path = tmp_path / "cat.jpg"
+        path.write_bytes(data)
+        with pytest.raises(ValueError) as by_path:
+            proc(str(path))
+    assert str(by_url.value).replace(URL, "NAME") == str(by_path.value).replace(str(path), "NAME")
+
+
+def test_a_url_in_any_case_is_fetched_and_decoded_like_the_file(tmp_path, monkeypatch):
+    image = noise(37, 53)
+    url = "HTTP://Example.COM/cat.png"  # schemes are case-insensitive: this is a URL, not a path
+    asked = serve(monkeypatch, png_bytes(PIL.Image.fromarray(image)))
+    assert np.array_equal(load_image(url), image) and asked == [url]
+    PIL.Image.fromarray(image).save(tmp_path / "cat.png")
+    assert np.array_equal(BridgeTowerImageProcessor()(url).pixel_values,
+                          BridgeTowerImageProcessor()(tmp_path / "cat.png").pixel_values)
+
+
+def test_a_failed_download_names_the_url(monkeypatch):
+    import minibridge.fetch
+
+    def refuse(url, **kw):
+        raise minibridge.fetch.FetchError(f"could not download {url}: HTTP Error 404: Not Found")
+
+    monkeypatch.setattr(minibridge.fetch, "fetch_url", refuse)
+    with pytest.raises(OSError, match=f"could not download {URL}: HTTP Error 404"):
+        BridgeTowerImageProcessor()(URL)
+
+
+# ------------------------------------------------------------------ wide grey modes (issue 11)
+def test_wide_grey_modes_are_clipped_as_the_reference_does_and_say_so(reference_module, tmp_path):
+    """16-bit, 32-bit and float grey: transformers' PIL backend neither scales nor refuses them; it
+    converts with Pillow, which clips to 0…255 (a 16-bit scan comes out white). We keep its pixels,
+    bit for bit, and warn with the conversion that keeps the picture."""
+    rng = np.random.RandomState(5)
+    scan = rng.randint(0, 65536, (45, 61)).astype(np.uint16)
+    PIL.Image.fromarray(scan).save(tmp_path / "scan16.png")  # a real 16-bit grey PNG file
+    images = {
+        "I;16": (str(tmp_path / "scan16.png"), "I;16 with values", "v / 256"),
+        "I": (PIL.Image.fromarray(rng.randint(-500, 70000, (45, 61)).astype(np.int32)), "I with values", "v / 256"),
+        "F": (PIL.Image.fromarray((rng.randn(45, 61) * 300).astype(np.float32)), "F with values", "v / 256"),
+        "F in [0, 1]": (PIL.Image.fromarray(rng.rand(45, 61).astype(np.float32)), r"F with values 0\.\d+…0\.\d+",
+                        "v \\* 255"),
+    }
+    mine, ref = BridgeTowerImageProcessor(), reference_processor(reference_module, 288)
+    for name, (image, mode, fix) in images.items():
+        with pytest.warns(UserWarning, match=rf"mode {mode}.*as transformers does.*im\.point\(lambda v: {fix}\)"):
+            pixels = mine(image).pixel_values
+        with PIL.Image.open(image) if isinstance(image, str) else contextlib.nullcontext(image) as im:
+            assert_pixels_close(pixels, ref(im, return_tensors="np")["pixel_values"], f"mode {name}")
+    # the suggested conversion keeps the picture: v / 256 is the top byte of a 16-bit value
+    with PIL.Image.open(tmp_path / "scan16.png") as im:
+        grey = load_image(im.point(lambda v: v / 256).convert("L"))
+    assert np.array_equal(grey[:, :, 0], scan >> 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 16-bit data that fits 0…255 converts exactly: no warning
+        assert np.array_equal(load_image(PIL.Image.fromarray(scan >> 8))[:, :, 0], scan >> 8)
+
+
+# ------------------------------------------------------------------ channel layouts (issue 11)
+# transformers infers the layout: channels-first when the first axis is 1, 3 or 4 (even when the last
+# is too: it then warns and still takes the first), channels-last when only the last is.
+LAYOUTS = [((3, 20, 30), False), ((1, 20, 30), False), ((4, 20, 30), False), ((20, 30, 3), False),
+           ((20, 30, 4), False), ((3, 5, 3), True), ((1, 2, 1), True), ((3, 4, 4), True), ((4, 6, 4), True),
+           ((4, 4, 3), True), ((1, 1, 3), True), ((3, 20, 1), True)]
+
+
+@pytest.mark.parametrize("shape, ambiguous", LAYOUTS, ids=[str(s) for s, _ in LAYOUTS])
+def test_channel_layouts_match_reference(reference_module, shape, ambiguous):
+    image = np.random.RandomState(sum(shape)).randint(0, 256, shape).astype(np.uint8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mine = BridgeTowerImageProcessor()(image).pixel_values
+    said = [str(w.message) for w in caught if "could be [C, H, W] or [H, W, C]" in str(w.message)]
+    if ambiguous:
+        assert said and str(shape) in said[0] and 'input_data_format="channels_last"' in said[0], said
+    else:
+        assert not said, said
+    assert_pixels_close(mine, reference_pixels(reference_processor(reference_module, 288), image, 288), str(shape))
+
+
+def test_an_explicit_layout_is_followed_without_a_warning(reference_module):
+    image = noise(4, 4, 3, seed=3)  # 4 rows of 4 RGB pixels, which the shape alone cannot tell
+    ref = reference_processor(reference_module, 288)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mine = BridgeTowerImageProcessor()(image, input_data_format="channels_last").pixel_values
+        first = BridgeTowerImageProcessor()(image.transpose(2, 0, 1), input_data_format="channels_first").pixel_values
+    theirs = ref(image, return_tensors="np", input_data_format="channels_last")["pixel_values"]
+    assert_pixels_close(mine, theirs, "[4, 4, 3] as channels-last")
+    assert np.array_equal(first, mine)
+    assert np.array_equal(mine, BridgeTowerImageProcessor()(PIL.Image.fromarray(image)).pixel_values)
+    with pytest.raises(ValueError, match=r"input_data_format must be .*got 'NHWC'"):
+        BridgeTowerImageProcessor()(image, input_data_format="NHWC")
+    with pytest.raises(ValueError, match=r"channels-first image array must be \[C, H, W\] with C in \(1, 3, 4\), "
+                                         r"got shape \(20, 30, 3\)"):
+        BridgeTowerImageProcessor()(noise(20, 30), input_data_format="channels_first")
+
+
+# ------------------------------------------------------------------ preprocessor_config.json fields (issue 11)
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "is not valid UTF-8 JSON"),
+    (b'{"size": "\xff"}', "is not valid UTF-8 JSON"),
+    ("[288]", "should hold a JSON object of settings, found list"),
+    ({"size": {"shortest_edge": 10 ** 6}}, r"size.shortest_edge must be an integer from 1 to 4096, got 1000000"),
+    ({"size": 0}, r"size must be an integer from 1 to 4096, got 0"),
+    ({"size": 288.5}, r"size must be an integer from 1 to 4096, got 288.5"),
+    ({"size": True}, r"size must be an integer from 1 to 4096, got True"),
+    ({"crop_size": {"height": 5000, "width": 5000}}, r"crop_size.height must be an integer from 1 to 4096, got 5000"),
+    ({"size_divisor": 0}, r"size_divisor must be an integer from 1 to 288, got 0"),
+    ({"size": 180, "size_divisor": 256}, r"size_divisor must be an integer from 1 to 180, got 256"),
+    ({"rescale_factor": float("nan")}, r"rescale_factor must be a finite number > 0, got nan"),
+    ({"rescale_factor": 0}, r"rescale_factor must be a finite number > 0, got 0"),
+    ({"rescale_factor": "1/255"}, r"rescale_factor must be a finite number > 0, got '1/255'"),
+    ({"image_mean": [0.5, 0.5]}, r"image_mean must be three numbers, one per RGB channel, got \[0.5, 0.5\]"),
+    ({"image_mean": [0.5, "x", 0.5]}, r"image_mean\[1\] must be a finite number, got 'x'"),
+    ({"image_std": [0.2, 0, 0.2]}, r"image_std\[1\] must be a finite number > 0, got 0"),
+    ({"image_std": [0.2, float("inf"), 0.2]}, r"image_std\[1\] must be a finite number > 0, got inf"),
+    ({"do_normalize": "false"}, r"do_normalize must be true or false, got 'false'"),
+])
+def test_bad_preprocessor_configs_name_the_file_and_field(tmp_path, text, message):
+    path = tmp_path / "preprocessor_config.json"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text if isinstance(text, str) else json.dumps(text), encoding="utf-8")  # NaN, Infinity too
+    with pytest.raises(ValueError, match=message) as e:
+        BridgeTowerImageProcessor.from_pretrained(tmp_path)
+    assert str(path) in str(e.value)
+
+
+def test_fields_are_checked_without_a_file_too():
+    with pytest.raises(ValueError, match="size_divisor must be an integer from 1 to 288, got 0"):
+        BridgeTowerImageProcessor(size_divisor=0)
+    assert BridgeTowerImageProcessor(image_mean=0.5, image_std=0.5).image_std == (0.5, 0.5, 0.5)
