@@ -12,6 +12,7 @@ deep inside the forward pass.
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,9 +149,15 @@ class BridgeTowerConfig:
     @classmethod
     def from_dict(cls, d):
         d = dict(d)
+        if d.get("model_type") not in (None, "bridgetower"):
+            raise ConfigError(f'model_type={d["model_type"]!r}: this is the config of another model; '
+                              'expected "bridgetower"')
+        for key in ("text_config", "vision_config"):
+            if d.get(key) is not None and not isinstance(d[key], dict):
+                raise ConfigError(f"config field {key} should be an object of the tower's fields, found {d[key]!r}")
         # Legacy checkpoints carry text_config_dict / vision_config_dict; the reference ignores them.
-        text = BridgeTowerTextConfig(**_pick(BridgeTowerTextConfig, d.get("text_config") or {}))
-        vision = BridgeTowerVisionConfig(**_pick(BridgeTowerVisionConfig, d.get("vision_config") or {}))
+        text = BridgeTowerTextConfig(**_pick(BridgeTowerTextConfig, d.get("text_config") or {}, "text_config."))
+        vision = BridgeTowerVisionConfig(**_pick(BridgeTowerVisionConfig, d.get("vision_config") or {}, "vision_config."))
         top = _pick(cls, d, skip=("text_config", "vision_config"))
         cfg = cls(text_config=text, vision_config=vision, **top)
         cfg.validate()
@@ -158,14 +165,26 @@ class BridgeTowerConfig:
 
     @classmethod
     def from_json_file(cls, path):
+        """Read a config.json; every error names the file."""
         path = Path(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path} is not UTF-8 text, so not a config.json: {e}") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON: {e}") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path} should hold a JSON object, found {type(d).__name__}")
-        return cls.from_dict(d)
+        # subtle: every field has a default, so `{}` (or another model's config) would load as
+        # bridgetower-base and the weights would be blamed later. A file must say what it is.
+        if not {"model_type", "text_config", "vision_config"} & set(d):
+            found = f"only the keys {sorted(d)[:8]}" if d else "an empty object"
+            raise ConfigError(f'{path} is not a BridgeTower config: expected "model_type": "bridgetower" '
+                              f"or text_config / vision_config, found {found}")
+        try:
+            return cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -177,6 +196,9 @@ class BridgeTowerConfig:
 
         def refuse(flag, why):
             raise ConfigError(f"unsupported config: {flag}. {why}")
+
+        def invalid(flag, why):
+            raise ConfigError(f"invalid config: {flag}. {why}")
 
         if self.share_link_tower_layers:
             refuse("share_link_tower_layers=True", "The reference builds one link tower and then indexes it "
@@ -211,36 +233,55 @@ class BridgeTowerConfig:
         sizes = {"hidden_size": self.hidden_size, "text_config.vocab_size": t.vocab_size,
                  "text_config.num_hidden_layers": t.num_hidden_layers, "text_config.intermediate_size": t.intermediate_size,
                  "text_config.num_attention_heads": t.num_attention_heads, "text_config.type_vocab_size": t.type_vocab_size,
-                 "text_config.max_position_embeddings": t.max_position_embeddings - t.pad_token_id - 1,
                  "vision_config.patch_size": v.patch_size, "vision_config.image_size": v.image_size,
-                 "vision_config.num_channels": v.num_channels}
+                 **({} if self.contrastive_hidden_size is None else {"contrastive_hidden_size": self.contrastive_hidden_size})}
         for name, value in sizes.items():
             if value < 1:
-                refuse(f"{name} (too small)", "Every size must be at least 1 (and the position table must "
-                       "hold a token past the pad id).")
+                invalid(f"{name}={value}", "Every size must be at least 1.")
         if v.patch_size > v.image_size:
             refuse(f"vision_config.patch_size={v.patch_size} > image_size={v.image_size}", "An image must hold a patch.")
+        if v.num_channels != 3:
+            refuse(f"vision_config.num_channels={v.num_channels}", "The image processor (minibridge's and "
+                   "transformers') always makes RGB, 3 channels, which such a model refuses; every published "
+                   "checkpoint has 3.")
+        for name, eps in (("layer_norm_eps", self.layer_norm_eps), ("text_config.layer_norm_eps", t.layer_norm_eps),
+                          ("vision_config.layer_norm_eps", v.layer_norm_eps)):
+            if not 0 < eps < 1:  # (NaN fails too)
+                invalid(f"{name}={eps}", "LayerNorm's eps must be small and positive (1e-5 in every published "
+                        "checkpoint): a negative one takes the root of a negative number (NaN scores), and "
+                        "one of 1 or more outweighs the variance, so the layer no longer normalises.")
+        if self.logit_scale_init_value is not None and not math.isfinite(self.logit_scale_init_value):
+            invalid(f"logit_scale_init_value={self.logit_scale_init_value}", "Expected a finite number (2.6592 = ln 1/0.07).")
+        for name, token in (("pad_token_id", t.pad_token_id), ("bos_token_id", t.bos_token_id),
+                            ("eos_token_id", t.eos_token_id)):
+            if not 0 <= token < t.vocab_size:
+                invalid(f"text_config.{name}={token}", f"A token id must be in the vocabulary: 0 … {t.vocab_size - 1}.")
+        if t.max_position_embeddings < t.pad_token_id + 2:
+            invalid(f"text_config.max_position_embeddings={t.max_position_embeddings}", "Position ids start at "
+                    f"pad_token_id + 1 = {t.pad_token_id + 1}, so the table needs at least {t.pad_token_id + 2} rows.")
 
 
-def _pick(klass, d, skip=()):
-    """The entries of `d` that are fields of `klass`, with their types checked; the rest is ignored."""
+def _pick(klass, d, prefix="", skip=()):
+    """The entries of `d` that are fields of `klass`, with their types checked; the rest is ignored.
+
+    prefix ("text_config.") makes the errors name the field as it sits in config.json.
+    """
     out = {}
     for f in dataclasses.fields(klass):
         if f.name in skip or f.name not in d or d[f.name] is None and f.default is not None:
             continue
-        value = d[f.name]
+        value, name = d[f.name], prefix + f.name
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        if kind == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
-            raise ConfigError(f"config field {f.name} should be an integer, found {value!r}")
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if (kind == "int" and not is_int) or (kind == "int | None" and value is not None and not is_int):
+            raise ConfigError(f"config field {name} should be an integer, found {value!r}")
         if kind == "bool" and not isinstance(value, bool):
-            raise ConfigError(f"config field {f.name} should be true or false, found {value!r}")
-        if kind == "float" and not isinstance(value, (int, float)):
-            raise ConfigError(f"config field {f.name} should be a number, found {value!r}")
-        if kind == "int | None" and value is not None and not (isinstance(value, int) and not isinstance(value, bool)):
-            raise ConfigError(f"config field {f.name} should be an integer, found {value!r}")
-        if kind == "float | None" and value is not None and not (isinstance(value, (int, float))
-                                                                  and not isinstance(value, bool)):
-            raise ConfigError(f"config field {f.name} should be a number, found {value!r}")
+            raise ConfigError(f"config field {name} should be true or false, found {value!r}")
+        if (kind == "float" and not is_number) or (kind == "float | None" and value is not None and not is_number):
+            raise ConfigError(f"config field {name} should be a number, found {value!r}")
+        if kind == "tuple" and not isinstance(value, (str, list, tuple)):
+            raise ConfigError(f"config field {name} should be a list of class names, found {value!r}")
         if kind == "tuple":  # architectures: a list of class names (a bare string is one name)
             value = (value,) if isinstance(value, str) else tuple(value or ())
         out[f.name] = float(value) if kind == "float" else value

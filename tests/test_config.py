@@ -5,9 +5,12 @@ import json
 
 import pytest
 
+import minibridge as mb
 from minibridge import BridgeTowerConfig, ConfigError
+from minibridge.config import TINY, derived
+from minibridge.weights import save_random_checkpoint
 
-from helpers import FIXTURES
+from helpers import FIXTURES, HEAD_CLASSES, compare, run_mine
 
 
 def test_defaults_are_the_base_checkpoint():
@@ -75,3 +78,105 @@ def test_wrong_types_and_bad_json(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps([1, 2]))
     with pytest.raises(ConfigError, match="JSON object"):
         BridgeTowerConfig.from_json_file(tmp_path / "config.json")
+
+
+# ------------------------------------------------------------------ hostile config.json (issue 11)
+def write(folder, content):
+    """config.json in folder holding `content` (bytes as they are, anything else as JSON)."""
+    path = folder / "config.json"
+    path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
+    return path
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"hidden_size": 768, "name": "caf\xe9"}', "is not UTF-8 text, so not a config.json"),  # Latin-1, not UTF-8
+    (b"{not json", "is not valid JSON"),
+    ([1, 2], "should hold a JSON object, found list"),
+    ({}, r'is not a BridgeTower config: expected "model_type": "bridgetower" or text_config / vision_config, '
+         "found an empty object"),
+    ({"hidden_size": 768, "n_layer": 12}, r"is not a BridgeTower config: .*found only the keys \['hidden_size', 'n_layer'\]"),
+    ({"model_type": "clip", "text_config": {}}, r"model_type='clip': this is the config of another model; "
+                                                 'expected "bridgetower"'),
+    ({"model_type": "bridgetower", "text_config": "roberta-base"},
+     "config field text_config should be an object of the tower's fields, found 'roberta-base'"),
+    ({"model_type": "bridgetower", "vision_config": [1, 2]},
+     r"config field vision_config should be an object of the tower's fields, found \[1, 2\]"),
+    ({"model_type": "bridgetower", "layer_norm_eps": -1e-5}, r"invalid config: layer_norm_eps=-1e-05\. .*NaN"),
+])
+def test_bad_config_files_name_the_file(tmp_path, content, message):
+    path = write(tmp_path, content)
+    with pytest.raises(ConfigError, match=message) as e:
+        BridgeTowerConfig.from_json_file(path)
+    assert str(path) in str(e.value)
+
+
+def test_the_configs_the_project_writes_still_load(tmp_path):
+    folders = sorted(p for p in FIXTURES.iterdir() if (p / "config.json").is_file())
+    assert len(folders) == 3 and all(BridgeTowerConfig.from_json_file(f / "config.json").depth >= 1 for f in folders)
+    save_random_checkpoint(tmp_path / "random", TINY, heads=["itm"])
+    assert BridgeTowerConfig.from_json_file(tmp_path / "random" / "config.json").hidden_size == 128
+    # {"model_type": "bridgetower"} alone is the base architecture, as transformers reads it
+    assert BridgeTowerConfig.from_json_file(write(tmp_path, {"model_type": "bridgetower"})).depth == 12
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"layer_norm_eps": -1e-5}, r"layer_norm_eps=-1e-05\. LayerNorm's eps must be small and positive"),
+    ({"layer_norm_eps": 0}, r"layer_norm_eps=0.0\. "),
+    ({"text_config": {"layer_norm_eps": 1.0}}, r"text_config.layer_norm_eps=1.0\. .*no longer normalises"),
+    ({"vision_config": {"layer_norm_eps": float("nan")}}, r"vision_config.layer_norm_eps=nan\. "),
+    ({"vision_config": {"layer_norm_eps": float("inf")}}, r"vision_config.layer_norm_eps=inf\. "),
+    ({"layer_norm_eps": True}, r"config field layer_norm_eps should be a number, found True"),
+    ({"text_config": {"layer_norm_eps": "1e-5"}}, r"config field text_config.layer_norm_eps should be a number"),
+    ({"logit_scale_init_value": float("inf")}, r"logit_scale_init_value=inf\. Expected a finite number"),
+    ({"vision_config": {"num_channels": 1}}, r"vision_config.num_channels=1\. The image processor .* always makes RGB"),
+    ({"text_config": {"pad_token_id": 50}}, r"text_config.pad_token_id=50\. A token id must be in the vocabulary: 0 … 49"),
+    ({"text_config": {"bos_token_id": -1}}, r"text_config.bos_token_id=-1\. A token id must be in the vocabulary"),
+    ({"text_config": {"eos_token_id": 99}}, r"text_config.eos_token_id=99\. "),
+    ({"text_config": {"max_position_embeddings": 2}}, r"text_config.max_position_embeddings=2\. .* at least 3 rows"),
+    ({"contrastive_hidden_size": 0}, r"contrastive_hidden_size=0\. Every size must be at least 1"),
+    ({"text_config": {"intermediate_size": 0}}, r"text_config.intermediate_size=0\. Every size must be at least 1"),
+    ({"vision_config": {"image_size": -12}}, r"vision_config.image_size=-12\. Every size must be at least 1"),
+    ({"text_config": {"vocab_size": 2.5}}, r"config field text_config.vocab_size should be an integer, found 2.5"),
+    ({"architectures": 7}, r"config field architectures should be a list of class names, found 7"),
+])
+def test_numeric_fields_are_range_checked_by_name(tmp_path, changes, message):
+    config = derived(TINY, **changes)
+    with pytest.raises(ConfigError, match=message):
+        BridgeTowerConfig.from_dict(config)
+    path = write(tmp_path, dict(config, model_type="bridgetower"))  # NaN and Infinity as Python's json writes them
+    with pytest.raises(ConfigError, match=message) as e:
+        BridgeTowerConfig.from_json_file(path)
+    assert str(path) in str(e.value)
+
+
+def test_a_negative_eps_is_refused_before_any_score(tmp_path):
+    """Before issue 11 a negative layer_norm_eps loaded, and every score came out NaN (exit status 0)."""
+    save_random_checkpoint(tmp_path, TINY, heads=["itm"])
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["text_config"]["layer_norm_eps"] = -1e-5
+    write(tmp_path, config)
+    with pytest.raises(ConfigError, match=r"config.json: invalid config: text_config.layer_norm_eps=-1e-05"):
+        mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(tmp_path)
+
+
+def test_each_layer_norm_eps_reaches_the_forward_pass(tmp_path):
+    """Three different eps, none the 1e-5 default: the cross-modal layers, link towers and MLM head
+    read the top one, the text tower text_config's, the vision tower vision_config's. The whole
+    forward of every head must match transformers within TOL; ignoring any one eps (or reading it
+    from the wrong config) moves the outputs by far more than TOL, so this test then fails."""
+    pytest.importorskip("torch", reason="needs the reference extra: pip install -e '.[reference]'")
+    pytest.importorskip("transformers", reason="needs the reference extra: pip install -e '.[reference]'")
+    import reference as ref
+
+    config = derived(TINY, layer_norm_eps=3e-2, text_config={"layer_norm_eps": 1e-2},
+                     vision_config={"layer_norm_eps": 1e-1})
+    heads = ["itm", "mlm", "itc"]
+    models = ref.build(config, heads, seed=11)  # every parameter random, LayerNorms included
+    ref.save_checkpoint(models, tmp_path)
+    inputs = ref.make_inputs(config, [9, 6], seed=11)
+    for head in heads:
+        expected = ref.run(models, inputs, head, return_loss=head == "itc")
+        out = run_mine(HEAD_CLASSES[head].from_pretrained(tmp_path), head, inputs, keep=True)
+        # helpers.TOL (1e-4): here the worst output differs by < 1e-6; each eps ignored or read from the
+        # wrong config moved the ITM logits by 5e-3 to 0.14 when planted (issue 11)
+        compare(out, expected, f"three eps/{head}")
