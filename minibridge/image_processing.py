@@ -2,7 +2,7 @@
 
 The steps, in reading order (each a function below), mirror transformers' PIL backend:
 
-    load_image              any input → uint8 RGB [H, W, 3], transparency composited on white
+    load_image              path, URL, PIL image or array → uint8 RGB [H, W, 3], transparency on white
     resize_output_size      shortest edge → S, longest edge ≤ 1333/800·S, both floored to a multiple of 32
     resize                  Pillow's bicubic filter (the reference's own call, so equal to the bit)
     center_crop             c × c, zero-padding an image smaller than c
@@ -79,11 +79,18 @@ def decode_image(source, name):
             raise ValueError(f"{name}: {err} Raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) "
                              "if you trust this file.") from err
         except PIL.UnidentifiedImageError as err:  # Pillow's own message names a file object, not `name`
-            head = source[:16] if isinstance(source, bytes) else Path(source).open("rb").read(16)
-            raise ValueError(f"cannot read {name} as an image: it starts with {head!r}, which is no "
+            raise ValueError(f"cannot read {name} as an image: it starts with {_first_bytes(source)!r}, which is no "
                              "image format Pillow knows (expected JPEG, PNG, GIF, WebP, …)") from err
         except (OSError, SyntaxError, EOFError, ValueError) as err:  # truncated, corrupt
             raise ValueError(f"cannot read {name} as an image: {err}") from err
+
+
+def _first_bytes(source, n=16):
+    """The first n bytes of a file (a path) or of bytes: what came instead of an image."""
+    if isinstance(source, bytes):
+        return source[:n]
+    with open(source, "rb") as f:
+        return f.read(n)
 
 
 def _check_pixel_count(height, width):
@@ -167,19 +174,19 @@ def _channels_last(a, input_data_format=None):
     when the last axis could be channels too ([3, 4, 4], [1, 1, 3], [4, 4, 3]: tiny images), it still
     takes the first, and says so. We follow it, with a warning, so the pixels stay the reference's.
     """
+    if input_data_format not in (None, "channels_first", "channels_last"):
+        raise ValueError(f'input_data_format must be "channels_first", "channels_last" or None, got {input_data_format!r}')
     if a.ndim != 3 or input_data_format == "channels_last":
         return a
-    if input_data_format is None:
+    if input_data_format == "channels_first":
         if a.shape[0] not in CHANNELS:
-            return a  # [H, W, C], or no image at all (_check_array says so)
-        if a.shape[-1] in CHANNELS:
-            warnings.warn(f"the image array of shape {tuple(a.shape)} could be [C, H, W] or [H, W, C]; taking "
-                          "it as channels-first [C, H, W], as transformers does. Pass input_data_format="
-                          '"channels_last" (or "channels_first") to say which', stacklevel=2)
-    elif input_data_format != "channels_first":
-        raise ValueError(f'input_data_format must be "channels_first", "channels_last" or None, got {input_data_format!r}')
+            raise ValueError(f"a channels-first image array must be [C, H, W] with C in {CHANNELS}, got shape {a.shape}")
     elif a.shape[0] not in CHANNELS:
-        raise ValueError(f"a channels-first image array must be [C, H, W] with C in {CHANNELS}, got shape {tuple(a.shape)}")
+        return a  # [H, W, C], or no image at all (_check_array says so)
+    elif a.shape[-1] in CHANNELS:
+        warnings.warn(f"the image array of shape {a.shape} could be [C, H, W] or [H, W, C]; taking it as "
+                      'channels-first [C, H, W], as transformers does. Pass input_data_format="channels_last" '
+                      '(or "channels_first") to say which', stacklevel=2)
     return np.moveaxis(a, 0, -1)  # [C, H, W] -> [H, W, C]
 
 
@@ -359,7 +366,7 @@ class BridgeTowerImageProcessor:
 
 
 def as_image_list(images):
-    """One image, a list/tuple of images or a [B, H, W, C] array → a list of single images."""
+    """One image, a list/tuple of images or a [B, H, W, C] (or [B, C, H, W]) array → a list of single images."""
     if images is None:
         raise TypeError("images is None; expected a path, a PIL image, a numpy array, or a list of them")
     if isinstance(images, np.ndarray) and images.ndim == 4:
