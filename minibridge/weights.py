@@ -80,10 +80,7 @@ def read_checkpoint(folder):
     if single.is_file():
         return read_safetensors(single)
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise WeightsError(f"{index} is not a valid safetensors index ({e})") from None
+        weight_map = read_index(index)
         out = {}
         for shard in sorted(set(weight_map.values())):
             tensors = read_safetensors(folder / shard)
@@ -93,6 +90,29 @@ def read_checkpoint(folder):
             raise WeightsError(f"{index} lists tensors that its shards do not hold, e.g. {missing[:3]}")
         return out
     raise WeightsError(f"no model.safetensors or model.safetensors.index.json in {folder}")
+
+
+def read_index(index):
+    """The weight_map {tensor name: shard file name} of a model.safetensors.index.json; each shard a plain
+    file name beside the index (WeightsError otherwise)."""
+    try:
+        content = json.loads(index.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise WeightsError(f"{index} is not UTF-8 text ({e}); expected a safetensors index (JSON)") from None
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{index} is not valid JSON ({e}); expected a safetensors index") from None
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict):
+        raise WeightsError(f'{index}: expected an object with a "weight_map" of tensor name -> shard file name, '
+                           f"found {type(weight_map if isinstance(content, dict) else content).__name__}")
+    for shard in weight_map.values():
+        # subtle: by name, not by resolving: in the Hugging Face cache every shard is a symlink to
+        # ../../blobs, while a name such as "../x" or "/x" would make the index read files it does not own.
+        if not (isinstance(shard, str) and shard not in ("", ".", "..") and Path(shard).name == shard
+                and "\\" not in shard and "\0" not in shard):
+            raise WeightsError(f"{index} names shard {shard!r}; expected a plain file name in {index.parent} "
+                               "(no folders, no '..', not absolute)")
+    return weight_map
 
 
 # ---- what the config implies ------------------------------------------------------------------
@@ -248,7 +268,38 @@ def check_weights(flat, cfg, head="model", source="checkpoint"):
         found = tuple(weights[key].shape)
         if found != shape:
             raise WeightsError(f"{source}: {key} has shape {found}, the config implies {shape}")
-    return {k: weights[k] for k in expected}
+    return check_numbers({k: weights[k] for k in expected}, source)
+
+
+def check_numbers(weights, source="checkpoint"):
+    """The parameters as finite float32 arrays: other floats cast, integer/bool or NaN/Inf refused by name.
+
+    Float32 stays as is (a memory-mapped view); float16/bfloat16/float64 become float32 (read_safetensors
+    widens bf16 and f16 already). Integers would crash in a ufunc later, or turn the outputs into float64.
+    """
+    not_float = [k for k, a in weights.items() if not np.issubdtype(a.dtype, np.floating)]
+    if not_float:
+        raise WeightsError(f"{source}: parameters must be floating point; "
+                           + ", ".join(f"{k} ({weights[k].dtype})" for k in not_float[:5])
+                           + (f" (and {len(not_float) - 5} more)" if len(not_float) > 5 else "") + " are not")
+    weights = {k: a if a.dtype == np.float32 else a.astype(np.float32) for k, a in weights.items()}
+    bad = []
+    for key, a in weights.items():
+        # subtle: a float32 sum is NaN or Inf when any element is, reads each byte once and makes no
+        # temporary (~0.1 s for the 1.3 GB base checkpoint). It can also overflow to Inf on large finite
+        # values, so only a non-finite sum is followed by the exact count.
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.sum(a)
+        if not np.isfinite(total):
+            nonfinite = ~np.isfinite(a)
+            if nonfinite.any():
+                first = np.unravel_index(np.argmax(nonfinite), a.shape)
+                bad.append(f"{key}: {np.count_nonzero(nonfinite)} of {a.size} values (first at "
+                           f"{tuple(int(i) for i in first)}, {a[first]})")
+    if bad:
+        raise WeightsError(f"{source}: {len(bad)} parameter(s) hold NaN or infinite values: " + "; ".join(bad[:5])
+                           + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""))
+    return weights
 
 
 def to_tree(flat):
