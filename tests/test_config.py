@@ -112,7 +112,7 @@ def test_bad_config_files_name_the_file(tmp_path, content, message):
 
 def test_the_configs_the_project_writes_still_load(tmp_path):
     folders = sorted(p for p in FIXTURES.iterdir() if (p / "config.json").is_file())
-    assert len(folders) == 3 and all(BridgeTowerConfig.from_json_file(f / "config.json").depth >= 1 for f in folders)
+    assert folders and all(BridgeTowerConfig.from_json_file(f / "config.json").depth >= 1 for f in folders)
     save_random_checkpoint(tmp_path / "random", TINY, heads=["itm"])
     assert BridgeTowerConfig.from_json_file(tmp_path / "random" / "config.json").hidden_size == 128
     # {"model_type": "bridgetower"} alone is the base architecture, as transformers reads it
