@@ -2,14 +2,29 @@
 
     data = fetch_url("https://example.com/cat.jpg")      # bytes, or FetchError naming the URL
 
-(A first version: the network owner of issue 11 hardens it. Interface: is_url, fetch_url, FetchError.)
+Limits, each settable per call (timeout_s=, max_bytes=) or by an environment variable:
+    MINIBRIDGE_DOWNLOAD_TIMEOUT    seconds for the whole download, connect to last byte (default 60)
+    MINIBRIDGE_MAX_DOWNLOAD_BYTES  the largest body accepted (default 50_000_000: 50 MB)
+A server that drips a byte every few seconds or sends an endless body is cut off at these limits;
+a body larger than the cap is refused from its Content-Length before it is read, and otherwise
+while it streams, never holding more than the cap in memory. Only http:// and https:// are fetched
+(redirects included), only a 2xx answer is accepted, and a web page (Content-Type text/html) is
+refused as not an image.
 """
 
+import http.client
+import os
+import time
+import urllib.error
 import urllib.request
 
-# Defaults, settable per call.
+# Defaults, settable per call or by the environment variables above.
 DEFAULT_TIMEOUT_S = 60.0  # the whole download, not each read
 DEFAULT_MAX_BYTES = 50_000_000  # 50 MB: larger than any photo worth scoring
+TIMEOUT_ENV, MAX_BYTES_ENV = "MINIBRIDGE_DOWNLOAD_TIMEOUT", "MINIBRIDGE_MAX_DOWNLOAD_BYTES"
+
+STALL_S = 10.0  # no single wait (connect, or one read) lasts longer than this, nor than the deadline
+CHUNK = 64 * 1024  # bytes asked for per read
 
 
 class FetchError(OSError):
@@ -21,15 +36,83 @@ def is_url(s):
     return isinstance(s, str) and s[:8].lower().startswith(("http://", "https://"))
 
 
+def limit(value, env, default):
+    """A positive limit: `value` if given, else the environment variable `env` if set, else `default`."""
+    if value is None:
+        text = os.environ.get(env, "").strip()
+        try:
+            value = float(text) if text else default
+        except ValueError:
+            raise ValueError(f"{env} must be a positive number, got {text!r}") from None
+    if not value > 0:  # subtle: `not >` also refuses NaN
+        raise ValueError(f"a download limit ({env}) must be a positive number, got {value!r}")
+    return value
+
+
 def fetch_url(url, *, timeout_s=None, max_bytes=None):
-    """The body at `url` as bytes; FetchError (an OSError) naming the URL on any failure."""
-    timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
-    max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+    """The body at `url` as bytes; FetchError (an OSError) naming the URL on any failure.
+
+    timeout_s: seconds for the whole download (default: $MINIBRIDGE_DOWNLOAD_TIMEOUT, else 60).
+    max_bytes: the largest body accepted (default: $MINIBRIDGE_MAX_DOWNLOAD_BYTES, else 50 MB).
+    """
+    timeout_s = limit(timeout_s, TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+    max_bytes = int(limit(max_bytes, MAX_BYTES_ENV, DEFAULT_MAX_BYTES))
+    if not is_url(url):
+        raise FetchError(f"{url!r} is not an http:// or https:// URL; only those are downloaded")
+    deadline = time.monotonic() + timeout_s
+    wait = min(timeout_s, STALL_S)
+    too_slow = (f"Downloading {url} took longer than the {timeout_s:g} s limit; set {TIMEOUT_ENV} (seconds) "
+                "or pass timeout_s to allow longer")
+    opener = urllib.request.build_opener(_HttpRedirectsOnly)
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            data = response.read(max_bytes + 1)
-    except OSError as e:
-        raise FetchError(f"could not download {url}: {e}") from None
-    if len(data) > max_bytes:
-        raise FetchError(f"{url} is larger than the {max_bytes}-byte limit")
-    return data
+        # subtle: urllib's timeout bounds each wait (the connect, then every read), not the whole
+        # download, so a server dripping a byte every few seconds never trips it: we read in chunks and
+        # check the clock before each one.
+        with opener.open(url, timeout=wait) as response:
+            length = _announced_length(url, response, max_bytes)
+            data = bytearray()
+            while time.monotonic() < deadline:
+                chunk = response.read1(min(CHUNK, max_bytes + 1 - len(data)))  # never more than the cap + 1
+                if not chunk and len(data) < (length or 0):  # subtle: read1 does not check this itself
+                    raise FetchError(f"{url} broke off after {len(data):,} of the {length:,} bytes it announced "
+                                     "(Content-Length)")
+                if not chunk:
+                    return bytes(data)
+                data += chunk
+                if len(data) > max_bytes:
+                    raise FetchError(f"{url} sent more than the {max_bytes:,}-byte limit; set {MAX_BYTES_ENV} "
+                                     "or pass max_bytes to allow more")
+            raise FetchError(too_slow)
+    except FetchError:
+        raise
+    except urllib.error.HTTPError as e:  # any status but 2xx (urllib follows the redirects itself)
+        e.close()
+        raise FetchError(f"{url} answered HTTP {e.code} ({e.reason}); expected 200 with the file's bytes") from None
+    except (OSError, ValueError, http.client.HTTPException) as e:  # no such host, refused, cut short, garbled...
+        reason = getattr(e, "reason", e)  # urllib wraps the socket's error in a URLError
+        if isinstance(reason, TimeoutError):
+            raise FetchError(f"{too_slow} (nothing came for {wait:g} s)") from None
+        detail = f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else reason
+        raise FetchError(f"could not download {url}: {detail}") from None
+
+
+def _announced_length(url, response, max_bytes):
+    """The body's Content-Length (None if not given); refuses a web page, or a length over the cap."""
+    content_type = response.headers.get("Content-Type", "")
+    if content_type.split(";")[0].strip().lower() == "text/html":
+        raise FetchError(f"{url} is a web page (Content-Type {content_type}), not an image; use the address of "
+                         "the image itself (in a browser: right-click the image, Copy image address)")
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > max_bytes:
+        raise FetchError(f"{url} is {int(length):,} bytes (its Content-Length), more than the {max_bytes:,}-byte "
+                         f"limit; set {MAX_BYTES_ENV} or pass max_bytes to allow more")
+    return int(length) if length.isdigit() else None
+
+
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    # subtle: urllib follows a redirect to ftp:// too; only http(s) is fetched, wherever the URL came from
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not is_url(newurl):
+            raise FetchError(f"{req.full_url} redirects to {newurl!r}, which is not an http:// or https:// URL; "
+                             "only those are downloaded")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
