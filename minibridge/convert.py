@@ -65,7 +65,7 @@ class _Record:
     def __setstate__(self, state):
         # subtle: without this, BUILD could rewrite a tensor's size after it was checked, through setattr.
         raise ValueError(f"the pickle tries to edit a {type(self).__name__[1:].lower()} after making it "
-                           "(BUILD opcode); no torch checkpoint does that")
+                         "(BUILD opcode); no torch checkpoint does that")
 
 
 class _Storage(_Record):
@@ -112,8 +112,8 @@ def read_torch_bin(path):
     except ConvertError:
         raise
     except MemoryError:
-        raise ConvertError(f"{path}: ran out of memory while reading it; its tensors are larger than this "
-                           "machine's memory") from None
+        raise ConvertError(f"{path}: ran out of memory while reading it: it claims an object (a tensor, or a "
+                           "string in its pickle) larger than this machine's memory; damaged or forged?") from None
     # A damaged or forged file fails in many ways: a missing zip directory, a bad CRC or deflate stream,
     # a pickle cut short or calling our stand-ins with arguments of the wrong kind. subtle: every one of
     # them is this file's fault, so all are reported as such rather than as a traceback from inside.
@@ -208,12 +208,14 @@ class _Reader:
         return self.arrays[s.key]
 
     def _read(self, info):
-        """The bytes of zip entry `info`, never more than it declares (a lying header cannot inflate more)."""
+        """The bytes of zip entry `info`: exactly as many as it declares, or ConvertError."""
         with self.archive.open(info) as f:
-            data = f.read(info.file_size + 1)  # subtle: bounded; zipfile also stops at the declared size
+            # subtle: read(n) inflates at most n bytes. A bare read() (or archive.read) inflates the whole
+            # stream before cutting it to the declared size: 1 GiB in memory behind a header saying 24 bytes.
+            data = f.read(info.file_size)
         if len(data) != info.file_size:
             raise ConvertError(f"{self.path}: zip entry {info.filename} declares {info.file_size:,} bytes "
-                               f"but holds {'more' if len(data) > info.file_size else len(data)}")
+                               f"but holds only {len(data):,} (truncated?)")
         return data
 
 
@@ -289,14 +291,14 @@ def _short(obj):
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_requires_grad_hooks_metadata):
-    """torch._utils._rebuild_tensor_v2, as a record: `size` elements of `storage` from `storage_offset`, `stride` apart."""
+    """torch._utils._rebuild_tensor_v2, as a _Tensor record: `size` elements of `storage`, `stride` apart."""
     if not isinstance(storage, _Storage):
         raise ValueError(f"a tensor in the pickle is built from {type(storage).__name__}, not a storage")
     if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride) <= 64
             and all(map(_is_count, size + (storage_offset,))) and all(type(s) is int for s in stride)):
         raise ValueError(f"a tensor in the pickle has size {_short(size)}, stride {_short(stride)}, offset "
-                           f"{_short(storage_offset)}; expected tuples of as many integers (at most 64), and "
-                           "an offset, all >= 0 but strides")
+                         f"{_short(storage_offset)}; expected a size and a stride of as many integers (at most "
+                         "64), sizes and offset >= 0")
     return _Tensor(storage, storage_offset, size, stride)
 
 

@@ -173,7 +173,8 @@ def test_ordinary_views_still_read(tmp_path):
                           "col": tensor("0", 24, 1, (6,), (4,)), "one": tensor("0", 24, 5, (1, 3), (0, 1)),
                           "empty": tensor("0", 24, 0, (0, 5), (0, 0))})
     mine = read_torch_bin(torch_zip(tmp_path / "x.bin", pickled, [("archive/data/0", w.tobytes())]))
-    for key, want in {"t": w.T, "rows": w[2:5], "col": w[:, 1], "one": w.ravel()[5:8][None], "empty": np.zeros((0, 5))}.items():
+    wants = {"t": w.T, "rows": w[2:5], "col": w[:, 1], "one": w.ravel()[5:8][None], "empty": np.zeros((0, 5))}
+    for key, want in wants.items():
         np.testing.assert_array_equal(mine[key], want, err_msg=key)
 
 
@@ -261,7 +262,8 @@ def bomb(kind, zeros):
     little = [("archive/byteorder", b"little")]
     small = state_dict({"w": tensor("0", 6, 0, (6,), (1,))})
     if kind == "honest storage":  # a 16384 x 16384 tensor whose storage entry is 1 GiB of deflated zeros
-        return state_dict({"w": tensor("0", GiB // 4, 0, (16384, 16384), (16384, 1))}), [("archive/data/0", stream, GiB, crc)], little
+        pickled = state_dict({"w": tensor("0", GiB // 4, 0, (16384, 16384), (16384, 1))})
+        return pickled, [("archive/data/0", stream, GiB, crc)], little
     if kind == "oversized storage":  # 6 floats declared by the pickle, 1 GiB by the zip entry
         return small, [("archive/data/0", stream, GiB, crc)], little
     if kind == "lying zip header":  # the entry declares 24 bytes (CRC of the whole), its stream inflates to 1 GiB
@@ -605,7 +607,8 @@ def test_every_dangerous_global_through_every_opcode_is_refused(in_tmp, opcode, 
 def test_the_payloads_are_live(in_tmp):
     """Control: an ordinary unpickler runs these very pickles (the harmless ones), so the refusals above matter."""
     for opcode in ("GLOBAL proto 0", "STACK_GLOBAL", "INST", "OBJ"):
-        for module, name, args in [("builtins", "open", (MARKER, "w")), ("builtins", "exec", (f"open({MARKER!r}, 'w')",))]:
+        for module, name, args in [("builtins", "open", (MARKER, "w")),
+                                   ("builtins", "exec", (f"open({MARKER!r}, 'w')",))]:
             pickle.loads(reaching(opcode, module, name, args))
             assert (in_tmp / MARKER).exists(), (opcode, name)
             (in_tmp / MARKER).unlink()
@@ -629,15 +632,19 @@ def test_the_allow_list_is_exactly_four_names():
         assert isinstance(found, str) and found == storage_type
 
 
+FLOAT_STORAGE = pickle.MARK + text("storage") + global_("torch", "FloatStorage")  # the start of a storage's id
+
+
 @pytest.mark.parametrize("pid", [
     text("storage"),  # a bare string
     value(("module", "0", "cpu", 6)),  # not a storage
     value(("storage", "FloatStorage", "0", "cpu", 6)),  # the type as a plain string, not torch.FloatStorage
-    pickle.MARK + text("storage") + global_("torch", "FloatStorage") + text("0") + text("cpu") + pickle.TUPLE,  # 4 items
-    pickle.MARK + text("storage") + global_("torch", "FloatStorage") + integer(0) + text("cpu") + integer(6) + pickle.TUPLE,
-    pickle.MARK + text("storage") + global_("torch", "FloatStorage") + text("0") + text("cpu") + integer(-6) + pickle.TUPLE,
-    pickle.MARK + text("storage") + global_("torch", "FloatStorage") + text("0") + text("cpu") + pickle.NEWTRUE + pickle.TUPLE,
-])
+    FLOAT_STORAGE + text("0") + text("cpu") + pickle.TUPLE,  # 4 items
+    FLOAT_STORAGE + integer(0) + text("cpu") + integer(6) + pickle.TUPLE,  # the key an integer
+    FLOAT_STORAGE + text("0") + text("cpu") + integer(-6) + pickle.TUPLE,
+    FLOAT_STORAGE + text("0") + text("cpu") + pickle.NEWTRUE + pickle.TUPLE,
+], ids=["bare string", "not a storage", "type as a plain string", "four items", "integer key", "negative numel",
+        "numel True"])
 def test_persistent_ids_that_are_not_storages_are_refused(in_tmp, pid):
     message = refused(in_tmp, b"\x80\x02" + pid + pickle.BINPERSID + pickle.STOP)
     assert "unexpected persistent id" in message and "expected ('storage', <torch storage type>" in message
@@ -647,8 +654,9 @@ def test_persistent_ids_that_are_not_storages_are_refused(in_tmp, pid):
     # REDUCE on allowed stand-ins, with arguments no checkpoint has
     (b"\x80\x02" + global_("torch._utils", "_rebuild_tensor_v2") + value((MARKER, 0, (2,), (1,))) + pickle.REDUCE
      + pickle.STOP, "built from str, not a storage"),
-    (state_dict({"w": tensor("0", 6, 0, (2,), (1, 1))}), "expected tuples of as many integers"),
+    (state_dict({"w": tensor("0", 6, 0, (2,), (1, 1))}), "expected a size and a stride of as many integers"),
     (state_dict({"w": tensor("0", 6, 0, (2,) * 65, (1,) * 65)}), "(at most 64)"),
+    (state_dict({"w": tensor("0", 6, -1, (2,), (1,))}), "offset -1"),
     # BUILD on a tensor record: would rewrite its size after the fact
     (b"\x80\x02" + pickle.EMPTY_DICT + text("w") + tensor("0", 6, 0, (6,), (1,))
      + pickle.MARK + text("size") + value((20000, 20000)) + pickle.DICT + pickle.BUILD + pickle.SETITEM + pickle.STOP,
@@ -662,6 +670,7 @@ def test_persistent_ids_that_are_not_storages_are_refused(in_tmp, pid):
      + text(f"touch {MARKER}") + pickle.BUILD + pickle.STOP, "damaged or truncated torch archive (TypeError"),
     # a whole object, not a state dict
     (b"\x80\x02" + value([1, 2]) + pickle.STOP, "holds a list, not a state dict of tensors"),
-])
+], ids=["REDUCE on a str", "stride of other length", "65 dimensions", "negative offset", "BUILD on a tensor",
+        "BUILD slot state", "BUILD __setstate__", "a list"])
 def test_allowed_names_cannot_be_misused(in_tmp, pickled, found):
     assert found in refused(in_tmp, pickled)
