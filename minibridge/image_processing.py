@@ -45,7 +45,11 @@ def load_image(image, input_data_format=None):
         from . import fetch  # lazy: the network code loads only when a string is given
 
         if fetch.is_url(image):
-            return decode_image(fetch.fetch_url(image), image)  # FetchError (an OSError) names the URL
+            try:
+                data = fetch.fetch_url(image)
+            except fetch.FetchError as e:  # an OSError; its message names the URL and the limit
+                raise fetch.FetchError(f"could not download the image: {e}") from None
+            return decode_image(data, image)
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():

@@ -41,6 +41,7 @@ import numpy as np
 import PIL.Image
 
 from minibridge import hub
+from minibridge.fetch import fetch_url
 from minibridge.image_processing import pil_to_rgb
 from minibridge.weights import random_mark
 
@@ -263,9 +264,9 @@ def displayable(pixel_values, image_processor):
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 
-def _download(url, timeout=20):
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return _open(io.BytesIO(response.read()))
+def _download(url):
+    """A photo by URL, through minibridge's bounded download (a deadline and a size cap, fetch.py)."""
+    return _open(io.BytesIO(fetch_url(url)))
 
 
 def _open(source):

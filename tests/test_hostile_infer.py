@@ -198,3 +198,24 @@ def test_cli_default_model_is_infers():
     from minibridge import __main__ as cli_main
 
     assert cli_main.DEFAULT_MODEL == sys.modules["minibridge.infer"].DEFAULT_MODEL
+
+
+def test_embed_takes_image_urls_as_infer_does(checkpoint, tmp_path):
+    """Before: `embed --image URL` was refused ("no image file") though infer took URLs."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(PHOTO.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"HTTP://127.0.0.1:{server.server_address[1]}/{PHOTO.name}"  # a scheme in capitals is a URL too
+        r = cli("embed", "--model", checkpoint, "--image", url, PHOTO, "--out", tmp_path / "v.npy")
+        assert r.returncode == 0, r.stderr
+        by_url, by_path = np.load(tmp_path / "v.npy")
+        np.testing.assert_array_equal(by_url, by_path)
+        r = cli("embed", "--model", checkpoint, "--image", url.replace(PHOTO.name, "nope.png"))
+        assert r.returncode == 1 and "Traceback" not in r.stderr and "nope.png" in r.stderr and "404" in r.stderr
+    finally:
+        server.shutdown()
