@@ -14,6 +14,7 @@ Decoding is the exact inverse: no text normalisation, no clean-up of spaces.
 """
 
 import functools
+import heapq
 import json
 from pathlib import Path
 
@@ -61,6 +62,10 @@ def split_words(text):
 # Words already merged are remembered; the size bound keeps memory flat on endless input
 # (the reference's cache has the same capacity, and also stops adding when it is full).
 BPE_CACHE_SIZE = 10_000
+# Words this long or longer are not cached, so one entry stays small (a hostile 100,000-letter word
+# would otherwise sit in the cache); long words rarely repeat anyway. The reference's MAX_LENGTH,
+# which it counts in UTF-8 bytes of the word's printable spelling, as we do.
+BPE_CACHE_MAX_WORD_BYTES = 256
 
 
 def bytes_to_unicode():
@@ -92,28 +97,49 @@ def pre_tokenize(text):
 def bpe(word, ranks):
     """Byte-pair merge one pre-tokenised word.  word: str; ranks: {(left, right): rank}; returns list[str].
 
-    Start from single characters; repeatedly take the adjacent pair with the lowest rank (the
-    earliest-learned merge) and merge all its occurrences, left to right; stop when no adjacent
-    pair is a known merge.  bpe("Ġlower", ranks) might go Ġ l o w e r → Ġl o w e r → Ġlow e r → Ġlow er.
+    Start from single characters and repeatedly merge the adjacent pair with the lowest rank (the
+    earliest-learned merge; of equal pairs, the leftmost), until no adjacent pair is a known merge.
+    bpe("Ġlower", ranks) might go Ġ l o w e r → Ġ lo w e r → Ġ low e r → Ġ low er → Ġlow er → Ġlower.
+
+    Rescanning the word for the best pair after every merge costs O(n²): minutes for a 100,000-letter
+    word. Here a heap holds the candidate merges as (rank, position): the lowest pops in O(log n), and
+    a merge changes only the two pairs beside it, so it pushes at most two candidates: O(n log n) in
+    all. A candidate whose symbols a later merge changed is stale, and skipped when popped.
+    This is the reference's order (`tokenizers`' Word::merge_all). It equals "merge every occurrence
+    of the best pair, left to right, then rescan" whenever a pair holding a merged symbol ranks after
+    the merge that made it, as in every trained table (a pair is learned only once its symbols exist);
+    on a table where that fails, the heap's order is the reference's.
     """
     # BEGIN SOLUTION
-    symbols = list(word)
-    while len(symbols) > 1:
-        pairs = set(zip(symbols, symbols[1:]))
-        best = min(pairs, key=lambda pair: ranks.get(pair, float("inf")))
-        if best not in ranks:
-            break  # no adjacent pair was ever merged in training: done
-        merged, i = [], 0
-        while i < len(symbols):
-            # subtle: left to right and non-overlapping, so "a a a" with merge (a, a) gives "aa a".
-            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                merged.append(symbols[i] + symbols[i + 1])
-                i += 2
-            else:
-                merged.append(symbols[i])
-                i += 1
-        symbols = merged
-    return symbols
+    symbols = list(word)  # symbols[i]: the symbol that starts at character i; None once merged into its left
+    n = len(symbols)
+    after = list(range(1, n + 1))  # after[i]: where the next symbol starts (n: none)
+    before = list(range(-1, n - 1))  # before[i]: where the previous symbol starts (-1: none)
+    queue = []  # candidate merges (rank, i): the pair of symbols[i] and the symbol after it
+
+    def push(i):
+        """Queue the pair that starts at symbol i, if there is one and it is a known merge."""
+        if i >= 0 and after[i] < n:
+            rank = ranks.get((symbols[i], symbols[after[i]]))
+            if rank is not None:
+                heapq.heappush(queue, (rank, i))
+
+    for i in range(n - 1):
+        push(i)
+    while queue:
+        rank, i = heapq.heappop(queue)  # the lowest rank; of equal ranks, the leftmost
+        j = after[i]
+        # subtle: skip a stale candidate: symbol i was merged away, or a merge since it was queued
+        #   grew symbol i or the one after it, so the pair there is another (of another rank).
+        if symbols[i] is None or j == n or ranks.get((symbols[i], symbols[j])) != rank:
+            continue
+        symbols[i], symbols[j] = symbols[i] + symbols[j], None  # merge the right symbol into the left
+        after[i] = after[j]
+        if after[i] < n:
+            before[after[i]] = i
+        push(before[i])  # the two pairs the merged symbol now makes with its neighbours
+        push(i)
+    return [s for s in symbols if s is not None]
     # END SOLUTION
 
 
@@ -229,7 +255,7 @@ class RobertaTokenizer:
         self.eos_token_id = self._id_of(eos_token)
         self.pad_token_id = self._id_of(pad_token)
         self.model_max_length = model_max_length
-        self._cache = {}  # {word: ids}, at most BPE_CACHE_SIZE entries
+        self._cache = {}  # {word: ids}, at most BPE_CACHE_SIZE entries, of short words only
 
     def __repr__(self):
         return f"RobertaTokenizer(vocab_size={self.vocab_size}, merges={len(self.ranks)})"
@@ -245,8 +271,7 @@ class RobertaTokenizer:
         if (folder / "tokenizer.json").is_file():
             return cls(**_read_tokenizer_json(folder / "tokenizer.json"))
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-            return cls(vocab, _read_merges_txt(folder / "merges.txt"))
+            return cls(_read_vocab_json(folder / "vocab.json"), _read_merges_txt(folder / "merges.txt"))
         raise FileNotFoundError(f"{folder} has neither tokenizer.json nor vocab.json + merges.txt")
 
     def _id_of(self, token):
@@ -275,7 +300,7 @@ class RobertaTokenizer:
                 ids = [self.vocab[s] for s in symbols]
             except KeyError as err:
                 raise ValueError(f"BPE produced {err.args[0]!r}, which is not in the vocabulary") from None
-            if len(self._cache) < BPE_CACHE_SIZE:
+            if len(self._cache) < BPE_CACHE_SIZE and len(word.encode("utf-8")) < BPE_CACHE_MAX_WORD_BYTES:
                 self._cache[word] = ids
         return ids
 
@@ -323,7 +348,7 @@ class RobertaTokenizer:
         Returns a BatchEncoding with input_ids and attention_mask (1 on tokens, 0 on padding).
         """
         single = isinstance(text, str)
-        texts = [text] if single else _check_text_list(text)
+        texts = [_check_text(text)] if single else _check_text_list(text)
         limit = self.model_max_length if max_length is None else max_length
         bodies = [self._encode_body(t) for t in texts]
         if truncation:
@@ -362,8 +387,17 @@ class RobertaTokenizer:
 
 
 # -------------------------------------------------------------------- helpers of __call__
-def _check_text(text):
+def _check_text(text, name="text"):
+    """text, if it is a str of valid Unicode; name: what to call it in an error ("text", "text[3]")."""
     if isinstance(text, str):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            # subtle: the reference (tokenizers) refuses such a str too, with a bare TypeError. We keep
+            # the UnicodeEncodeError (a ValueError) and say which text, where, and what was expected.
+            raise UnicodeEncodeError("utf-8", text, err.start, err.end, (
+                f"{name} holds a lone surrogate, which is not valid Unicode; expected text with a UTF-8 form "
+                "(if it came from bytes, decode them with errors='replace')")) from None
         return text
     if isinstance(text, (bytes, bytearray)):
         raise TypeError("text must be a str, got bytes; decode it first, e.g. data.decode('utf-8')")
@@ -378,6 +412,7 @@ def _check_text_list(texts):
     for k, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"text[{k}] must be a str, got {type(t).__name__}")
+        _check_text(t, f"text[{k}]")
     return list(texts)
 
 
@@ -388,7 +423,7 @@ def _check_lengths(bodies, limit, is_model_limit):
             what = "the model's limit" if is_model_limit else "max_length"
             raise ValueError(
                 f"text {k} is {n} tokens long (with <s> and </s>), over {what} of {limit}; "
-                f"pass truncation=True to cut it to {limit} tokens")
+                f"truncate it to {limit} tokens (truncation=True, or --truncation on the command line)")
 
 
 def _padded_length(padding, ids, limit):
@@ -414,36 +449,118 @@ def _as_output(rows, single, return_tensors):
 
 
 # -------------------------------------------------------------------- file formats
+class TokenizerFileError(ValueError):
+    """A tokenizer file that is not what it should be; the message names the file and the field."""
+
+
 def _read_tokenizer_json(path):
     """Arguments for RobertaTokenizer from a `tokenizers` tokenizer.json, refusing what it cannot do."""
-    spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    model = spec["model"]
+    spec = _read_json(path, "a tokenizer.json as the `tokenizers` library writes it")
+    model = _field(spec, "model", dict, path)
     _refuse(model.get("type", "BPE") != "BPE", f"model type {model.get('type')!r} (only BPE)")
     _refuse(model.get("dropout") not in (None, 0, 0.0), "BPE dropout")
     _refuse(bool(model.get("continuing_subword_prefix")) or bool(model.get("end_of_word_suffix")),
             "continuing_subword_prefix / end_of_word_suffix")
     _refuse(bool(model.get("ignore_merges")), "ignore_merges")
     _refuse(spec.get("normalizer") is not None, f"normalizer {spec.get('normalizer')}")
-    pre = spec.get("pre_tokenizer") or {}
+    pre = _field(spec, "pre_tokenizer", dict, path, default={})
     _refuse(pre.get("type") != "ByteLevel", f"pre_tokenizer {pre.get('type')!r} (only ByteLevel)")
     _refuse(bool(pre.get("add_prefix_space")), "ByteLevel add_prefix_space=True")
     _refuse(not pre.get("use_regex", True), "ByteLevel use_regex=False")
     # The file's "truncation"/"padding" defaults are ignored: transformers overrides them per call.
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    vocab = _check_vocab(_field(model, "vocab", dict, path, "model."), path, "model.vocab")
+    merges = [_merge_pair(m, path, f"model.merges[{k}]")
+              for k, m in enumerate(_field(model, "merges", list, path, "model."))]
     added = []
-    for t in spec.get("added_tokens", []):
-        _refuse(t.get("single_word", False), f"single_word added token {t['content']!r}")
-        added.append(AddedToken(t["content"], t["id"], t.get("special", False), t.get("lstrip", False),
-                                t.get("rstrip", False), t.get("normalized", True)))
-    post = spec.get("post_processor") or {}
+    for k, t in enumerate(_field(spec, "added_tokens", list, path, default=[])):
+        t = _typed(t, dict, path, f"added_tokens[{k}]")
+        content = _field(t, "content", str, path, f"added_tokens[{k}].")
+        _refuse(t.get("single_word", False), f"single_word added token {content!r}")
+        added.append(AddedToken(content, _field(t, "id", int, path, f"added_tokens[{k}]."), t.get("special", False),
+                                t.get("lstrip", False), t.get("rstrip", False), t.get("normalized", True)))
+    post = _field(spec, "post_processor", dict, path, default={})
     _refuse(post.get("type", "RobertaProcessing") != "RobertaProcessing", f"post_processor {post.get('type')!r}")
-    bos, eos = post.get("cls", ["<s>"])[0], post.get("sep", ["</s>"])[0]
-    return dict(vocab=model["vocab"], merges=merges, added_tokens=added, bos_token=bos, eos_token=eos)
+    bos, eos = _framing_token(post, "cls", "<s>", path), _framing_token(post, "sep", "</s>", path)
+    return dict(vocab=vocab, merges=merges, added_tokens=added, bos_token=bos, eos_token=eos)
+
+
+def _framing_token(post, key, default, path):
+    """The token of the post-processor's "cls" or "sep" entry (written ["<s>", 0]), default if absent."""
+    entry = _field(post, key, list, path, "post_processor.", default=[default])
+    return _typed(entry[0] if entry else None, str, path, f"post_processor.{key}[0]")
+
+
+def _read_vocab_json(path):
+    """{token: id} from a vocab.json."""
+    return _check_vocab(_read_json(path, "a vocab.json: one JSON object of token → id"), path, "the vocabulary")
 
 
 def _read_merges_txt(path):
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+    """[(left, right), …] from a merges.txt: one "left right" line per merge, in rank order."""
+    merges = []
+    # subtle: lines end at "\n" only, as in the reference; str.splitlines would also cut at \x1c, \x85, …
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if line and not line.startswith("#version"):
+            merges.append(_merge_pair(line, path, f"line {number}", '"left right" (one space between)'))
+    return merges
+
+
+def _read_text(path):
+    """The text of a UTF-8 file, or a TokenizerFileError naming the file and the first bad byte."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise TokenizerFileError(f"{path}: byte {err.start} (0x{err.object[err.start]:02x}) is not UTF-8; "
+                                 "expected a UTF-8 text file") from None
+
+
+def _read_json(path, what):
+    """The JSON object in a file; what: what the file should be, for the error message."""
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise TokenizerFileError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+                                 f"expected {what}") from None
+    return _typed(data, dict, path, "the top level", f"an object ({what})")
+
+
+_KINDS = {dict: "an object", list: "an array", str: "a string", int: "an integer"}
+
+
+def _typed(value, kind, path, name, expected=None):
+    """value, if it is a `kind` (dict, list, str or int); else an error naming the file and the field."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        shown = json.dumps(value, ensure_ascii=False)
+        shown = shown if len(shown) <= 60 else shown[:60] + "…"
+        raise TokenizerFileError(f"{path}: {name} should be {expected or _KINDS[kind]}, got {shown}")
+    return value
+
+
+def _field(obj, key, kind, path, where="", default=None):
+    """obj[key] checked with _typed; default (if given) when it is absent or null."""
+    if obj.get(key) is None:
+        if default is None:
+            raise TokenizerFileError(f'{path}: no "{where}{key}" field; expected {_KINDS[kind]} there')
+        return default
+    return _typed(obj[key], kind, path, where + key)
+
+
+def _check_vocab(vocab, path, name):
+    """vocab, if every id is an integer ≥ 0 (JSON keys are always strings)."""
+    for token, i in vocab.items():
+        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+            raise TokenizerFileError(f"{path}: {name}[{token!r}] should be a token id (an integer ≥ 0), "
+                                     f"got {json.dumps(i)}")
+    return vocab
+
+
+def _merge_pair(merge, path, name, forms='"left right" or ["left", "right"]'):
+    """(left, right) from a merge written "left right" (or ["left", "right"] in tokenizer.json)."""
+    parts = merge.split(" ") if isinstance(merge, str) else merge
+    if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(p, str) and p for p in parts)):
+        raise TokenizerFileError(f"{path}: {name} should be a merge, two symbols: {forms}; got {merge!r}")
+    return tuple(parts)
 
 
 def _roberta_added_tokens(vocab):

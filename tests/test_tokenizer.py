@@ -3,6 +3,9 @@ real roberta-base tokenizer.json (captions, a stress corpus, hypothesis strings)
 
 import csv
 import json
+import random
+import string
+import time
 from pathlib import Path
 
 import numpy as np
@@ -411,3 +414,199 @@ def test_bpe_steps_end_where_bpe_ends_on_the_real_merges():
         assert steps[-1][0] == bpe(word, tok.ranks)
         ranks = [rank for _, _, rank in steps[1:]]
         assert ranks == sorted(ranks)  # merges apply in rising rank order
+
+
+# ------------------------------------------------------------------ hostile input (issue 11)
+def _bpe_by_rounds(word, ranks):
+    """The textbook loop that `bpe` used before its heap: find the lowest-ranked adjacent pair, merge
+    every occurrence of it left to right without overlap, rescan; O(n²) on a long word."""
+    symbols = list(word)
+    while len(symbols) > 1:
+        pairs = set(zip(symbols, symbols[1:]))
+        best = min(pairs, key=lambda pair: ranks.get(pair, float("inf")))
+        if best not in ranks:
+            break
+        merged, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                merged.append(symbols[i] + symbols[i + 1])
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
+
+
+def test_heap_bpe_equals_merging_by_rounds_on_the_caption_and_stress_words(tok):
+    words = {w for text in captions() + STRESS for w in pre_tokenize(text)}
+    assert len(words) > 500
+    for word in sorted(words):
+        assert bpe(word, tok.ranks) == _bpe_by_rounds(word, tok.ranks), word
+
+
+# Words over the symbols the real merges join most (many merges, merged symbols side by side), and
+# words over the whole byte-level alphabet.
+MERGY_WORDS = st.lists(st.sampled_from(list("aeinorstlhĠ") + ["Ġt", "he", "in", "ing"]), max_size=40).map("".join)
+BYTE_WORDS = st.text(st.sampled_from(sorted(bytes_to_unicode().values())), max_size=40)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(word=st.one_of(MERGY_WORDS, BYTE_WORDS))
+def test_heap_bpe_equals_merging_by_rounds_on_random_words(tok, word):
+    assert bpe(word, tok.ranks) == _bpe_by_rounds(word, tok.ranks)
+
+
+def test_the_real_merges_are_a_table_where_both_orders_agree(tok):
+    """Why the two loops agree on roberta-base: each merged symbol is made by one merge, and every pair
+    holding it ranks after that merge, so the heap pops all of a round's pairs (left to right) before any
+    pair a merge created. A table that breaks this is the next test's."""
+    made_by = {}
+    for (left, right), rank in tok.ranks.items():
+        assert left + right not in made_by, f"{left + right!r} is made by two merges"
+        made_by[left + right] = rank
+    for (left, right), rank in tok.ranks.items():
+        for symbol in (left, right):
+            assert made_by.get(symbol, -1) < rank, f"({left!r}, {right!r}) ranks before the merge making {symbol!r}"
+
+
+def test_heap_order_is_the_references_where_a_merged_pair_outranks_its_maker():
+    """A hostile table: (ab, a) ranks before (a, b), which makes ab. On "abab" the heap merges a b (at 0),
+    then at once ab a (rank 0) before the second a b: aba b, which is what `tokenizers` gives; merging by
+    rounds gives ab ab."""
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = toy_vocab()
+    vocab.update({"ab": len(vocab), "aba": len(vocab) + 1})
+    merges = [("ab", "a"), ("a", "b")]
+    ranks = {pair: r for r, pair in enumerate(merges)}
+    assert bpe("abab", ranks) == ["aba", "b"] and _bpe_by_rounds("abab", ranks) == ["ab", "ab"]
+    reference = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, merges))
+    reference.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    mine = RobertaTokenizer(vocab, merges)
+    for text in ["abab", "ababab", "aabab abab", "babab", "ab", "aba b"]:
+        assert mine.tokenize(text) == reference.encode(text).tokens, text
+
+
+# Measured on the shared 2-core machine: each of these 100,000-letter words takes 0.15-0.3 s
+# (the old loop by rounds: 10,000 letters 2.7 s, 20,000 letters 6.5 s, 100,000 over 120 s).
+# The bound is generous for a slow shared machine; a quadratic loop misses it by minutes.
+LONG_WORD_SECONDS = 5.0
+LONG_WORDS = {
+    "random letters": "".join(random.Random(0).choice(string.ascii_lowercase) for _ in range(100_000)),
+    "one letter": "a" * 100_000,
+    "a repeated pair": "ab" * 50_000,
+}
+
+
+@pytest.mark.parametrize("name", list(LONG_WORDS))
+def test_a_long_word_tokenizes_fast_and_as_the_reference(tok, ref, name):
+    text = LONG_WORDS[name]
+    start = time.perf_counter()
+    ids = tok.encode(text)
+    seconds = time.perf_counter() - start
+    assert seconds < LONG_WORD_SECONDS, f"{name}: {seconds:.1f} s for {len(text)} letters"
+    assert_same_ids(f"{name} ({len(text)} letters)", ids, ref.encode(text))
+    truncated = tok(text, truncation=True)["input_ids"]  # the model's call: BPE runs first, then the cut
+    assert truncated == ids[:511] + [tok.eos_token_id]
+
+
+def test_long_words_are_not_cached():
+    toy = RobertaTokenizer(toy_vocab(), TOY_MERGES)
+    assert tk.BPE_CACHE_MAX_WORD_BYTES == 256  # the reference's MAX_LENGTH (tokenizers/src/utils/cache.rs)
+    toy.encode("a" * 255 + " " + "b" * 256 + " " + "é" * 128)  # "é" is spelled "Ã©": 4 bytes of UTF-8
+    assert sorted(map(len, toy._cache)) == [255]
+    assert toy.encode("b" * 100_000)[1:-1] == [toy.vocab["b"]] * 100_000 and len(toy._cache) == 1
+
+
+def test_a_lone_surrogate_is_refused_naming_the_text_and_the_position():
+    toy = RobertaTokenizer(toy_vocab(), TOY_MERGES)
+    with pytest.raises(ValueError) as err:
+        toy.encode("ab\udc80c")
+    assert isinstance(err.value, UnicodeEncodeError)
+    message = str(err.value)
+    assert "'\\udc80' in position 2" in message and "text holds a lone surrogate" in message, message
+    assert "expected text with a UTF-8 form" in message, message
+    with pytest.raises(ValueError, match=r"in position 3: text\[1\] holds a lone surrogate.*expected"):
+        toy(["fine", "caf\udce9 au lait"])
+    with pytest.raises(ValueError, match=r"in position 0: text holds a lone surrogate"):
+        toy("\ud800", truncation=True)
+    with pytest.raises(ValueError, match=r"in position 1: text holds a lone surrogate"):
+        toy.tokenize("x\ud83d")  # half of an emoji's UTF-16 pair
+
+
+def test_the_reference_refuses_a_lone_surrogate_too(ref):
+    with pytest.raises((TypeError, ValueError)):
+        ref.encode("ab\udc80c")  # tokenizers 0.23: TypeError "TextInputSequence must be str"
+
+
+def test_the_length_error_says_how_to_truncate():
+    toy = RobertaTokenizer(toy_vocab(), TOY_MERGES)
+    with pytest.raises(ValueError) as err:
+        toy("lower lower lower", max_length=5)  # low er Ġlower Ġlower
+    message = str(err.value)
+    assert "is 6 tokens long" in message and "over max_length of 5" in message, message
+    assert "truncate it to 5 tokens (truncation=True, or --truncation on the command line)" in message, message
+
+
+def _tokenizer_json_with(**changes):
+    """The toy tokenizer.json as text, with top-level fields (or model.<field>) replaced; None deletes."""
+    spec = toy_tokenizer_json("strings")
+    for key, value in changes.items():
+        where, key = (spec["model"], key[len("model_"):]) if key.startswith("model_") else (spec, key)
+        if value is None:
+            del where[key]
+        else:
+            where[key] = value
+    return json.dumps(spec, ensure_ascii=False)
+
+
+GOOD_JSON = _tokenizer_json_with()
+BAD_FILES = {  # name: ({file: content}, the file named, what the message says)
+    "tokenizer.json cut short": ({"tokenizer.json": GOOD_JSON[:100]}, "tokenizer.json",
+                                 r"not valid JSON \(.* at line 1, column 101\); expected a tokenizer.json"),
+    "tokenizer.json in Latin-1": ({"tokenizer.json": GOOD_JSON.encode("utf-8").replace(b"\xc4\xa0", b"\xa0")},
+                                  "tokenizer.json", r"byte \d+ \(0xa0\) is not UTF-8; expected a UTF-8 text file"),
+    "tokenizer.json an array": ({"tokenizer.json": "[1, 2]"}, "tokenizer.json",
+                                r"the top level should be an object \(a tokenizer.json .*\), got \[1, 2\]"),
+    "no model": ({"tokenizer.json": _tokenizer_json_with(model=None)}, "tokenizer.json",
+                 r'no "model" field; expected an object there'),
+    "vocab an array": ({"tokenizer.json": _tokenizer_json_with(model_vocab=["a", "b"])}, "tokenizer.json",
+                       r'model.vocab should be an object, got \["a", "b"\]'),
+    "an id a string": ({"tokenizer.json": _tokenizer_json_with(model_vocab={"a": "1"})}, "tokenizer.json",
+                       r"model.vocab\['a'\] should be a token id \(an integer ≥ 0\), got \"1\""),
+    "merges an object": ({"tokenizer.json": _tokenizer_json_with(model_merges={"l": "o"})}, "tokenizer.json",
+                         r'model.merges should be an array, got \{"l": "o"\}'),
+    "a merge a number": ({"tokenizer.json": _tokenizer_json_with(model_merges=["l o", 3])}, "tokenizer.json",
+                         r'model.merges\[1\] should be a merge, two symbols: "left right" or \["left", "right"\]; got 3'),
+    "a merge of three": ({"tokenizer.json": _tokenizer_json_with(model_merges=[["l", "o", "w"]])}, "tokenizer.json",
+                         r"model.merges\[0\] should be a merge, .*; got \['l', 'o', 'w'\]"),
+    "an added token without content": ({"tokenizer.json": _tokenizer_json_with(added_tokens=[{"id": 3}])},
+                                       "tokenizer.json", r'no "added_tokens\[0\].content" field; expected a string'),
+    "vocab.json cut short": ({"vocab.json": '{"a": 1', "merges.txt": "l o\n"}, "vocab.json",
+                             r"not valid JSON \(.*line 1, column 8\); expected a vocab.json: one JSON object"),
+    "vocab.json in UTF-16": ({"vocab.json": '{"a": 1}'.encode("utf-16"), "merges.txt": "l o\n"}, "vocab.json",
+                             r"byte 0 \(0xff\) is not UTF-8"),
+    "vocab.json an array": ({"vocab.json": '["a"]', "merges.txt": "l o\n"}, "vocab.json",
+                            r'the top level should be an object \(a vocab.json.*\), got \["a"\]'),
+    "merges.txt in Latin-1": ({"vocab.json": json.dumps(toy_vocab()), "merges.txt": b"#version: 0.2\nl o\n\xe9 r\n"},
+                              "merges.txt", r"byte 18 \(0xe9\) is not UTF-8"),
+    "a merges.txt line of one symbol": ({"vocab.json": json.dumps(toy_vocab()), "merges.txt": "#version: 0.2\nl o\nlow\n"},
+                                        "merges.txt", r"line 3 should be a merge, two symbols: \"left right\" \(one "
+                                                      r"space between\); got 'low'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_a_bad_tokenizer_file_is_named_with_what_was_expected(tmp_path, case):
+    files, named, says = BAD_FILES[case]
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    with pytest.raises(tk.TokenizerFileError, match=says) as err:
+        RobertaTokenizer.from_pretrained(tmp_path)
+    assert isinstance(err.value, ValueError) and str(err.value).startswith(f"{tmp_path / named}: "), err.value
+
+
+def test_merges_txt_with_windows_line_ends_reads_the_same(tmp_path):
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in TOY_MERGES]
+    (tmp_path / "merges.txt").write_bytes("\r\n".join(lines).encode("utf-8") + b"\r\n")
+    assert tk._read_merges_txt(tmp_path / "merges.txt") == TOY_MERGES
