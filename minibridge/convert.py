@@ -209,6 +209,11 @@ class _Reader:
 
     def _read(self, info):
         """The bytes of zip entry `info`: exactly as many as it declares, or ConvertError."""
+        # subtle: no compressor makes data much longer (deflate adds under 0.1%), so a stream far longer
+        # than the size its header declares would inflate past that size: the header lies. Refused unread.
+        if info.compress_size > info.file_size + info.file_size // 64 + 1024:
+            raise ConvertError(f"{self.path}: zip entry {info.filename} declares {info.file_size:,} bytes but "
+                               f"its stream of {info.compress_size:,} bytes would inflate to more: a zip bomb?")
         with self.archive.open(info) as f:
             # subtle: read(n) inflates at most n bytes. A bare read() (or archive.read) inflates the whole
             # stream before cutting it to the declared size: 1 GiB in memory behind a header saying 24 bytes.
