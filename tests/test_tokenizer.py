@@ -487,8 +487,8 @@ def test_heap_order_is_the_references_where_a_merged_pair_outranks_its_maker():
         assert mine.tokenize(text) == reference.encode(text).tokens, text
 
 
-# Measured on the shared 2-core machine: each of these 100,000-letter words takes 0.15-0.3 s
-# (the old loop by rounds: 10,000 letters 2.7 s, 20,000 letters 6.5 s, 100,000 over 120 s).
+# Measured on the shared 2-core machine: each of these 100,000-letter words takes 0.15-0.3 s to encode
+# (the old loop by rounds took 2.7 s for 10,000 random letters, 6.5 s for 20,000, 72 s for 100,000).
 # The bound is generous for a slow shared machine; a quadratic loop misses it by minutes.
 LONG_WORD_SECONDS = 5.0
 LONG_WORDS = {
