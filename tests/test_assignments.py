@@ -170,7 +170,9 @@ BUGS = {
     "QuickGELU with sigmoid(x)": ("quick_gelu", "ops.py", [("np.float32(-1.702)", "np.float32(-1.0)")]),
     "attention scaled by 1/Dh": ("attention", "ops.py", [
         ("scores = (q * (1.0 / math.sqrt(Dh))) @ k", "scores = (q * (1.0 / Dh)) @ k")]),
-    "BPE merging the latest merge first": ("bpe", "tokenizer.py", [("best = min(pairs,", "best = max(pairs,")]),
+    "BPE merging the latest merge first": ("bpe", "tokenizer.py", [
+        ("heapq.heappush(queue, (rank, i))", "heapq.heappush(queue, (-rank, i))"),
+        ("rank, i = heapq.heappop(queue)", "rank, i = heapq.heappop(queue); rank = -rank")]),
 }
 
 
@@ -208,7 +210,7 @@ def test_a_module_that_does_not_import_fails_only_its_components(tmp_path):
 def test_an_endless_loop_fails_its_component_instead_of_hanging(tmp_path, monkeypatch):
     monkeypatch.setattr(grader, "TIME_LIMIT_S", 0.5)
     copy = reference_copy(tmp_path)
-    plant(copy, "tokenizer.py", [("            break  # no adjacent pair", "            continue  # no adjacent pair")])
+    plant(copy, "tokenizer.py", [("rank, i = heapq.heappop(queue)", "rank, i = queue[0]")])  # never pops
     results = grader.grade(copy, ["bpe", "softmax"])
     assert failing(results) == {"bpe"}
     line = next(r.message for r in results if r.name == "bpe")
