@@ -13,14 +13,34 @@ The five official BridgeTower repos hold only pytorch_model.bin on main; their m
 an open pull request by the Hub's conversion bot. With revision=None we look for that PR the way
 transformers does and take the weights from it (config and tokenizer still come from main); failing
 that, pytorch_model.bin is downloaded and convert.py turns it into model.safetensors without torch.
+
+Limits of one download, settable per call (timeout_s=, max_bytes=) or by environment variable:
+    MINIBRIDGE_HUB_TIMEOUT    seconds for the whole download, every file and retry (default 3600)
+    MINIBRIDGE_HUB_MAX_BYTES  the most it may fetch (default 20_000_000_000: 20 GB, well above the
+                              3.5 GB of weights of the large checkpoints)
+    HF_HUB_DOWNLOAD_TIMEOUT   huggingface_hub's own: seconds one read may wait (default 10)
+A download whose files, as the Hub lists them, exceed the cap is refused before it starts; the deadline
+and the cap are checked again on every read, since huggingface_hub resumes a broken download for as
+long as each try brings new bytes. A download stopped halfway never leaves a complete-looking file:
+huggingface_hub writes each file under a temporary name and renames it once whole. Before anything
+else the Hub's host name is looked up (for 5 s at most), so that no network fails at once, not after
+half a minute of retries.
 """
 
+import fnmatch
 import json
 import os
 import re
+import socket
 import sys
+import threading
+import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from .fetch import limit
 
 # Everything but the weights that any minibridge class reads: the model's config, the tokenizer's
 # and the image processor's files. All small (a few MB together), so every download takes them all.
@@ -44,12 +64,19 @@ CONVERSION_PRS = {
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name; "./x", "/x", "~/x", "a/b/c" are paths
 _TRUE = {"1", "ON", "YES", "TRUE"}  # the values huggingface_hub accepts for its boolean variables
 
+# Limits of one download (see the module docstring).
+DEFAULT_TIMEOUT_S = 3600.0  # 3.5 GB in an hour needs 1 MB/s; a slower link sets MINIBRIDGE_HUB_TIMEOUT
+DEFAULT_MAX_BYTES = 20_000_000_000  # 20 GB
+TIMEOUT_ENV, MAX_BYTES_ENV = "MINIBRIDGE_HUB_TIMEOUT", "MINIBRIDGE_HUB_MAX_BYTES"
+DNS_TIMEOUT_S = 5.0  # no answer from the name lookup in this long: no network
+
 
 class HubError(Exception):
     """A checkpoint that cannot be found or fetched; the message says what to do about it."""
 
 
-def resolve(name_or_path, revision=None, cache_dir=None, *, files=DEFAULT_FILES, weights=True):
+def resolve(name_or_path, revision=None, cache_dir=None, *, files=DEFAULT_FILES, weights=True,
+            timeout_s=None, max_bytes=None):
     """Local folder of a checkpoint: a folder path as is, or a Hub repo id, downloaded on first use.
 
     name_or_path: a folder in the Hub layout, or "owner/name" on the Hugging Face Hub.
@@ -57,6 +84,7 @@ def resolve(name_or_path, revision=None, cache_dir=None, *, files=DEFAULT_FILES,
         where main has no safetensors (official BridgeTower repos).
     cache_dir: where downloads go; default `default_home()`.
     files: the non-weight files to fetch (those the repo lacks are skipped); weights: fetch weights too.
+    timeout_s, max_bytes: limits of the download (default $MINIBRIDGE_HUB_TIMEOUT, $MINIBRIDGE_HUB_MAX_BYTES).
     Returns the folder (pathlib.Path); raises HubError with a message a person can act on.
     """
     path = Path(name_or_path).expanduser()
@@ -75,8 +103,11 @@ def resolve(name_or_path, revision=None, cache_dir=None, *, files=DEFAULT_FILES,
         return folder  # cached: no network at all, so this works offline
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE:
         raise HubError(_unreachable(repo_id, folder, missing, "HF_HUB_OFFLINE is set, so nothing is downloaded"))
-    with _hub_errors(repo_id, revision, folder, missing):
-        _download(repo_id, revision, folder, files, weights)
+    timeout_s = limit(timeout_s, TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+    max_bytes = int(limit(max_bytes, MAX_BYTES_ENV, DEFAULT_MAX_BYTES))
+    _check_host(repo_id, folder, missing)
+    with _hub_errors(repo_id, revision, folder, missing), _limits(timeout_s, max_bytes):
+        _download(repo_id, revision, folder, files, weights, max_bytes)
     missing = _missing(folder, weights)
     if missing:
         raise HubError(f"The Hub repo {repo_id} (revision {revision or 'main'}) has no {' and no '.join(missing)}; "
@@ -128,22 +159,40 @@ def _has_weights(folder):
 # ---- downloading ---------------------------------------------------------------------------------
 
 
-def _download(repo_id, revision, folder, files, weights):
+def _download(repo_id, revision, folder, files, weights, max_bytes):
     """Fetch the wanted files of one repo into `folder` (huggingface_hub shows its progress bars)."""
     small = list(dict.fromkeys(["config.json", *files]))  # config.json always: it marks a usable folder
     base = revision or "main"
-    if not weights:
-        _snapshot(repo_id, base, folder, small)
-        return
-    weights_revision, patterns, why = _find_weights(repo_id, revision)
-    _say(f"{repo_id}: weights from revision {weights_revision}{why}, into {folder}")
-    if weights_revision == base:
-        _snapshot(repo_id, base, folder, small + patterns)
-    else:
-        # As transformers does: config and tokenizer from main, only the weights from the PR, whose
-        # branch may predate later fixes to the small files on main.
-        _snapshot(repo_id, base, folder, small)
-        _snapshot(repo_id, weights_revision, folder, patterns)
+    plan = [(base, small)]  # (revision, file patterns) to fetch
+    if weights:
+        weights_revision, patterns, why = _find_weights(repo_id, revision)
+        _say(f"{repo_id}: weights from revision {weights_revision}{why}, into {folder}")
+        if weights_revision == base:
+            plan = [(base, small + patterns)]
+        else:
+            # As transformers does: config and tokenizer from main, only the weights from the PR, whose
+            # branch may predate later fixes to the small files on main.
+            plan.append((weights_revision, patterns))
+    _check_size(repo_id, plan, max_bytes)
+    for revision, patterns in plan:
+        _snapshot(repo_id, revision, folder, patterns)
+
+
+def _check_size(repo_id, plan, max_bytes):
+    """Refuse, before the first byte, files that add up to more than max_bytes as the Hub lists them."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    sizes = {}
+    for revision, patterns in plan:
+        for entry in HfApi().list_repo_tree(repo_id, revision=revision, recursive=True):
+            if isinstance(entry, RepoFile) and any(fnmatch.fnmatch(entry.path, p) for p in patterns):
+                sizes[entry.path] = entry.size
+    if sum(sizes.values()) > max_bytes:
+        largest = ", ".join(f"{name} {sizes[name]:,}" for name in sorted(sizes, key=sizes.get, reverse=True)[:3])
+        raise HubError(f"The Hub repo {repo_id} lists {sum(sizes.values()):,} bytes for the files to download "
+                       f"(the largest: {largest}), more than the {max_bytes:,}-byte limit; set {MAX_BYTES_ENV} "
+                       "or pass max_bytes to allow more.")
 
 
 def _snapshot(repo_id, revision, folder, patterns):
@@ -214,6 +263,104 @@ def _say(message):
     print(f"minibridge: {message}", file=sys.stderr)
 
 
+# ---- limits: a quick no-network answer, a deadline and a byte cap ---------------------------------
+
+
+def _check_host(repo_id, folder, missing):
+    """Fail at once, quietly, when the Hub's host name does not resolve (no network, or no DNS).
+
+    Else huggingface_hub retries every request, with a warning each time, for some 24 s before it
+    comes to the same conclusion.
+    """
+    from huggingface_hub import constants
+
+    endpoint = urlsplit(constants.ENDPOINT)  # https://huggingface.co, or $HF_ENDPOINT
+    proxies = urllib.request.getproxies()
+    if (proxies.get(endpoint.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(endpoint.hostname):
+        return  # subtle: behind a proxy the proxy looks names up; our own DNS may not know the Hub
+    failures = []
+
+    def look_up():
+        try:
+            socket.getaddrinfo(endpoint.hostname, endpoint.port or 443)
+        except OSError as e:
+            failures.append(e)
+
+    thread = threading.Thread(target=look_up, daemon=True)  # getaddrinfo itself has no timeout
+    thread.start()
+    thread.join(DNS_TIMEOUT_S)
+    if thread.is_alive():
+        failures.append(TimeoutError(f"no answer in {DNS_TIMEOUT_S:g} s"))
+    if failures:
+        why = f"the Hub's host {endpoint.hostname} cannot be resolved ({_describe(failures[0])})"
+        raise HubError(_unreachable(repo_id, folder, missing, why))
+
+
+class _LimitReached(Exception):
+    """A download past its deadline or its byte cap. Not an HTTP error, so huggingface_hub does not retry it."""
+
+
+@contextmanager
+def _limits(timeout_s, max_bytes):
+    """Within the block, all of huggingface_hub's requests share one deadline and one byte cap.
+
+    subtle: huggingface_hub's timeout is per read, and it resumes a broken download for as long as each
+    try brings new bytes: a server that cuts the file on every request is retried forever. So hooks on
+    its HTTP session check the clock and the bytes on every request and every read of a body, and
+    shorten each wait to the time left.
+    """
+    from huggingface_hub import get_session
+
+    session = get_session()
+    if not hasattr(session, "event_hooks"):  # huggingface_hub < 1.0 speaks through requests: no such hooks
+        yield
+        return
+    httpx = sys.modules[type(session).__module__.partition(".")[0]]  # the session's own package: httpx2
+    deadline, received = time.monotonic() + timeout_s, 0
+
+    def check(url, more=0):
+        if time.monotonic() > deadline:
+            raise _LimitReached(f"it took longer than the {timeout_s:g} s limit (at {url}); set {TIMEOUT_ENV} "
+                                "(seconds) or pass timeout_s to allow longer")
+        if received + more > max_bytes:
+            raise _LimitReached(f"it came to more than the {max_bytes:,}-byte limit (at {url}); set {MAX_BYTES_ENV} "
+                                "or pass max_bytes to allow more")
+
+    class CheckedBody(httpx.SyncByteStream):
+        def __init__(self, body, url):
+            self.body, self.url = body, url
+
+        def __iter__(self):
+            nonlocal received
+            for data in self.body:  # each piece as it comes from the network
+                received += len(data)
+                check(self.url)
+                yield data
+
+        def close(self):
+            self.body.close()
+
+    def on_request(request):
+        check(request.url)
+        left = deadline - time.monotonic()
+        waits = request.extensions.get("timeout") or dict.fromkeys(("connect", "read", "write", "pool"))
+        request.extensions["timeout"] = {step: left if s is None else min(s, left) for step, s in waits.items()}
+
+    def on_response(response):
+        length = response.headers.get("Content-Length", "")
+        if response.request.method != "HEAD" and length.isdigit():  # refuse a file too large before its body
+            check(response.request.url, int(length))
+        response.stream = CheckedBody(response.stream, response.request.url)
+
+    session.event_hooks["request"].append(on_request)
+    session.event_hooks["response"].append(on_response)
+    try:
+        yield
+    finally:
+        session.event_hooks["request"].remove(on_request)
+        session.event_hooks["response"].remove(on_response)
+
+
 # ---- errors a person can act on ------------------------------------------------------------------
 
 
@@ -236,9 +383,14 @@ def _hub_errors(repo_id, revision, folder, missing):
     except RevisionNotFoundError:
         raise HubError(f"The Hub repo {repo_id} has no revision {revision!r} (a branch, tag, commit or "
                        "refs/pr/N); leave the revision unset to use main.") from None
+    except _LimitReached as e:
+        raise HubError(f"Stopped downloading {repo_id} from the Hub: {e}. No incomplete file was put in "
+                       f"{folder}.") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, *_network_errors()) as e:
-        why = f"the Hugging Face Hub cannot be reached ({type(e).__name__}: {_first_line(e)})"
+        why = f"the Hugging Face Hub cannot be reached ({_describe(e)})"
         raise HubError(_unreachable(repo_id, folder, missing, why)) from None
+    except OSError as e:  # after the network errors, which are OSErrors too: the disk, or a file that came short
+        raise HubError(f"Downloading {repo_id} into {folder} failed: {_describe(e)}") from None
 
 
 def _unreachable(repo_id, folder, missing, why):
@@ -261,16 +413,22 @@ def _network_errors():
     """Exception types meaning "no connection", for whichever HTTP client huggingface_hub uses.
 
     The builtins cover huggingface_hub's OfflineModeIsEnabled; httpx's errors (huggingface_hub >= 1.0
-    vendors it as httpx2) and requests' (before 1.0) do not derive from them. Only a client that is
-    already imported can have raised, so nothing new is imported here.
+    vendors it as httpx2) and requests' (before 1.0) do not derive from them; we take their base classes,
+    so that a cut connection, a redirect loop or a garbled answer is caught too, not only a refused one.
+    Only a client that is already imported can have raised, so nothing new is imported here.
     """
     errors = [ConnectionError, TimeoutError]
-    for module, names in (("httpx2", ["TransportError"]), ("httpx", ["TransportError"]),
-                          ("requests", ["ConnectionError", "Timeout"])):
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
         if module in sys.modules:
-            errors += [getattr(sys.modules[module], name) for name in names]
+            errors.append(getattr(sys.modules[module], name))
     return tuple(errors)
 
 
-def _first_line(error):
-    return (str(error).strip().splitlines() or [""])[0]
+def _describe(error):
+    """'Type: first line of the message', and the URL it happened at where the HTTP client says."""
+    text = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+    try:
+        url = str(error.request.url)  # httpx's and requests' errors know their request
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError for an error without one
+        return text
+    return text if url in text else f"{text} (at {url})"

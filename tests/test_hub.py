@@ -1,20 +1,33 @@
 """hub.resolve against a fake Hub: every huggingface_hub call it makes is replaced, nothing goes online.
 
 What is real here: the folder layout, the cache rules, the revision choice and the error messages.
-What is faked: huggingface_hub.snapshot_download and HfApi (list_repo_files, get_repo_discussions),
-modelled on what the real ones do (copying the allowed files into local_dir, raising its error types).
+What is faked: huggingface_hub.snapshot_download and HfApi (list_repo_files, list_repo_tree,
+get_repo_discussions), modelled on what the real ones do (copying the allowed files into local_dir,
+raising its error types), and the name lookup of the Hub's host (it resolves).
+
+The network's failures are played for real at the end of this file: a local HTTP server stands in for
+the Hub (HF_ENDPOINT) and the real huggingface_hub talks to it.
 """
 
 import fnmatch
+import hashlib
+import json
+import socket
+import threading
+import time
+from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import huggingface_hub
 import pytest
+from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+from local_server import reply, serve
 from minibridge import hub
-from minibridge.hub import CONVERSION_BOT, HubError, resolve
+from minibridge.hub import CONVERSION_BOT, MAX_BYTES_ENV, TIMEOUT_ENV, HubError, resolve
 
 BASE = "BridgeTower/bridgetower-base-itm-mlm"
 SMALL = {"config.json": b"{}", "vocab.json": b"{}", "merges.txt": b"#", "tokenizer_config.json": b"{}",
@@ -35,6 +48,7 @@ class FakeHub:
         self.discussions = {}  # repo -> [SimpleNamespace(num, title, author, status)]
         self.discussions_error = None  # raised by get_repo_discussions when set
         self.down = False  # True: every call fails as with no network
+        self.sizes = {}  # file name -> the size list_repo_tree reports, where not len(bytes)
         self.calls = []
 
     def add(self, repo_id, revisions):
@@ -69,6 +83,11 @@ class FakeHub:
         self.calls.append(("list_repo_files", repo_id, revision))
         return list(self._files(repo_id, revision or "main"))
 
+    def list_repo_tree(self, repo_id, *, revision=None, recursive=False, **kwargs):
+        self.calls.append(("list_repo_tree", repo_id, revision))
+        return iter([RepoFile(path=name, size=self.sizes.get(name, len(data)), oid="0" * 40)
+                     for name, data in self._files(repo_id, revision or "main").items()])
+
     def get_repo_discussions(self, repo_id, *, discussion_type=None, discussion_status=None, **kwargs):
         self.calls.append(("get_repo_discussions", repo_id, None))
         if self.down:
@@ -86,10 +105,20 @@ class FakeHub:
                 pass
 
             list_repo_files = staticmethod(fake.list_repo_files)
+            list_repo_tree = staticmethod(fake.list_repo_tree)
             get_repo_discussions = staticmethod(fake.get_repo_discussions)
+
+        real_getaddrinfo = socket.getaddrinfo
+
+        def getaddrinfo(host, *args, **kwargs):  # the fake Hub's name resolves (offline too); others as ever
+            if host == urlsplit(huggingface_hub.constants.ENDPOINT).hostname:
+                fake.calls.append(("getaddrinfo", host, None))
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 443))]
+            return real_getaddrinfo(host, *args, **kwargs)
 
         monkeypatch.setattr(huggingface_hub, "snapshot_download", self.snapshot_download)
         monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
     def calls_to(self, name):
         return [c for c in self.calls if c[0] == name]
@@ -357,3 +386,264 @@ def test_repo_without_config_is_not_a_checkpoint(fake):
 def test_cache_folder_layout():
     assert hub.cache_folder("a/b", None, "/c") == Path("/c/a--b/main")
     assert hub.cache_folder("a/b", "refs/pr/1", "/c") == Path("/c/a--b/refs--pr--1")
+
+
+# ---- HF_HUB_OFFLINE and the newest PR -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["1", "true", "True", "TRUE", "yes", "on"])
+def test_hf_hub_offline_is_honoured_in_every_spelling(fake, monkeypatch, value):
+    official(fake)
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    with pytest.raises(HubError, match=f"Cannot load {BASE}: .*HF_HUB_OFFLINE is set, so nothing is downloaded"):
+        resolve(BASE)
+    assert fake.calls == []  # not even the name lookup
+
+
+@pytest.mark.parametrize("value", ["0", "false", "False", "no", ""])
+def test_hf_hub_offline_false_downloads(fake, monkeypatch, value):
+    official(fake)
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert (resolve(BASE) / "model.safetensors").read_bytes() == b"safetensors-from-pr"
+
+
+def test_of_several_open_conversion_prs_the_newest_is_taken(fake):
+    repo = "someone/bridgetower-copy"
+    official(fake, repo, pr=None)
+    for num in (2, 5, 3):  # listed neither oldest- nor newest-first
+        fake.repos[repo][f"refs/pr/{num}"] = {**SMALL, "model.safetensors": f"safetensors-from-pr-{num}".encode()}
+        fake.add_pr(repo, num)
+    folder = resolve(repo)
+    assert (folder / "model.safetensors").read_bytes() == b"safetensors-from-pr-5"
+    weights_from = [revision for _, _, revision in fake.calls_to("snapshot_download") if revision != "main"]
+    assert weights_from == ["refs/pr/5"]
+
+
+# ---- the size cap, from the Hub's listing ---------------------------------------------------------
+
+
+def test_a_download_over_the_cap_is_refused_before_it_starts(fake, home, monkeypatch):
+    official(fake)
+    small = sum(len(data) for data in SMALL.values())
+    folder = hub.cache_folder(BASE)
+    fake.sizes["model.safetensors"] = 25_000_000_000  # as listed; nothing that large is served here
+    with pytest.raises(HubError) as e:
+        resolve(BASE)
+    msg = str(e.value)
+    assert f"The Hub repo {BASE} lists {25_000_000_000 + small:,} bytes" in msg
+    assert "model.safetensors 25,000,000,000" in msg and "20,000,000,000-byte limit" in msg and MAX_BYTES_ENV in msg
+    assert fake.calls_to("snapshot_download") == [] and not folder.exists()
+    fake.sizes["model.safetensors"] = 3_500_000_000  # the large checkpoints' weights: within the default
+    monkeypatch.setenv(MAX_BYTES_ENV, "1e9")
+    with pytest.raises(HubError, match=f"{BASE} lists .* more than the 1,000,000,000-byte limit; set {MAX_BYTES_ENV}"):
+        resolve(BASE)
+    monkeypatch.delenv(MAX_BYTES_ENV)
+    assert (resolve(BASE) / "model.safetensors").read_bytes() == b"safetensors-from-pr"
+
+
+@pytest.mark.parametrize("env", [TIMEOUT_ENV, MAX_BYTES_ENV])
+def test_a_bad_limit_names_its_variable(fake, monkeypatch, env):
+    official(fake)
+    monkeypatch.setenv(env, "lots")
+    with pytest.raises(ValueError, match=f"{env} must be a positive number, got 'lots'"):
+        resolve(BASE)
+    assert fake.calls == []
+
+
+# ---- no network: the Hub's name does not resolve ------------------------------------------------
+
+SLACK_S = 3.0  # generous bounds for a shared, slow machine: what they catch takes 24 s or forever
+
+
+def no_proxy(monkeypatch):
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_an_unresolvable_hub_fails_at_once_and_quietly(home, monkeypatch, capfd):
+    # the real huggingface_hub: were the name not looked up first, it would retry for ~24 s, warning each time
+    no_proxy(monkeypatch)
+
+    def getaddrinfo(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    start = time.monotonic()
+    with pytest.raises(HubError) as e:
+        resolve(BASE)
+    assert time.monotonic() - start < SLACK_S
+    msg, host = str(e.value), urlsplit(huggingface_hub.constants.ENDPOINT).hostname
+    assert msg.startswith(f"Cannot load {BASE}: it is not a local folder, the Hub's host {host} cannot be resolved "
+                          "(gaierror: [Errno -2] Name or service not known)")
+    assert str(hub.cache_folder(BASE)) in msg and "--model path/to/folder" in msg and "\n" not in msg
+    assert capfd.readouterr().err == ""
+
+
+def test_a_name_lookup_without_answer_is_cut_short(home, monkeypatch):
+    no_proxy(monkeypatch)
+    released = threading.Event()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: released.wait(30))
+    monkeypatch.setattr(hub, "DNS_TIMEOUT_S", 0.2)
+    start = time.monotonic()
+    try:
+        with pytest.raises(HubError, match=rf"{BASE}: .* cannot be resolved \(TimeoutError: no answer in 0.2 s\)"):
+            resolve(BASE)
+    finally:
+        released.set()
+    assert time.monotonic() - start < SLACK_S
+
+
+def test_behind_a_proxy_the_name_is_not_looked_up(fake, monkeypatch):
+    official(fake)
+    no_proxy(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # it resolves names, not our DNS
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: pytest.fail("looked the Hub up"))
+    assert (resolve(BASE) / "model.safetensors").read_bytes() == b"safetensors-from-pr"
+
+
+# ---- a local server as the Hub: the real huggingface_hub against hostile answers ------------------
+
+REPO, COMMIT = "me/repo", "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_file(data, body=None):
+    """A file as the Hub serves it (size, etag and commit in the headers); `body(handler, data)`, if
+    given, writes the rest of a GET's headers and a hostile body instead of an honest one."""
+    def route(handler):
+        handler.send_response(200)
+        handler.send_header("X-Repo-Commit", COMMIT)
+        handler.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+        if body is None or handler.command == "HEAD":
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            if handler.command != "HEAD":
+                handler.wfile.write(data)
+        else:
+            body(handler, data)
+    return route
+
+
+def cut_halfway(handler, data):
+    """The whole length announced, half of it sent, the connection closed: on every request."""
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data[:len(data) // 2])
+    handler.close_connection = True
+
+
+def endless(handler, data):
+    """No length announced, and a body that does not end."""
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    while not handler.server.stop.is_set():
+        handler.wfile.write(b"x" * 65536)
+
+
+def short(handler, data):
+    """No length announced, and half the file."""
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.wfile.write(data[:len(data) // 2])
+    handler.close_connection = True
+
+
+def redirect_to_itself(handler):
+    handler.send_response(302)
+    handler.send_header("Location", handler.path)
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
+
+
+@pytest.fixture
+def local_hub(home, monkeypatch):
+    """start(files, hostile={name: body}) serves REPO at COMMIT as the Hub does, at HF_ENDPOINT."""
+    from huggingface_hub import constants
+
+    no_proxy(monkeypatch)
+    with ExitStack() as servers:
+        def start(files, hostile=(), routes=()):
+            tree = [{"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                    for name, data in files.items()]
+            info = {"id": REPO, "sha": COMMIT, "siblings": [{"rfilename": name} for name in files]}
+            server = servers.enter_context(serve({
+                f"/api/models/{REPO}/revision/main": reply(json.dumps(info).encode(), "application/json"),
+                f"/api/models/{REPO}/tree/*": reply(json.dumps(tree).encode(), "application/json"),
+                **{f"/{REPO}/resolve/{COMMIT}/{name}": hub_file(data, dict(hostile).get(name))
+                   for name, data in files.items()},
+                **dict(routes),
+            }))
+            monkeypatch.setattr(constants, "ENDPOINT", server.url)  # as HF_ENDPOINT does at import
+            monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                                server.url + "/{repo_id}/resolve/{revision}/{filename}")
+            return server
+        yield start
+
+
+WEIGHTS = bytes(range(256)) * 256  # 64 KB
+
+
+def hooks():
+    from huggingface_hub import get_session
+
+    return {event: list(functions) for event, functions in get_session().event_hooks.items()}
+
+
+def test_a_local_hub_serves_a_checkpoint(local_hub):
+    local_hub({"config.json": b"{}", "model.safetensors": WEIGHTS})
+    before = hooks()
+    folder = resolve(REPO)
+    assert (folder / "model.safetensors").read_bytes() == WEIGHTS and (folder / "config.json").read_bytes() == b"{}"
+    assert hooks() == before  # the limits' hooks are gone after the download
+
+
+def test_a_file_cut_on_every_request_stops_at_the_deadline(local_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    # subtle: huggingface_hub retries for as long as each try brings a whole chunk; 8 KB chunks make
+    # this 64 KB file behave like real weights of gigabytes with its 10 MB chunks (a retry loop forever)
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 8192)
+    server = local_hub({"config.json": b"{}", "model.safetensors": WEIGHTS}, hostile={"model.safetensors": cut_halfway})
+    before = hooks()
+    start = time.monotonic()
+    with pytest.raises(HubError) as e:
+        resolve(REPO, timeout_s=2)
+    assert time.monotonic() - start < 2 + SLACK_S
+    msg = str(e.value)
+    assert msg.startswith(f"Stopped downloading {REPO} from the Hub: it took longer than the 2 s limit (at "
+                          f"{server.url}/{REPO}/resolve/{COMMIT}/model.safetensors); set {TIMEOUT_ENV}")
+    cuts = [path for method, path, _ in server.requests if method == "GET" and path.endswith("model.safetensors")]
+    assert len(cuts) >= 2  # huggingface_hub did retry: the loop that had no end
+    folder = hub.cache_folder(REPO)
+    assert not [p for p in folder.rglob("*") if p.name.endswith(".safetensors")] and not hub.cached(REPO)
+    assert hooks() == before
+
+
+def test_an_endless_file_stops_at_the_cap(local_hub):
+    server = local_hub({"config.json": b"{}", "model.safetensors": WEIGHTS}, hostile={"model.safetensors": endless})
+    start = time.monotonic()
+    with pytest.raises(HubError) as e:
+        resolve(REPO, max_bytes=1_000_000)  # the listing says 64 KB: allowed at first
+    assert time.monotonic() - start < SLACK_S
+    assert str(e.value).startswith(f"Stopped downloading {REPO} from the Hub: it came to more than the 1,000,000-byte "
+                                   f"limit (at {server.url}/{REPO}/resolve/{COMMIT}/model.safetensors); "
+                                   f"set {MAX_BYTES_ENV}")
+    assert not [p for p in hub.cache_folder(REPO).rglob("*") if p.name.endswith(".safetensors")]
+
+
+def test_a_short_file_names_the_repo_and_the_file(local_hub):
+    local_hub({"config.json": b"{}", "model.safetensors": WEIGHTS}, hostile={"model.safetensors": short})
+    with pytest.raises(HubError) as e:
+        resolve(REPO)
+    msg = str(e.value)
+    assert msg.startswith(f"Downloading {REPO} into {hub.cache_folder(REPO)} failed: ") and "model.safetensors" in msg
+    assert not (hub.cache_folder(REPO) / "model.safetensors").exists()
+
+
+def test_a_redirect_loop_names_the_repo_and_the_url(local_hub):
+    server = local_hub({"config.json": b"{}"}, routes={f"/api/models/{REPO}/tree/*": redirect_to_itself})
+    with pytest.raises(HubError) as e:
+        resolve(REPO)
+    msg = str(e.value)
+    assert msg.startswith(f"Cannot load {REPO}: it is not a local folder, the Hugging Face Hub cannot be reached "
+                          "(TooManyRedirects: ")
+    assert f"(at {server.url}/api/models/{REPO}/tree/main" in msg
