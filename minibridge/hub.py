@@ -282,7 +282,7 @@ def _check_host(repo_id, folder, missing):
 
     def look_up():
         try:
-            socket.getaddrinfo(endpoint.hostname, endpoint.port or 443)
+            socket.getaddrinfo(endpoint.hostname, None)
         except OSError as e:
             failures.append(e)
 
@@ -307,7 +307,8 @@ def _limits(timeout_s, max_bytes):
     subtle: huggingface_hub's timeout is per read, and it resumes a broken download for as long as each
     try brings new bytes: a server that cuts the file on every request is retried forever. So hooks on
     its HTTP session check the clock and the bytes on every request and every read of a body, and
-    shorten each wait to the time left.
+    shorten each wait to the time left. (A file kept on Xet storage is fetched by hf_xet, where installed,
+    through its own client: only the requests around that transfer pass these hooks.)
     """
     from huggingface_hub import get_session
 
