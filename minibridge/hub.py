@@ -28,7 +28,6 @@ half a minute of retries.
 """
 
 import fnmatch
-import json
 import os
 import re
 import socket
@@ -149,9 +148,11 @@ def _has_weights(folder):
     # and convert.py writes model.safetensors the same way. Only a shard set can be half there.
     if (folder / SINGLE).is_file() or (folder / TORCH_BIN).is_file():
         return True
+    from .weights import read_index  # checks the index: each shard a plain file name in this folder
+
     try:
-        shards = set(json.loads((folder / INDEX).read_text(encoding="utf-8"))["weight_map"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        shards = set(read_index(folder / INDEX).values())
+    except (OSError, ValueError):  # no index, or one that loading would refuse (and name) anyway
         return False
     return all((folder / shard).is_file() for shard in shards)
 
