@@ -214,8 +214,9 @@ COMMANDS = {"infer": _infer, "download": _download, "convert": _convert, "embed"
 
 def _is_user_error(e):
     """Errors that say what went wrong in the input or the environment (not bugs in minibridge)."""
-    # MemoryError: refused up front by a size check (an image too large for attention), not a crash
-    return isinstance(e, (ValueError, TypeError, OSError, MemoryError)) or type(e).__name__ in ("HubError", "ConvertError")
+    # TooLargeError: an input refused up front by a size check (a MemoryError that is not a crash)
+    return isinstance(e, (ValueError, TypeError, OSError)) or type(e).__name__ in ("HubError", "ConvertError",
+                                                                                  "TooLargeError")
 
 
 if __name__ == "__main__":

@@ -365,21 +365,26 @@ def check_pixels(vc, pixel_values, interpolate_pos_encoding):
     return pixel_values.astype(np.float32, copy=False)
 
 
+class TooLargeError(MemoryError):
+    """An input that would need more memory than the machine has: refused before any work starts."""
+
+
 def _check_attention_memory(vc, shape):
     """Refuse, before any layer runs, images whose self-attention would not fit in memory.
 
     With interpolate_pos_encoding the image may be any size, and attention grows with the square of
     its tokens: a 1024-pixel image in 16-pixel patches is 4,097 tokens, so each ViT layer holds
-    scores and probabilities of [B, heads, 4097, 4097] float32, 1.6 GB per image at once.
+    scores [B, heads, 4097, 4097] float32, 0.8 GB per image (the probabilities overwrite them, ops.attention).
+    (With output_attentions every layer's are kept, and more is needed than this checks.)
     """
     B, _, H, W = shape
     tokens = (H // vc.patch_size) * (W // vc.patch_size) + 1
-    need = 2 * B * vc.num_attention_heads * tokens * tokens * 4  # scores and probabilities, float32
+    need = B * vc.num_attention_heads * tokens * tokens * 4  # float32 scores
     available = available_memory()
     if available is not None and need > available:
-        raise MemoryError(f"{B} image(s) of {H}×{W} pixels are {tokens} tokens each; the vision tower's attention "
-                          f"would need {need / 1e9:.1f} GB at once and this machine has {available / 1e9:.1f} GB "
-                          "available. Use smaller images (or fewer per call).")
+        raise TooLargeError(f"{B} image(s) of {H}×{W} pixels are {tokens} tokens each; the vision tower's attention "
+                            f"would need {need / 1e9:.1f} GB at once and this machine has {available / 1e9:.1f} GB "
+                            "available. Use smaller images (or fewer per call).")
 
 
 def available_memory():

@@ -32,6 +32,16 @@ def drip(handler):
             return
 
 
+def drip_headers(handler):
+    """A status line, then a header one byte every 0.2 s (200 s in all): the body never begins."""
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+    for _ in range(1000):
+        handler.wfile.write(b"x")
+        handler.wfile.flush()
+        if handler.server.stop.wait(0.2):
+            return
+
+
 def stall(handler):
     """Headers, then nothing at all until the test ends."""
     handler.send_response(200)
@@ -83,6 +93,7 @@ ROUTES = {
     "/cat.png": reply(PNG, "image/png"),
     "/drip.png": drip,
     "/stall.png": stall,
+    "/drip-headers.png": drip_headers,
     "/endless.png": endless,
     "/huge.png": lambda handler: endless(handler, length=10**12),
     "/cut.png": cut,
@@ -147,6 +158,14 @@ def test_a_dripping_server_is_cut_off_at_the_deadline(server):
     message, seconds = fails(url, timeout_s=1)
     assert seconds < 1 + SLACK_S
     assert f"Downloading {url} took longer than the 1 s limit" in message and TIMEOUT_ENV in message
+
+
+def test_headers_dripped_byte_by_byte_are_cut_off_at_the_deadline(server):
+    # subtle: the headers are read inside urllib, before any clock of ours can look (12 s for 1 s before)
+    url = server.url + "/drip-headers.png"
+    message, seconds = fails(url, timeout_s=1)
+    assert seconds < 1 + SLACK_S
+    assert f"Downloading {url} took longer than the 1 s limit" in message
 
 
 def test_the_deadline_comes_from_the_environment(server, monkeypatch):

@@ -134,15 +134,27 @@ def test_non_finite_pixels_are_refused(checkpoint):
 def test_attention_too_large_for_memory_is_refused_up_front(checkpoint, monkeypatch):
     """Before: 1024-px images with interpolate_pos_encoding tried to allocate GBs of attention at once."""
     model = mb.BridgeTowerForContrastiveLearning.from_pretrained(checkpoint)
-    big = np.zeros((1, 3, 1024, 1024), np.float32)  # 4-px patches: 65,537 tokens, 68 GB of attention
-    with pytest.raises(MemoryError, match=r"65537 tokens each.*would need 68\.7 GB"):
+    big = np.zeros((1, 3, 1024, 1024), np.float32)  # 4-px patches: 65,537 tokens: 2 heads × 65537² × 4 bytes
+    monkeypatch.setattr(modeling, "available_memory", lambda: 24 * 10**9)  # a machine of this project's size
+    with pytest.raises(modeling.TooLargeError, match=r"65537 tokens each.*would need 34\.4 GB.*has 24\.0 GB"):
         model.get_image_features(big, interpolate_pos_encoding=True)
+    assert issubclass(modeling.TooLargeError, MemoryError)
     # The rule, on a size that would run: refused when the machine has less than it needs.
-    monkeypatch.setattr(modeling, "available_memory", lambda: 1_000_000)
+    monkeypatch.setattr(modeling, "available_memory", lambda: 100_000)  # 257 tokens need 528 kB
     with pytest.raises(MemoryError, match=r"0\.0 GB available"):
         model.get_image_features(np.zeros((1, 3, 64, 64), np.float32), interpolate_pos_encoding=True)
     monkeypatch.setattr(modeling, "available_memory", lambda: None)  # unknown: runs
     assert model.get_image_features(np.zeros((1, 3, 64, 64), np.float32), interpolate_pos_encoding=True).shape == (1, 16)
+    monkeypatch.undo()
+    assert modeling.available_memory() > 0  # the real reading, on Linux from /proc/meminfo
+
+
+def test_only_a_refused_size_is_a_users_mistake_among_memory_errors():
+    """The command line prints a refused size as one paragraph; a real out-of-memory crash keeps its traceback."""
+    from minibridge import __main__ as cli_main
+
+    assert cli_main._is_user_error(modeling.TooLargeError("too large"))
+    assert not cli_main._is_user_error(MemoryError())
 
 
 # ---- the command line: no traceback for bad input or ^C, --traceback anywhere ---------------------------
