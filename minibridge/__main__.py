@@ -46,12 +46,12 @@ def _run(argv, show_traceback):
     p.add_argument("text", nargs="+", help="one or more texts (put <mask> where a word goes to fill it in)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id or local folder (default {DEFAULT_MODEL})")
     p.add_argument("--task", choices=["itm", "mlm", "itc"], help="default: chosen from the checkpoint and text")
-    p.add_argument("--top-k", type=int, default=5, help="candidates shown per <mask> (default 5)")
+    p.add_argument("--top-k", type=_count, default=5, help="candidates shown per <mask> (default 5)")
     p.add_argument("--revision", help="branch, tag, commit or refs/pr/N on the Hub")
     p.add_argument("--truncation", action="store_true", help="cut texts longer than the model takes "
                    "(512 tokens, or --max-length) instead of refusing them")
-    p.add_argument("--max-length", type=int, help="the longest text in tokens, <s> and </s> included")
-    p.add_argument("--batch-size", type=int, default=8, help="texts per forward pass (default 8): memory "
+    p.add_argument("--max-length", type=_count, help="the longest text in tokens, <s> and </s> included")
+    p.add_argument("--batch-size", type=_count, default=8, help="texts per forward pass (default 8): memory "
                    "stays that of one batch however many texts")
 
     p = sub.add_parser("download", help="download a checkpoint from the Hub (then it works offline)")
@@ -70,8 +70,9 @@ def _run(argv, show_traceback):
     group.add_argument("--text", nargs="+")
     p.add_argument("--out", help="write the [N, C] float32 array to this .npy file (default: print shapes)")
     p.add_argument("--revision")
-    p.add_argument("--truncation", action="store_true", help="cut texts longer than 512 tokens")
-    p.add_argument("--batch-size", type=int, default=8, help="images or texts per forward pass (default 8)")
+    p.add_argument("--truncation", action="store_true", help="cut texts longer than 512 tokens (or --max-length)")
+    p.add_argument("--max-length", type=_count, help="the longest text in tokens, <s> and </s> included")
+    p.add_argument("--batch-size", type=_count, default=8, help="images or texts per forward pass (default 8)")
 
     p = sub.add_parser("random-checkpoint", help="write a checkpoint of random weights (no network): to run "
                        "the notebooks and the code offline; its outputs are noise")
@@ -125,21 +126,19 @@ def _embed(args):
     from .modeling import BridgeTowerForContrastiveLearning
     from .processing import BridgeTowerProcessor
 
-    from .infer import _positive_int
-
-    batch = _positive_int(args.batch_size, "--batch-size")
+    batch = args.batch_size
     model = BridgeTowerForContrastiveLearning.from_pretrained(args.model, revision=args.revision)
     processor = BridgeTowerProcessor.from_pretrained(args.model, revision=args.revision)
     names = args.image or args.text
     if args.text:  # every text is checked before any is embedded
-        processor.tokenizer(args.text, truncation=args.truncation)
+        processor.tokenizer(args.text, truncation=args.truncation, max_length=args.max_length)
     vectors = []
     for start in range(0, len(names), batch):  # a batch at a time: memory stays that of one batch
         some = names[start:start + batch]
         if args.image:
             vectors.append(model.get_image_features(processor(images=some)["pixel_values"]))
         else:
-            enc = processor(text=some, padding=True, truncation=args.truncation)
+            enc = processor(text=some, padding=True, truncation=args.truncation, max_length=args.max_length)
             vectors.append(model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
     vectors = np.concatenate([np.asarray(v, dtype=np.float32) for v in vectors])  # [N, C]
     if args.out:
@@ -191,6 +190,13 @@ def _random_checkpoint(args):
           f"  MINIBRIDGE_MODEL={out} jupyter lab notebooks/\n"
           f"  minibridge infer --model {out} photo.jpg \"a caption\"")
     return 0
+
+
+def _count(text):
+    """argparse's type for a count: a positive integer."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _found_tokenizer():

@@ -24,13 +24,15 @@ import io
 import math
 import os
 import pickle
+import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
-from .weights import WeightsError
+from .weights import WeightsError, make_ordinary
 
 
 class ConvertError(WeightsError):
@@ -114,10 +116,13 @@ def read_torch_bin(path):
     except MemoryError:
         raise ConvertError(f"{path}: ran out of memory while reading it: it claims an object (a tensor, or a "
                            "string in its pickle) larger than this machine's memory; damaged or forged?") from None
-    # A damaged or forged file fails in many ways: a missing zip directory, a bad CRC or deflate stream,
-    # a pickle cut short or calling our stand-ins with arguments of the wrong kind. subtle: every one of
-    # them is this file's fault, so all are reported as such rather than as a traceback from inside.
-    except Exception as e:
+    # A damaged or forged file fails in many ways: a missing zip directory (BadZipFile), a bad CRC or
+    # deflate stream (zlib.error), an encrypted entry (RuntimeError), a pickle cut short (EOFError,
+    # UnpicklingError), nested too deep (RecursionError) or calling our stand-ins with arguments of the
+    # wrong kind (TypeError, ValueError, IndexError, KeyError, OverflowError, struct.error). Each is the
+    # file's fault, and said so; any other exception would be minibridge's own bug, and keeps its traceback.
+    except (zipfile.BadZipFile, zlib.error, RuntimeError, EOFError, pickle.UnpicklingError, TypeError, ValueError,
+            IndexError, KeyError, OverflowError, struct.error) as e:
         raise ConvertError(f"{path} is a damaged or truncated torch archive ({type(e).__name__}: {e}); "
                            "download it again.") from None
 
@@ -361,7 +366,7 @@ def convert_folder(folder, force=False):
     partial = folder / f".model.safetensors.{os.getpid()}.partial"  # per process: two converters never collide
     try:
         save_file(tensors, str(partial), metadata={"format": "pt"})
-        _make_ordinary(partial)
+        make_ordinary(partial)
         # subtle: compared after writing, so that converting twice is harmless and only a real difference stops us.
         if target.exists() and not force and not filecmp.cmp(partial, target, shallow=False):
             raise ConvertError(f"{target} already exists and differs from the conversion of {source.name}; "
@@ -374,13 +379,6 @@ def convert_folder(folder, force=False):
     finally:
         partial.unlink(missing_ok=True)
     return target
-
-
-def _make_ordinary(path):
-    """Give `path` the mode any new file gets (0o666 less the umask: usually 0o644); safetensors writes 0o600."""
-    umask = os.umask(0)  # subtle: reading the umask means setting it; it is put back at once
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
 
 
 def ensure_safetensors(folder):

@@ -314,10 +314,8 @@ def _limits(timeout_s, max_bytes):
     from huggingface_hub import get_session
 
     session = get_session()
-    if not hasattr(session, "event_hooks"):  # huggingface_hub < 1.0 speaks through requests: no such hooks
-        yield
-        return
-    httpx = sys.modules[type(session).__module__.partition(".")[0]]  # the session's own package: httpx2
+    # the session's own HTTP package: httpx under huggingface_hub 1.x, its fork httpx2 under 2.x
+    httpx = sys.modules[type(session).__module__.partition(".")[0]]
     deadline, received = time.monotonic() + timeout_s, 0
 
     def check(url, more=0):

@@ -47,8 +47,10 @@ def load_image(image, input_data_format=None):
         if fetch.is_url(image):
             try:
                 data = fetch.fetch_url(image)
-            except fetch.FetchError as e:  # an OSError; its message names the URL and the limit
-                raise fetch.FetchError(f"could not download the image: {e}") from None
+            except fetch.FetchError as e:  # an OSError; its message names the URL and what went wrong
+                said = str(e)
+                raise fetch.FetchError(said if said.startswith("could not download") else
+                                       f"could not download the image: {said}") from None
             return decode_image(data, image)
     if isinstance(image, (str, Path)):
         path = Path(image)

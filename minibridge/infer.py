@@ -45,11 +45,11 @@ class InferResult:
     task: str
     model: str
     texts: list
-    images: list = None  # several images: which image each row scored (its path, URL or "image k")
     scores: list = None  # itm: match probability; itc: cosine similarity
     filled: list = None  # mlm: each text with its masks replaced by the best token
     candidates: list = None  # mlm: per row, per mask, [(token, probability)]
     note: str = None  # set when the checkpoint is marked as random weights: the numbers are noise
+    images: list = None  # several images: which image each row scored (its path, URL or "image k")
 
     def __str__(self):
         lines = [f"{self.model} · {_TITLES[self.task]}"]

@@ -100,17 +100,17 @@ def bpe(word, ranks):
     Start from single characters and repeatedly merge the adjacent pair with the lowest rank (the
     earliest-learned merge; of equal pairs, the leftmost), until no adjacent pair is a known merge.
     bpe("Ġlower", ranks) might go Ġ l o w e r → Ġ lo w e r → Ġ low e r → Ġ low er → Ġlow er → Ġlower.
-
-    Rescanning the word for the best pair after every merge costs O(n²): minutes for a 100,000-letter
-    word. Here a heap holds the candidate merges as (rank, position): the lowest pops in O(log n), and
-    a merge changes only the two pairs beside it, so it pushes at most two candidates: O(n log n) in
-    all. A candidate whose symbols a later merge changed is stale, and skipped when popped.
-    This is the reference's order (`tokenizers`' Word::merge_all). It equals "merge every occurrence
-    of the best pair, left to right, then rescan" whenever a pair holding a merged symbol ranks after
-    the merge that made it, as in every trained table (a pair is learned only once its symbols exist);
-    on a table where that fails, the heap's order is the reference's.
+    Merging in rounds (every occurrence of the best pair, left to right without overlap, then look
+    again) gives the same symbols on every trained merges table.
     """
     # BEGIN SOLUTION
+    # Looking again for the best pair after every merge costs O(n²): minutes for a 100,000-letter word.
+    # Here a heap holds the candidate merges as (rank, position): the lowest pops in O(log n), and a
+    # merge changes only the two pairs beside it, so it pushes at most two candidates: O(n log n) in
+    # all. A candidate whose symbols a later merge changed is stale, and skipped when popped.
+    # subtle: this is the reference's order (`tokenizers`' Word::merge_all). It equals merging in rounds
+    #   whenever a pair holding a merged symbol ranks after the merge that made it, as in every trained
+    #   table (a pair is learned only once its symbols exist); where that fails, the heap's is the reference's.
     symbols = list(word)  # symbols[i]: the symbol that starts at character i; None once merged into its left
     n = len(symbols)
     after = list(range(1, n + 1))  # after[i]: where the next symbol starts (n: none)

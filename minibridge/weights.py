@@ -13,6 +13,7 @@ offline, `random_weights` and `save_random_checkpoint` make a checkpoint of nois
 
 import json
 import mmap
+import os
 import re
 import shutil
 from pathlib import Path
@@ -414,7 +415,7 @@ def save_random_checkpoint(folder, config, heads=("itm", "mlm", "itc"), seed=0, 
     tmp = folder / "model.safetensors.partial"
     try:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-        tmp.chmod(0o644)  # an ordinary file, as the others: safetensors writes it private
+        make_ordinary(tmp)
         tmp.replace(folder / "model.safetensors")  # never leave half a file behind
     finally:
         tmp.unlink(missing_ok=True)
@@ -431,3 +432,20 @@ def save_random_checkpoint(folder, config, heads=("itm", "mlm", "itc"), seed=0, 
             if (tokenizer_dir / name).is_file():
                 shutil.copyfile(tokenizer_dir / name, folder / name)  # contents only, not read-only modes
     return folder
+
+
+def make_ordinary(path):
+    """Give a file safetensors wrote (always private, 0o600) the mode any new file gets: 0o666 less the
+    umask, usually 0o644, so it reads like the checkpoint's other files."""
+    path.chmod(0o666 & ~_umask())
+
+
+def _umask():
+    try:  # Linux shows it; elsewhere reading the umask means setting it
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        # subtle: for the moment between these two calls the umask is 0 for every thread of the process
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return umask

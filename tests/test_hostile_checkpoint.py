@@ -212,7 +212,9 @@ def test_a_pickle_that_claims_a_huge_object_is_a_clear_error(tmp_path):
     """BINBYTES8 announcing 1 TiB: the unpickler allocates first, and its raw MemoryError is not let through."""
     pickled = b"\x80\x04" + pickle.BINBYTES8 + struct.pack("<Q", 1 << 40) + b"tiny"
     bin_path = torch_zip(tmp_path / "pytorch_model.bin", pickled)
-    with pytest.raises(ConvertError, match=r"pytorch_model\.bin: ran out of memory while reading it"):
+    # subtle: which error depends on the machine: without memory overcommit the 1 TiB allocation fails
+    # (MemoryError); with it, or where pickle reads big objects in pieces, the 4 bytes there run out first.
+    with pytest.raises(ConvertError, match=r"pytorch_model\.bin: (ran out of memory while reading it|is a damaged or truncated)"):
         read_torch_bin(bin_path)
 
 
