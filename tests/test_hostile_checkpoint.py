@@ -387,6 +387,26 @@ def test_an_existing_different_model_safetensors_is_kept_unless_forced(tmp_path)
     assert listing(tmp_path) == ["model.safetensors", "pytorch_model.bin"]
 
 
+def test_the_convert_command_keeps_a_different_file_unless_forced(tmp_path):
+    """Before: `minibridge convert FOLDER` silently replaced a different model.safetensors (exit 0)."""
+    pickled = state_dict({"w": tensor("0", 2, 0, (2,), (1,))})
+    torch_zip(tmp_path / "pytorch_model.bin", pickled, [("archive/data/0", floats(1, 2))])
+    save_file({"w": np.array([7, 8], np.float32)}, str(tmp_path / "model.safetensors"))
+    before = (tmp_path / "model.safetensors").read_bytes()
+
+    def command(*extra):
+        return subprocess.run([sys.executable, "-m", "minibridge", "convert", str(tmp_path), *extra],
+                              capture_output=True, text=True, timeout=120)
+
+    r = command()
+    assert r.returncode == 1 and "--force" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    r = command("--force")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(load_file(tmp_path / "model.safetensors")["w"], [1, 2])
+    assert listing(tmp_path) == ["model.safetensors", "pytorch_model.bin"]
+
+
 # ---- row 5: a sharded index names files inside its folder only -----------------------------------------------
 
 
