@@ -3,8 +3,9 @@
     flat = read_safetensors("weights/bridgetower-base/model.safetensors")   # {"a.b.0.c": array}
     tree = to_tree(flat)                                                     # tree["a"]["b"][0]["c"]
 
-Nothing is copied at load time: each array is a read-only view into the mapped file, so loading the
-1.3 GB base checkpoint takes milliseconds and the operating system pages weights in as they are used.
+Nothing is copied at load time: each float32 array is a read-only view into the mapped file, and the
+operating system pages weights in as they are read. Loading reads every weight once, to refuse NaN and
+infinity by name (`check_numbers`): 0.2 s for the 1.5 GB base checkpoint once the file is cached.
 The loader proves completeness (CONTRIBUTING.md habit 3): `expected_shapes` lists every parameter
 the config implies, and `check_weights` refuses a missing key, an unknown key or a wrong shape by
 name; `heads_in` says which task heads a checkpoint holds. For tests, benchmarks and running
