@@ -94,7 +94,7 @@ def attention_backward(q, k, v, num_heads, mask, dcontext):
     B, Sq, D = q.shape
     Sk = k.shape[1]
     Dh = D // num_heads
-    scale = np.float32(1.0 / math.sqrt(Dh))
+    scale = 1.0 / math.sqrt(Dh)  # as the forward: a Python float keeps float32 arrays float32
     _, probs = attention(q, k, v, num_heads, mask)  # [B, H, Sq, Sk], recomputed (the context is not needed)
     q = q.reshape(B, Sq, num_heads, Dh).transpose(0, 2, 1, 3)  # [B, Sq, D] -> [B, H, Sq, Dh]
     k = k.reshape(B, Sk, num_heads, Dh).transpose(0, 2, 1, 3)  # [B, Sk, D] -> [B, H, Sk, Dh]
