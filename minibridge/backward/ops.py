@@ -38,7 +38,7 @@ def linear_backward(x, p, dy):
 
 
 def layer_norm_backward(x, p, eps, dy):
-    """y = x̂·w + b, x̂ = (x − μ)/σ  ⇒  dx = (ĝ − mean(ĝ) − x̂·mean(ĝ⊙x̂)) / σ with ĝ = dy·w.
+    """y = x̂⊙w + b, x̂ = (x − μ)/σ  ⇒  dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂⊙x̂)) / σ with dx̂ = dy⊙w.
 
     x, dy [..., D]; p {"weight": [D], "bias": [D]}; eps as the forward's (inside the root).
     Returns (dx [..., D], {"weight": [D], "bias": [D]}).
@@ -47,11 +47,13 @@ def layer_norm_backward(x, p, eps, dy):
     inv_std = 1.0 / ((centred * centred).mean(axis=-1, keepdims=True) + eps) ** 0.5  # [..., 1]
     x_hat = centred * inv_std  # [..., D]
     grads = {"weight": _sum_to_last(dy * x_hat), "bias": _sum_to_last(dy)}  # [D] each
-    g = dy * p["weight"]  # [..., D]: the gradient of x̂
+    dx_hat = dy * p["weight"]  # [..., D]: the gradient of x̂
     # subtle: three terms, not one. μ and σ are functions of every x of the row, so besides the
-    # direct path (g / σ) each x also moves the mean (− mean(g)) and the variance
-    # (− x̂·mean(g⊙x̂)); dropping either is the classic wrong LayerNorm backward.
-    dx = (g - g.mean(axis=-1, keepdims=True) - x_hat * (g * x_hat).mean(axis=-1, keepdims=True)) * inv_std
+    # direct path (dx̂ / σ) each x also moves the mean (− mean(dx̂)) and the variance
+    # (− x̂·mean(dx̂⊙x̂)); dropping either is the classic wrong LayerNorm backward.
+    mean_term = dx_hat.mean(axis=-1, keepdims=True)  # [..., 1]
+    variance_term = x_hat * (dx_hat * x_hat).mean(axis=-1, keepdims=True)  # [..., D]
+    dx = (dx_hat - mean_term - variance_term) * inv_std  # [..., D]
     return dx, grads
 
 
@@ -133,7 +135,10 @@ def cross_entropy_backward(logits, labels, ignore_index=-100):
 
 
 def l2_normalize_backward(x, dy, eps=1e-12):
-    """y = x / max(‖x‖, eps)  ⇒  dx = (dy − y·(y·dy)) / ‖x‖, or dy / eps where ‖x‖ < eps.  [..., C] -> [..., C]"""
+    """y = x / max(‖x‖, eps)  ⇒  dx = (dy − y·(y·dy)) / ‖x‖, or dy / eps where ‖x‖ < eps.
+
+    x, dy [..., C]; eps as the forward's. Returns dx [..., C].
+    """
     xp = array_module(x)
     norm = xp.sqrt((x * x).sum(axis=-1, keepdims=True))  # [..., 1]
     denom = xp.maximum(norm, eps)  # [..., 1], as the forward
