@@ -239,13 +239,13 @@ def test_vision_block_matches_autograd(tiny):
 
 
 def test_vision_embed_matches_autograd(tiny):
+    import torch
+
     model, p = tiny
     rng = np.random.default_rng(6)
     pixels = normal(rng, 2, 3, VC.image_size, VC.image_size)
     dout = normal(rng, 2, VC.num_positions, VC.hidden_size)
     visual = model.vision_model.visual
-    import torch
-
     _, ref = autograd(lambda: visual.ln_pre(visual.embeddings(torch.from_numpy(pixels))), [],
                       {"embeddings.": visual.embeddings, "ln_pre.": visual.ln_pre}, dout)
 
