@@ -132,8 +132,10 @@ def test_to_cross_space_backward_matches_autograd(torch, side, share, layer, cls
     h_t = leaf(torch, h)
     if side == "text":
         out = bt._apply_text_transform(h_t, layer)
-    else:  # forward_post is ln_post of a sequence-first state; the CLS row alone goes through ln_post itself
-        x = bt.vision_model.visual.ln_post(h_t) if cls_only else bt.vision_model.visual.forward_post(h_t.permute(1, 0, 2))
+    elif cls_only:  # the CLS row alone, as the contrastive head reads it: ln_post itself
+        out = bt._apply_image_transform(bt.vision_model.visual.ln_post(h_t), layer)
+    else:  # forward_post: ln_post of the reference's sequence-first state, returned batch-first
+        x = bt.vision_model.visual.forward_post(h_t.permute(1, 0, 2))
         out = bt._apply_image_transform(x, layer)
     row = torch.full((1,), 0 if side == "text" else 1, dtype=torch.long)
     out = out + bt.token_type_embeddings(row).expand_as(out)  # as BridgeTowerModel.forward adds it
@@ -317,3 +319,82 @@ def test_contrastive_loss_backward_matches_autograd(torch):
     assert_grad_close(dscale, logit_scale.grad.numpy(), "dscale")
     # chained to the stored log-scale: d/d logit_scale = dscale · scale
     assert_grad_close(dscale * scale, itc.logit_scale.grad.numpy(), "dlogit_scale")
+
+
+# ---- without torch: float64 central differences ---------------------------------------------------
+# Only functions that compute in float64 throughout can be checked this way (gradcheck.py): the
+# cross-modal layer and the MLM head go through ops.gelu's float32 erf, and the ITC loss through
+# ops.cross_entropy's float32 result, so those are checked against autograd above.
+
+
+def check_numerically(f, x, analytic, name):
+    """numerical_gradient of the scalar f at x against the analytic gradient, in float64."""
+    from minibridge.backward.gradcheck import numerical_gradient, rel_error
+
+    err = rel_error(numerical_gradient(f, x), analytic)
+    assert err < FD_TOL, f"{name}: relative error {err:.2e} against central differences (> {FD_TOL})"
+
+
+def random64(*shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+@pytest.mark.parametrize("link_tower_type", ["add", "scaled_add", "interpolate"])
+def test_link_tower_backward_matches_central_differences(link_tower_type):
+    D = 6
+    p = {"LayerNorm": {"weight": 1 + 0.1 * random64(D, seed=20), "bias": random64(D, seed=21)},
+         "scaled_factor": np.asarray(0.7), "beta": np.asarray(0.3)}
+    h, c, dout = random64(2, 3, D, seed=22), random64(2, 3, D, seed=23), random64(2, 3, D, seed=24)
+    dh, dc, grads = link_tower_backward(p, h, c, link_tower_type, 1e-5, dout)
+
+    def loss(h=h, c=c, p=p):  # the scalar whose gradient the backward gives: Σ out ⊙ dout
+        return (link_tower(p, h, c, link_tower_type, 1e-5) * dout).sum()
+
+    check_numerically(lambda x: loss(h=x), h, dh, "dh")
+    check_numerically(lambda x: loss(c=x), c, dc, "dc")
+    for key in ("weight", "bias"):
+        check_numerically(lambda x: loss(p={**p, "LayerNorm": {**p["LayerNorm"], key: x}}), p["LayerNorm"][key],
+                          grads["LayerNorm"][key], f"LayerNorm.{key}")
+    scalar = {"scaled_add": "scaled_factor", "interpolate": "beta"}.get(link_tower_type)
+    assert sorted(grads) == sorted(["LayerNorm"] + ([scalar] if scalar else []))
+    if scalar:
+        assert grads[scalar].shape == ()
+        check_numerically(lambda x: loss(p={**p, scalar: x}), p[scalar], grads[scalar], scalar)
+
+
+def test_to_cross_space_backward_matches_central_differences():
+    """The image side with a Linear per layer: ln_post, layer 1's transform, the token type row."""
+    cfg = mb.BridgeTowerConfig.from_dict(derived(TINY, share_cross_modal_transformer_layers=False))
+    p = to_tree({k: v.astype(np.float64) for k, v in random_weights(cfg, [], SEED).items()})
+    h, dout = random64(1, 2, 128, seed=25), random64(1, 2, 128, seed=26)
+    dh, grads = to_cross_space_backward(p, cfg, "image", h, 1, dout)
+    check_numerically(lambda x: (to_cross_space(p, cfg, "image", x, 1) * dout).sum(), h, dh, "dh")
+    ln_post = p["vision_model"]["visual"]["ln_post"]
+
+    def with_ln_weight(x):
+        q = {**p, "vision_model": {"visual": {"ln_post": {**ln_post, "weight": x}}}}
+        return (to_cross_space(q, cfg, "image", h, 1) * dout).sum()
+
+    check_numerically(with_ln_weight, ln_post["weight"], grads["vision_model.visual.ln_post.weight"],
+                      "ln_post.weight")
+    assert sorted(grads) == ["cross_modal_image_transform.1.bias", "cross_modal_image_transform.1.weight",
+                             "token_type_embeddings.weight", "vision_model.visual.ln_post.bias",
+                             "vision_model.visual.ln_post.weight"]
+    np.testing.assert_allclose(grads["token_type_embeddings.weight"][1], dout.sum(axis=(0, 1)))
+    assert not grads["token_type_embeddings.weight"][0].any()
+
+
+def test_contrastive_embedding_and_pooler_backward_match_central_differences():
+    p = {"fc": {"weight": random64(4, 5, seed=27), "bias": random64(4, seed=28)}}
+    x, dout = random64(3, 5, seed=29), random64(3, 4, seed=30)
+    dx, grads = contrastive_embedding_backward(p, x, dout)
+    check_numerically(lambda a: (contrastive_embedding(p, a) * dout).sum(), x, dx, "contrastive dx")
+    check_numerically(lambda w: (contrastive_embedding({"fc": {**p["fc"], "weight": w}}, x) * dout).sum(),
+                      p["fc"]["weight"], grads["fc"]["weight"], "contrastive fc.weight")
+
+    p = {"dense": {"weight": random64(5, 5, seed=31), "bias": random64(5, seed=32)}}
+    features, dpooled = random64(3, 4, 5, seed=33), random64(3, 5, seed=34)
+    dfeatures, grads = pooler_backward(p, features, dpooled)
+    check_numerically(lambda a: (pooler(p, a) * dpooled).sum(), features, dfeatures, "pooler dfeatures")
+    check_numerically(lambda b: (pooler({"dense": {**p["dense"], "bias": b}}, features) * dpooled).sum(),
+                      p["dense"]["bias"], grads["dense"]["bias"], "pooler dense.bias")

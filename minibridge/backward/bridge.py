@@ -13,7 +13,7 @@ Dt / Dv the text / vision tower width.
 
 from ..backend import array_module
 from ..bridge import TOKEN_TYPE
-from ..ops import layer_norm, linear
+from ..ops import layer_norm
 from ..text import bert_attention
 from .ops import layer_norm_backward, linear_backward
 from .text import bert_attention_backward, bert_ffn_backward
