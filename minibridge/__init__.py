@@ -40,6 +40,7 @@ _EXPORTS = {
     "WeightsError": "weights",
     "HubError": "hub",
     "ConvertError": "convert",
+    "AdamW": "optim",
 }
 
 __all__ = ["infer", "InferResult", *_EXPORTS]
@@ -47,7 +48,7 @@ __all__ = ["infer", "InferResult", *_EXPORTS]
 
 # modules reachable as attributes (mb.tokenizer, mb.ops, ...), also imported on first use
 _MODULES = {"assignments", "backend", "backward", "bridge", "config", "convert", "fetch", "heads", "hub", "image_processing", "model",
-            "modeling", "ops", "processing", "text", "tokenizer", "unicode_classes", "vision", "weights"}
+            "modeling", "ops", "optim", "processing", "text", "tokenizer", "unicode_classes", "vision", "weights"}
 
 
 def __getattr__(name):

@@ -11,6 +11,7 @@ One deliberate difference from transformers: every array is batch-first, includi
 hidden states, which the reference returns sequence-first ([L, B, Dv]).
 """
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from .heads import contrastive_loss, itm_logits, mlm_logits
 from .model import (Trace, bridgetower, cross_embedding, image_embedding, text_embedding, text_tower,
                     vision_tower)
 from .ops import cross_entropy
-from .weights import WeightsError, check_weights, head_shapes, heads_in, read_checkpoint, to_tree
+from .weights import (WeightsError, check_weights, expected_shapes, head_shapes, heads_in, read_checkpoint, to_flat,
+                      to_tree, write_checkpoint)
 
 
 # ---- outputs -----------------------------------------------------------------------------------
@@ -89,6 +91,7 @@ class BridgeTowerModel:
     def __init__(self, config, params):
         self.config = config
         self.params = params  # nested dict with the checkpoint's names, "bridgetower." prefix removed
+        self.source_config = None  # the config.json dict it was loaded from: save_pretrained keeps its fields
 
     @classmethod
     def from_pretrained(cls, name_or_path, revision=None, cache_dir=None, device="cpu"):
@@ -117,6 +120,7 @@ class BridgeTowerModel:
         if cls.head == "mlm" and config.tie_word_embeddings:  # the decoder *is* the embedding matrix
             tree["mlm_score"]["decoder"] = {"weight": tree["text_model"]["embeddings"]["word_embeddings"]["weight"]}
         model = cls(config, tree)
+        model.source_config = _config_dict(checkpoint.folder / "config.json")
         return model.to(device) if device != "cpu" else model
 
     @classmethod
@@ -127,6 +131,43 @@ class BridgeTowerModel:
         """This model with its weights on `device` ("cpu" or "cuda")."""
         self.params = to_device(self.params, device)
         return self
+
+    # -- the weights by name: saving, and the optimiser (optim.py) --
+
+    def parameter_names(self):
+        """{name as saved: key in self.params} for every weight the model uses.
+
+        The names are those of model.safetensors, state_dict, loss_and_grads and AdamW (checkpoint_name);
+        the keys are the tree's, dotted (weights.to_flat / to_tree). Left out, as transformers saves: the
+        RoBERTa pooler (never used) and a tied MLM decoder (it is the word-embedding matrix).
+        """
+        return {self.checkpoint_name(key): key for key in expected_shapes(self.config, self.head)}
+
+    def state_dict(self):
+        """{name as saved: array} of every weight the model uses: the model's own arrays, not copies."""
+        flat = to_flat(self.params)
+        return {name: flat[key] for name, key in self.parameter_names().items()}
+
+    def save_pretrained(self, folder):
+        """Write config.json and model.safetensors (state_dict, float32) into `folder`: the Hub layout that
+        transformers' and minibridge's from_pretrained load. Returns the folder as a Path.
+
+        config.json is the one the model was loaded from (no field lost) with the model's config and class
+        over it. A folder of other files is refused (FileExistsError); a checkpoint folder, the model's own
+        included, gets its two files replaced (weights.write_checkpoint).
+        """
+        tensors = {name: to_numpy(a) for name, a in self.state_dict().items()}
+        return write_checkpoint(folder, self._config_to_save(), tensors)
+
+    def _config_to_save(self):
+        config = json.loads(json.dumps(self.source_config or {}))  # a deep copy
+        mine = {k: v for k, v in self.config.to_dict().items() if v is not None}
+        for tower in ("text_config", "vision_config"):
+            mine[tower] = {**(config.get(tower) or {}), **mine[tower]}
+        config.update(mine, model_type="bridgetower", architectures=[type(self).__name__])
+        config.pop("torch_dtype", None)  # the older name of dtype
+        config["dtype"] = "float32"  # what model.safetensors holds: transformers loads the weights as such
+        return config
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -169,6 +210,13 @@ class BridgeTowerModel:
             extras["text_attentions"] = tuple(trace.text_attentions)
             extras["vision_attentions"] = tuple(trace.vision_attentions)
         return feats, extras
+
+
+    def checkpoint_name(self, key):
+        """The name a weight (unprefixed, as in self.params) has in this class's model.safetensors:
+        a head class saves its backbone under "bridgetower.", its own head's weights without it."""
+        own = head_shapes(self.config, self.head)
+        return key if self.head == "model" or key in own else "bridgetower." + key
 
 
 class BridgeTowerForImageAndTextRetrieval(BridgeTowerModel):
@@ -273,6 +321,15 @@ class Checkpoint:
     config: BridgeTowerConfig
     tensors: dict  # {key as stored: array}
     heads: tuple  # the task heads it holds, e.g. ("itm", "mlm") (weights.heads_in)
+
+
+def _config_dict(path):
+    """A config.json as a dict (save_pretrained keeps its fields), or None when it cannot be read."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def open_checkpoint(name_or_path, revision=None, cache_dir=None):

@@ -10,6 +10,7 @@ The loader proves completeness (CONTRIBUTING.md habit 3): `expected_shapes` list
 the config implies, and `check_weights` refuses a missing key, an unknown key or a wrong shape by
 name; `heads_in` says which task heads a checkpoint holds. For tests, benchmarks and running
 offline, `random_weights` and `save_random_checkpoint` make a checkpoint of noise without torch.
+`write_checkpoint` saves one (BridgeTowerModel.save_pretrained); `to_flat` undoes `to_tree`.
 """
 
 import json
@@ -325,6 +326,21 @@ def _lists(node):
     return node
 
 
+def to_flat(tree):
+    """Nested dicts and lists -> dotted keys, the inverse of to_tree: tree["a"][0]["b"] -> "a.0.b"."""
+    flat = {}
+
+    def walk(node, key):
+        if isinstance(node, (dict, list)):
+            for k, v in (node.items() if isinstance(node, dict) else enumerate(node)):
+                walk(v, f"{key}.{k}" if key else str(k))
+        else:
+            flat[key] = node
+
+    walk(tree, "")
+    return flat
+
+
 # ---- random weights: for tests, benchmarks and running offline ---------------------------------
 
 
@@ -400,8 +416,6 @@ def save_random_checkpoint(folder, config, heads=("itm", "mlm", "itc"), seed=0, 
     vocab.json + merges.txt, and tokenizer.json when there) are copied too. The outputs of such a
     model mean nothing. Returns the folder. (`minibridge random-checkpoint` is the command line.)
     """
-    from safetensors.numpy import save_file
-
     from .config import BridgeTowerConfig
 
     cfg = BridgeTowerConfig.from_dict(config)
@@ -413,13 +427,7 @@ def save_random_checkpoint(folder, config, heads=("itm", "mlm", "itc"), seed=0, 
     folder.mkdir(parents=True, exist_ok=True)
     own = {k for h in heads for k in head_shapes(cfg, h)}
     tensors = {(k if k in own else "bridgetower." + k): v for k, v in random_weights(cfg, heads, seed).items()}
-    tmp = folder / "model.safetensors.partial"
-    try:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        make_ordinary(tmp)
-        tmp.replace(folder / "model.safetensors")  # never leave half a file behind
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_safetensors(folder / "model.safetensors", tensors)
 
     written = dict(config, architectures=[_ARCHITECTURES[h] for h in heads], model_type="bridgetower")
     written[RANDOM_MARK] = {"seed": seed, "note": RANDOM_NOTE}
@@ -433,6 +441,75 @@ def save_random_checkpoint(folder, config, heads=("itm", "mlm", "itc"), seed=0, 
             if (tokenizer_dir / name).is_file():
                 shutil.copyfile(tokenizer_dir / name, folder / name)  # contents only, not read-only modes
     return folder
+
+
+def write_safetensors(path, tensors):
+    """Write {name: array} to `path` as safetensors, with the "format": "pt" metadata that transformers
+    requires, under a temporary name renamed at the end (never half a file), readable like any new file."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    # subtle: safetensors writes each array's memory as it lies, so a strided view (a transpose) must be
+    # made contiguous first, or its bytes would be saved in the wrong order. (Not np.ascontiguousarray,
+    # which turns a 0-d array such as logit_scale into shape (1,).)
+    tensors = {k: np.asarray(v, order="C") for k, v in tensors.items()}
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        make_ordinary(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_checkpoint(folder, config, tensors):
+    """Write a checkpoint in the Hub layout: `config` (a config.json dict) and `tensors` ({name: array},
+    saved as float32; NaN or infinity refused by name, as loading would) into `folder`. Returns the folder.
+
+    The folder is made if need be. One that holds files but no BridgeTower checkpoint is refused
+    (FileExistsError), so that nothing else is overwritten; a checkpoint's config.json and model.safetensors
+    are replaced. Both files are written under temporary names and renamed at the end, so a failure leaves
+    the folder as it was. The renames keep a model memory-mapped from the old file working.
+    """
+    folder = Path(folder)
+    _check_save_folder(folder)
+    tensors = check_numbers(tensors, source=f"the weights to save in {folder}")
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    config_tmp = folder / "config.json.partial"
+    try:
+        config_tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_safetensors(folder / "model.safetensors", tensors)
+        config_tmp.replace(folder / "config.json")
+    except BaseException:
+        config_tmp.unlink(missing_ok=True)
+        if made and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    return folder
+
+
+def _check_save_folder(folder):
+    """Refuse to save into a file, or into a folder of other files that holds no BridgeTower checkpoint."""
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file; expected a folder to save the checkpoint in")
+    if not folder.is_dir():
+        return
+    names = sorted(p.name for p in folder.iterdir())
+    if not names:
+        return
+    what = f"{len(names)} file(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+    config = folder / "config.json"
+    if not config.is_file():
+        raise FileExistsError(f"{folder} holds {what} and no config.json; expected an empty folder or a "
+                              "checkpoint folder to replace. Save into another folder, or empty this one.")
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError) as e:  # not UTF-8 or not JSON; or JSON but not an object
+        model_type = f"unreadable ({type(e).__name__})"
+    if model_type != "bridgetower":
+        raise FileExistsError(f"{config} is the config of another model (model_type {model_type!r}), expected "
+                              '"bridgetower" to replace; save into another folder, or empty this one.')
 
 
 def make_ordinary(path):
