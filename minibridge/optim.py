@@ -56,7 +56,7 @@ class AdamW:
         for name, g in grads.items():
             p = self._own(name)
             xp = array_module(p)
-            s = self.state.setdefault(name, {"step": 0, "m": xp.zeros_like(p), "v": xp.zeros_like(p)})
+            s = self.state.setdefault(name, {"step": 0, "m": xp.zeros(p.shape, p.dtype), "v": xp.zeros(p.shape, p.dtype)})
             s["step"] += 1
             adamw_update(p, g, s["m"], s["v"], s["step"], self.lr, b1, b2, self.eps, self.weight_decay)
 
