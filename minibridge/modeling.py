@@ -212,11 +212,63 @@ class BridgeTowerModel:
         return feats, extras
 
 
+    # -- gradients (backward/model.py) --
+
+    def loss_and_grads(self, input_ids=None, attention_mask=None, pixel_values=None, labels=None, trainable=None):
+        """The head's loss and the gradient of every weight it depends on, computed by hand (backward/).
+
+        Inputs as forward; labels as forward's (ITM [B] in {0, 1}; MLM [B, T], -100 ignored; the
+        contrastive head takes none). trainable: None (all weights), a list of name prefixes, or a
+        function name -> bool; frozen weights get no gradient, and the backward stops below the lowest
+        trainable layer. Returns (loss, grads): grads {name: array of that weight's shape}, named
+        as in model.safetensors (the head classes prefix the backbone with "bridgetower.").
+        """
+        from .backward.model import loss_and_grads
+
+        if self.head == "model":
+            raise TypeError("BridgeTowerModel has no loss; use BridgeTowerForImageAndTextRetrieval, "
+                            "BridgeTowerForMaskedLM or BridgeTowerForContrastiveLearning")
+        input_ids, attention_mask, pixel_values = check_inputs(self.config, input_ids, attention_mask, pixel_values,
+                                                               False)
+        labels = self._check_training_labels(labels, input_ids.shape)
+        keep = _trainable_rule(trainable)
+        loss, grads = loss_and_grads(self.params, self.config, self.head, self._here(input_ids),
+                                     self._here(attention_mask), self._here(pixel_values),
+                                     None if labels is None else self._here(labels),
+                                     trainable=lambda key: keep(self.checkpoint_name(key)))
+        return loss, {self.checkpoint_name(key): g for key, g in grads.items()}
+
+    def _check_training_labels(self, labels, shape):
+        if self.head == "itc":
+            if labels is not None:
+                raise TypeError("the contrastive loss takes no labels: the i-th text goes with the i-th image")
+            return None
+        if labels is None:
+            raise TypeError(f"{type(self).__name__}.loss_and_grads needs labels: "
+                            + ("[B] in {0, 1}" if self.head == "itm" else "[B, T] token ids, -100 = ignored"))
+        if self.head == "itm":
+            return check_labels(labels, shape[:1], 2, "labels", allow_ignore=False)
+        return check_labels(labels, shape, self.config.text_config.vocab_size, "labels", allow_ignore=True)
+
     def checkpoint_name(self, key):
         """The name a weight (unprefixed, as in self.params) has in this class's model.safetensors:
         a head class saves its backbone under "bridgetower.", its own head's weights without it."""
         own = head_shapes(self.config, self.head)
         return key if self.head == "model" or key in own else "bridgetower." + key
+
+
+def _trainable_rule(trainable):
+    """None, name prefixes, or a function -> a function name -> bool."""
+    if trainable is None:
+        return lambda name: True
+    if callable(trainable):
+        return trainable
+    if isinstance(trainable, str):
+        trainable = [trainable]
+    prefixes = tuple(trainable)
+    if not all(isinstance(s, str) for s in prefixes):
+        raise TypeError(f"trainable must be None, a function of a weight's name, or name prefixes; got {trainable!r}")
+    return lambda name: name.startswith(prefixes)
 
 
 class BridgeTowerForImageAndTextRetrieval(BridgeTowerModel):
