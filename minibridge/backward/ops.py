@@ -82,11 +82,11 @@ def softmax_backward(probs, dprobs):
     # subtle: the Jacobian ∂y_i/∂x_j = y_i (δ_ij − y_j) is symmetric, and applied to g it is this
     # vector product; the [S, S] matrix is never built. A key whose probability is 0 (masked with
     # finfo.min) gets exactly 0 gradient, as it should: moving its score changes nothing.
-    # subtle: Σ y⊙g is summed in float64. The rows of the result sum to 0 in exact arithmetic, and an
-    #   attention key's gradient lives on that cancellation: with a float32 sum the base model's key
-    #   weights came out 2e-3 (relative) from the float64 truth, 4× torch's own float32 error; now 9e-4.
-    dot = (probs * dprobs).sum(axis=-1, keepdims=True, dtype=array_module(probs).float64)  # [..., 1]
-    return probs * (dprobs - dot).astype(probs.dtype)
+    # subtle: computed in float64, rounded once at the end. The rows of the result sum to 0 in exact
+    #   arithmetic, and an attention key's gradient lives on that cancellation: in float32 the base
+    #   model's key weights came out 2e-3 (relative) from the float64 truth, 4× torch's own float32 error.
+    y = probs.astype(array_module(probs).float64)  # [..., S]
+    return (y * (dprobs - (y * dprobs).sum(axis=-1, keepdims=True))).astype(probs.dtype)
 
 
 def attention_backward(q, k, v, num_heads, mask, dcontext):
