@@ -214,10 +214,11 @@ class BridgeTowerModel:
 
     # -- gradients (backward/model.py) --
 
-    def loss_and_grads(self, input_ids=None, attention_mask=None, pixel_values=None, labels=None, trainable=None):
+    def loss_and_grads(self, input_ids=None, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None,
+                       trainable=None):
         """The head's loss and the gradient of every weight it depends on, computed by hand (backward/).
 
-        Inputs as forward; labels as forward's (ITM [B] in {0, 1}; MLM [B, T], -100 ignored; the
+        Inputs as forward (pixel_mask accepted and ignored); labels as forward's (ITM [B] in {0, 1}; MLM [B, T], -100 ignored; the
         contrastive head takes none). trainable: None (all weights), a list of name prefixes, or a
         function name -> bool; frozen weights get no gradient, and the backward stops below the lowest
         trainable layer. Returns (loss, grads): grads {name: array of that weight's shape}, named
