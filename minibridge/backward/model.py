@@ -22,6 +22,7 @@ from ..bridge import cross_modal_layer, link_tower, to_cross_space
 from ..heads import contrastive_embedding, contrastive_loss, itm_logits, mlm_logits, pooler
 from ..model import Trace, bridgetower, cross_embedding, image_embedding, text_embedding
 from ..ops import additive_mask, cross_entropy, layer_norm
+from ..weights import to_flat
 from .bridge import cross_modal_layer_backward, link_tower_backward, to_cross_space_backward
 from .heads import (contrastive_embedding_backward, contrastive_loss_backward, itm_logits_backward,
                     mlm_logits_backward, pooler_backward)
@@ -198,7 +199,8 @@ def _contrastive(p, cfg, feats, grads):
 
 def _lowest_trainable(p, cfg, trainable):
     """How far down the backward must run: the lowest `_height` of a trainable weight."""
-    return min((_height(name, cfg) for name in _flatten(p, "") if trainable(name)), default=cfg.depth + cfg.num_hidden_layers + 1)
+    heights = [_height(name, cfg) for name in to_flat(p) if trainable(name)]
+    return min(heights, default=cfg.depth + cfg.num_hidden_layers + 1)
 
 
 def _height(name, cfg):
@@ -233,23 +235,9 @@ class Grads:
         self.trainable, self.flat = trainable, {}
 
     def add(self, prefix, tree):
-        self.add_flat(_flatten(tree, prefix))
+        self.add_flat({f"{prefix}.{key}": g for key, g in to_flat(tree).items()})
 
     def add_flat(self, flat):
         for name, g in flat.items():
             if self.trainable(name):
                 self.flat[name] = g if name not in self.flat else self.flat[name] + g
-
-
-def _flatten(tree, prefix):
-    """A gradient subtree -> {"prefix.key.0.name": array} (lists are numbered layers)."""
-    if isinstance(tree, dict):
-        items = tree.items()
-    elif isinstance(tree, (list, tuple)):
-        items = enumerate(tree)
-    else:
-        return {prefix: tree}
-    out = {}
-    for key, sub in items:
-        out.update(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
-    return out
