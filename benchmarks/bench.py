@@ -5,8 +5,10 @@
 Uses a real checkpoint if given (or found in the default download folder), else random weights of
 the published base architecture, written on the spot. Reports, for each implementation:
 forward time at batch 1 and 8 (16-token texts, base-size images; best of several after a warm-up),
-load time, peak resident memory of a load + one batch-1 forward, and the end-to-end time of one
-`infer` from a cold process; then the ratios, the machine's sustained float32 matrix-product
+load time, peak resident memory of a load + one batch-1 forward, one training step of the ITM head
+at batch 4 (forward + backward: minibridge's loss_and_grads vs torch autograd, eval mode; best of
+several after a warm-up) with the peak resident memory of that process, and the end-to-end time of
+one `infer` from a cold process; then the ratios, the machine's sustained float32 matrix-product
 throughput, and the fraction of it the forward pass reaches (its FLOPs counted from the config).
 Each measurement runs in a fresh subprocess, so one library's threads and memory never touch the
 other's. With --device cuda it times the GPU forward (CuPy vs torch CUDA) at batch 8 and 32.
@@ -26,6 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's minibridge, a
 from paths import PHOTOS, ROBERTA  # noqa: E402  (the one definition of where the shared test data is)
 
 TEXT_TOKENS = 16
+TRAIN_BATCH = 4
 PHOTO = PHOTOS / "000000039769.png"  # the COCO two-cats photo
 
 
@@ -60,8 +63,43 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # Linux reports KiB; MB = 10⁶ bytes
 
 
+def _train_labels(batch):
+    import numpy as np
+
+    return np.arange(batch) % 2  # ITM labels [B]: alternately mismatched (0) and matched (1)
+
+
+def train_worker(lib, folder, batch):
+    """Time one ITM training step (forward + backward) and measure the peak RSS of load + steps."""
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    inputs, labels = _inputs(cfg, batch), _train_labels(batch)
+    if lib == "minibridge":
+        import minibridge as mb
+
+        model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
+
+        def step():
+            model.loss_and_grads(**inputs, labels=labels)
+    else:
+        import torch
+        import transformers
+
+        model = transformers.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder).eval()  # no dropout
+        pt_inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        pt_labels = torch.from_numpy(labels)
+
+        def step():
+            model.zero_grad(set_to_none=True)  # subtle: else each step adds into the last one's .grad
+            model(**pt_inputs, labels=pt_labels).loss.backward()
+    result = {"lib": lib, f"train_b{batch}_s": best_time(step, repeats=3)}
+    result["train_peak_rss_mb"] = _peak_rss_mb()
+    print(json.dumps(result))
+
+
 def worker(lib, folder, mode, batches, device):
     """Measure one library in this (fresh) process; print one JSON line."""
+    if mode == "train":
+        return train_worker(lib, folder, batches[0])
     cfg = json.loads((Path(folder) / "config.json").read_text())
     if lib == "minibridge":
         import minibridge as mb
@@ -202,6 +240,12 @@ def main(argv=None):
             for lib in libs:
                 res[lib].update({k: v for k, v in _run_worker(lib, folder, "memory", [1], "cpu").items()
                                  if k == "peak_rss_mb"})
+            for _ in range(args.rounds):  # the training step, alternating the libraries like the forward
+                for lib in libs:
+                    r = _run_worker(lib, folder, "train", [TRAIN_BATCH], "cpu")
+                    for k, v in r.items():
+                        if k != "lib":
+                            res[lib][k] = min(v, res[lib].get(k, v))
             res["minibridge"]["import_s"] = min(_timed_command(
                 [sys.executable, "-c", "import minibridge"]) for _ in range(3))
             res["python_startup_s"] = min(_timed_command([sys.executable, "-c", "pass"]) for _ in range(3))
@@ -237,6 +281,8 @@ def _report(res, cfg, batches, libs, device):
     rows = [(f"forward, batch {b} (s)", f"forward_b{b}_s") for b in batches]
     if device == "cpu":
         rows += [("from_pretrained (s)", "load_s"), ("peak RSS, load + batch-1 forward (MB)", "peak_rss_mb"),
+                 (f"train step, batch {TRAIN_BATCH} (s)", f"train_b{TRAIN_BATCH}_s"),
+                 ("peak RSS, load + train steps (MB)", "train_peak_rss_mb"),
                  ("infer from a cold process (s)", "infer_cold_s")]
     print(f"\n{'':42} {'minibridge':>12} {'transformers':>13} {'ratio':>7}")
     for label, key in rows:
@@ -247,6 +293,8 @@ def _report(res, cfg, batches, libs, device):
     if device == "cpu":
         print(f"\nweights file: {res['weights_mb']:.0f} MB; minibridge peak RSS = "
               f"{mb['peak_rss_mb'] / res['weights_mb']:.2f} × the weights")
+        print("train steps: peak RSS = " + "; ".join(
+            f"{lib} {res[lib]['train_peak_rss_mb'] / res['weights_mb']:.2f} × the weights" for lib in libs))
         print(f"import minibridge: {mb['import_s']:.3f} s (bare python startup {res['python_startup_s']:.3f} s)")
         peak = res["matmul_gflops"]
         print(f"float32 matrix products, 3072²: {peak:.0f} GFLOP/s sustained (NumPy)")

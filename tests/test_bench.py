@@ -53,8 +53,16 @@ def test_bench_runs_and_reports(tmp_path):
                         "--rounds", "1", "--json", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "out.json").read_text())
-    for key in ("forward_b1_s", "load_s", "peak_rss_mb", "import_s"):
+    for key in ("forward_b1_s", "load_s", "peak_rss_mb", "import_s", "train_b4_s", "train_peak_rss_mb"):
         assert np.isfinite(res["minibridge"][key]) and res["minibridge"][key] > 0
     assert "forward, batch 1" in r.stdout and "GFLOP/s" in r.stdout and "× the weights" in r.stdout
+    libs = ["minibridge"] + ["transformers"] * ("transformers" in res)
+    for label in ("train step, batch 4 (s)", "peak RSS, load + train steps (MB)"):  # the training rows, with numbers
+        row = next((line for line in r.stdout.splitlines() if line.startswith(label)), None)
+        assert row is not None, f"no row {label!r} in:\n{r.stdout}"
+        numbers = [float(x) for x in row[len(label):].split()]
+        assert len(numbers) == len(libs) + (len(libs) == 2) and all(x > 0 for x in numbers), row  # + the ratio
+    assert "train steps: peak RSS = minibridge" in r.stdout
     if "transformers" in res:  # the reference extra: both measured in the same run, with ratios
         assert res["transformers"]["forward_b1_s"] > 0 and "ratio" in r.stdout
+        assert res["transformers"]["train_b4_s"] > 0 and res["transformers"]["train_peak_rss_mb"] > 0
