@@ -47,7 +47,7 @@ __all__ = ["infer", "InferResult", *_EXPORTS]
 
 
 # modules reachable as attributes (mb.tokenizer, mb.ops, ...), also imported on first use
-_MODULES = {"assignments", "backend", "backward", "bridge", "config", "convert", "fetch", "heads", "hub", "image_processing", "model",
+_MODULES = {"assignments", "backend", "backward", "bridge", "config", "convert", "fetch", "finetune", "heads", "hub", "image_processing", "model",
             "modeling", "ops", "optim", "processing", "text", "tokenizer", "unicode_classes", "vision", "weights"}
 
 

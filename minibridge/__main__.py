@@ -86,6 +86,24 @@ def _run(argv, show_traceback):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace OUT if it already holds a checkpoint")
 
+    p = sub.add_parser("finetune", help="fine-tune the ITM (or ITC) head on image-caption pairs; saves a checkpoint")
+    p.add_argument("data", help="a CSV file with header image,caption (paths relative to it, or URLs), or a "
+                   "folder of images x.jpg each with its caption in x.txt")
+    p.add_argument("--model", required=True, help="Hub id or local folder of the checkpoint to start from")
+    p.add_argument("--out", required=True, help="the checkpoint folder to write (new, empty, or a checkpoint)")
+    p.add_argument("--task", choices=["itm", "itc"], default="itm", help="itm (default): the pairs and as many "
+                   "mismatched negatives; itc: the contrastive loss over each batch's pairs")
+    p.add_argument("--epochs", type=_count, default=1)
+    p.add_argument("--batch-size", type=_count, default=8, help="pairs per step (default 8; ITM adds as many "
+                   "negatives)")
+    p.add_argument("--lr", type=float, default=1e-5, help="AdamW's learning rate (default 1e-5)")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--train", choices=["heads", "cross", "all"], default="cross", help="the weights trained: "
+                   "the task's head, the head and the cross-modal layers (default), or every weight")
+    p.add_argument("--save-every", type=_count, metavar="N", help="also save to OUT every N steps")
+    p.add_argument("--seed", type=int, default=0, help="the order of the pairs and the negatives drawn")
+    p.add_argument("--revision")
+
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -192,6 +210,28 @@ def _random_checkpoint(args):
     return 0
 
 
+def _finetune(args):
+    from . import finetune
+    from .hub import resolve
+    from .modeling import BridgeTowerForContrastiveLearning, BridgeTowerForImageAndTextRetrieval
+    from .processing import BridgeTowerProcessor
+    from .weights import _check_save_folder
+
+    pairs = finetune.read_pairs(args.data)  # bad data is refused before anything is loaded or written
+    _check_save_folder(Path(args.out))  # a folder of other files is refused now, not after training
+    cls = {"itm": BridgeTowerForImageAndTextRetrieval, "itc": BridgeTowerForContrastiveLearning}[args.task]
+    model = cls.from_pretrained(args.model, revision=args.revision)
+    processor = BridgeTowerProcessor.from_pretrained(args.model, revision=args.revision)
+    source = resolve(args.model, args.revision, weights=False)  # (already here: from_pretrained fetched it)
+    losses = finetune.train(model, processor, pairs, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            weight_decay=args.weight_decay, train=args.train, seed=args.seed,
+                            save_every=args.save_every, save=lambda: finetune.save(model, source, args.out))
+    out = finetune.save(model, source, args.out)
+    print(f"wrote {out}: {args.task} fine-tuned on {len(pairs)} pairs, {args.epochs} epoch(s), {len(losses)} "
+          f"steps; loss {losses[0]:.4f} -> {losses[-1]:.4f}\n  minibridge infer --model {out} IMAGE \"a caption\"")
+    return 0
+
+
 def _count(text):
     """argparse's type for a count: a positive integer."""
     if not text.strip().isdigit() or int(text) < 1:
@@ -215,7 +255,7 @@ def _found_tokenizer():
 
 
 COMMANDS = {"infer": _infer, "download": _download, "convert": _convert, "embed": _embed,
-            "random-checkpoint": _random_checkpoint}
+            "random-checkpoint": _random_checkpoint, "finetune": _finetune}
 
 
 def _is_user_error(e):
