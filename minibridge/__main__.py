@@ -14,6 +14,7 @@ EXAMPLES = """examples:
   minibridge download BridgeTower/bridgetower-large-itm-mlm-itc
   minibridge embed --model BridgeTower/bridgetower-large-itm-mlm-itc --image a.jpg b.jpg --out images.npy
   minibridge random-checkpoint weights/random-base --size base --tokenizer path/to/roberta-base
+  minibridge finetune pairs.csv --model BridgeTower/bridgetower-base-itm-mlm --out weights/my-itm --epochs 3
 """
 
 # The architectures `random-checkpoint` can make (config.py's TINY_REAL_VOCAB, BASE, LARGE).
