@@ -107,3 +107,12 @@ def my_pooler(p, features):
 def my_itm_logits(p, pooled):
     """The ITM head: one Linear from the pooled pair to two logits.  [B, 2D] -> [B, 2]"""
     return pooled @ p["fc"]["weight"].T + p["fc"]["bias"]
+
+
+# ---- notebook 7 -------------------------------------------------------------------------------------
+
+
+def my_linear(x, p):
+    """A Linear with torch's (out, in) weight, bias optional.  [..., in] -> [..., out]"""
+    y = x @ p["weight"].T
+    return y + p["bias"] if "bias" in p else y

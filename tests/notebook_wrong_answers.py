@@ -112,6 +112,10 @@ def itm_logits_weight_not_transposed(p, pooled):
     return pooled @ p["fc"]["weight"].reshape(pooled.shape[-1], -1) + p["fc"]["bias"]
 
 
+def linear_without_the_bias(x, p):
+    return x @ p["weight"].T  # the bias forgotten, also where p has one
+
+
 WRONG = {
     "my_softmax": (Wrong(softmax_without_the_max, 'y, case "row with a +1000 logit"', r"\bmax\b", shows="mine nan"),),
     "my_bpe": (Wrong(bpe_highest_rank_first, 'tokens, case "words of the training captions"', r"lowest rank"),),
@@ -125,4 +129,5 @@ WRONG = {
                       Wrong(link_tower_add_for_every_type, "interpolate", r"interpolate.*beta")),
     "my_pooler": (Wrong(pooler_mean_of_tokens, "pooled"),),
     "my_itm_logits": (Wrong(itm_logits_weight_not_transposed, "itm_logits"),),
+    "my_linear": (Wrong(linear_without_the_bias, "with_bias"),),
 }

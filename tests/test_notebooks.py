@@ -104,8 +104,8 @@ def _stub_names(stub):
     return [n.name for n in ast.parse(stub).body if isinstance(n, ast.FunctionDef)]
 
 
-def test_the_six_notebooks_are_there():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"], [p.name for p in NOTEBOOKS]
+def test_the_seven_notebooks_are_there():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"], [p.name for p in NOTEBOOKS]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
