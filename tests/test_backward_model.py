@@ -192,3 +192,22 @@ def test_the_readme_training_loop_lowers_the_loss(tmp_path):
     model.save_pretrained(tmp_path / "tuned")
     again = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(tmp_path / "tuned")
     np.testing.assert_array_equal(again(**enc).logits, model(**enc).logits)
+
+
+@pytest.mark.parametrize("prefix", ["bridgetower.text_model.encoder.layer.2", "bridgetower.text_model.encoder.layer.0",
+                                    "bridgetower.cross_modal_text_link_tower", "bridgetower.cross_modal_image_transform",
+                                    "bridgetower.vision_model.visual.ln_post", "bridgetower.token_type_embeddings",
+                                    "bridgetower.text_model.embeddings", "bridgetower.vision_model.visual.embeddings",
+                                    "bridgetower.cross_modal_image_layers.0", "bridgetower.cross_modal_text_layernorm"])
+def test_training_any_one_part_gives_the_full_backwards_gradients_for_it(prefix, tmp_path):
+    """Wherever the lowest trainable weight sits, the backward runs far enough down to give it (and only
+    what the prefix names) exactly the gradient of the full backward."""
+    config = derived(TINY, share_cross_modal_transformer_layers=False, link_tower_type="interpolate")
+    folder = save_random_checkpoint(tmp_path, config, heads=("itm",), seed=1)
+    model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
+    inputs = reference.make_inputs(config, [5, 3], seed=2)
+    _, full = model.loss_and_grads(**inputs, labels=np.array([1, 0]))
+    _, part = model.loss_and_grads(**inputs, labels=np.array([1, 0]), trainable=[prefix])
+    assert part and set(part) == {k for k in full if k.startswith(prefix)}
+    for k in part:
+        np.testing.assert_array_equal(part[k], full[k], err_msg=k)
