@@ -27,7 +27,9 @@ PROCESSOR_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "preprocessor_c
 # --train: what each choice trains, as weight-name prefixes for loss_and_grads (None = every weight).
 HEADS = {"itm": ["itm_score"],
          "itc": ["itc_text_head", "itc_image_head", "itc_cross_modal_head", "logit_scale"]}
-CROSS = ["bridgetower.cross_modal"]  # the cross-modal layers, transforms, link towers and poolers
+# The cross-modal layers, transforms, link towers and poolers; the token types and the vision tower's
+# ln_post, which also feed the cross-modal layers, stay frozen with the towers.
+CROSS = ["bridgetower.cross_modal"]
 
 
 def read_pairs(data):

@@ -468,8 +468,10 @@ def write_checkpoint(folder, config, tensors):
 
     The folder is made if need be. One that holds files but no BridgeTower checkpoint is refused
     (FileExistsError), so that nothing else is overwritten; a checkpoint's config.json and model.safetensors
-    are replaced. Both files are written under temporary names and renamed at the end, so a failure leaves
-    the folder as it was. The renames keep a model memory-mapped from the old file working.
+    are replaced. Both files are written under temporary names and renamed at the end (the weights, then
+    config.json), so a failure while writing leaves the folder as it was. The renames keep a model
+    memory-mapped from the old file working. Other weight files already there (a pytorch_model.bin, a
+    sharded index) are left alone; model.safetensors is the one both loaders read first.
     """
     folder = Path(folder)
     _check_save_folder(folder)

@@ -220,7 +220,7 @@ def _height(name, cfg):
         return 1 + depth + int(parts[1])  # one transform per cross layer
     if parts[0] in ("cross_modal_text_layernorm", "cross_modal_image_layernorm", "cross_modal_text_transform",
                     "cross_modal_image_transform", "token_type_embeddings") or name.startswith("vision_model.visual.ln_post."):
-        return 1 + depth  # these feed cross layer 0 (and the shared ones every layer above)
+        return 1 + depth  # these feed every cross layer (the shared transforms, token types, ln_post); 0 is the lowest
     return 1 + depth + N  # poolers and heads
 
 
