@@ -206,7 +206,7 @@ def test_ctrl_c_while_running_exits_130(checkpoint, monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_cli_default_model_is_infers():
+def test_the_cli_default_model_is_infers_default():
     from minibridge import __main__ as cli_main
 
     assert cli_main.DEFAULT_MODEL == sys.modules["minibridge.infer"].DEFAULT_MODEL
