@@ -10,55 +10,18 @@ import numpy as np
 import pytest
 
 import minibridge as mb
+from gradient_parity import (GRAD_TOL, LOSS_RTOL, check_loss_and_grads, labels_for, random_model,
+                             reference_loss_and_grads, scale_name)
 from minibridge.config import BASE, TINY, derived
 from minibridge.weights import save_random_checkpoint
 
 torch = pytest.importorskip("torch")
 reference = pytest.importorskip("reference")  # tests/reference.py: needs transformers
 
-# The loss is one float32 number computed in float64 by both (log-sum-exp): 1e-5 relative (the issue's bound).
-LOSS_RTOL = 1e-5
-# Each gradient is a chain of float32 matrix products summed in different orders by BLAS and by torch;
-# errors grow with depth but stay far below this bound: 1e-3 × the largest entry of that tensor's reference gradient.
-GRAD_TOL = 1e-3
-
-CLASSES = {"itm": mb.BridgeTowerForImageAndTextRetrieval, "mlm": mb.BridgeTowerForMaskedLM,
-           "itc": mb.BridgeTowerForContrastiveLearning}
-
 
 def models(config, head, folder, seed=0):
-    """(transformers model, minibridge model) of one head class with the same random weights; minibridge's
-    loaded from a checkpoint folder, as a user's would be (names as in the file, a tied decoder tied)."""
-    ref = reference.build(config, [head], seed)[head]
-    folder = save_random_checkpoint(folder, config, heads=(head,), seed=seed)
-    return ref, CLASSES[head].from_pretrained(folder)
-
-
-def labels_for(head, inputs, vocab_size, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = inputs["input_ids"]
-    if head == "itm":
-        return rng.integers(0, 2, size=ids.shape[0])
-    if head == "mlm":
-        labels = rng.integers(0, vocab_size, size=ids.shape)
-        labels[rng.random(ids.shape) < 0.4] = -100  # most positions ignored, as in MLM training
-        labels[inputs["attention_mask"] == 0] = -100
-        return labels
-    return None
-
-
-def reference_loss_and_grads(ref, head, inputs, labels, dtype=torch.float32):
-    ref = ref.to(dtype)
-    ref.zero_grad()
-    kwargs = {k: torch.from_numpy(v) for k, v in inputs.items()}
-    kwargs["pixel_values"] = kwargs["pixel_values"].to(dtype)
-    if head == "itc":
-        out = ref(**kwargs, return_loss=True)
-    else:
-        out = ref(**kwargs, labels=torch.from_numpy(labels))
-    out.loss.backward()
-    grads = {name: p.grad.numpy() for name, p in ref.named_parameters() if p.grad is not None}
-    return out.loss.item(), grads
+    """(transformers model, minibridge model) of one head class with the same random weights."""
+    return reference.build(config, [head], seed)[head], random_model(folder, config, head, seed)
 
 
 def compare(config, head, lengths, folder, seed=0):
@@ -71,30 +34,7 @@ def compare(config, head, lengths, folder, seed=0):
     # the loss equals the forward's own, and the reference's
     forward = mine(**inputs, **({"return_loss": True} if head == "itc" else {"labels": labels})).loss
     assert float(loss) == pytest.approx(float(forward), rel=1e-6), (float(loss), float(forward))
-    assert float(loss) == pytest.approx(ref_loss, rel=LOSS_RTOL), f"loss: mine {float(loss)} vs reference {ref_loss}"
-
-    nonzero_ref = {k for k, g in ref_grads.items() if np.any(g != 0)}
-    nonzero_mine = {k for k, g in grads.items() if np.any(g != 0)}
-    assert nonzero_mine == nonzero_ref, (f"only mine: {sorted(nonzero_mine - nonzero_ref)[:5]}; "
-                                         f"only the reference's: {sorted(nonzero_ref - nonzero_mine)[:5]}")
-    worst = 0.0
-    for name in sorted(nonzero_ref):
-        g, r = grads[name], ref_grads[name]
-        assert g.shape == r.shape, (name, g.shape, r.shape)
-        err = float(np.abs(g - r).max() / np.abs(ref_grads[_scale_name(name)]).max())
-        assert err < GRAD_TOL, f"{name}: max|mine − reference| = {err:.2e} × max|reference| (tol {GRAD_TOL})"
-        worst = max(worst, err)
-    return worst
-
-
-def _scale_name(name):
-    """The tensor whose gradient sets the scale of `name`'s error.
-
-    subtle: an attention key bias adds the same number to every score of a query's row, and softmax
-    ignores such a shift, so its exact gradient is 0: both sides hold float32 rounding noise (~1e-8)
-    there, and it is measured against its key weight's gradient instead (for both it is "non-zero").
-    """
-    return name.replace("key.bias", "key.weight") if ".key.bias" in name else name
+    return check_loss_and_grads(loss, grads, ref_loss, ref_grads)
 
 
 TINY_VARIANTS = {
@@ -137,7 +77,7 @@ def test_base_gradients_equal_autograd(head, tmp_path):
     _, ref64 = reference_loss_and_grads(ref, head, inputs, labels, torch.float64)
     worst, checked = 0.0, 0
     for name in sorted(nonzero):
-        scale = np.abs(ref64[_scale_name(name)]).max()
+        scale = np.abs(ref64[scale_name(name)]).max()
         torch_err = float(np.abs(ref32[name] - ref64[name]).max() / scale)
         if torch_err > GRAD_TOL / 2:
             continue  # ill-conditioned in float32 (see above)
