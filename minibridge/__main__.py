@@ -12,9 +12,28 @@ EXAMPLES = """examples:
   minibridge infer cats.jpg "two cats on a sofa" "a plate of food"
   minibridge infer http://images.cocodataset.org/val2017/000000039769.jpg "a bunch of <mask> laying on a tower."
   minibridge download BridgeTower/bridgetower-large-itm-mlm-itc
-  minibridge embed --model BridgeTower/bridgetower-large-itm-mlm-itc --image a.jpg b.jpg --out images.npy
+  minibridge embed --model BridgeTower/bridgetower-large-itm-mlm-itc --image photos/ --out photos.index
+  minibridge search photos.index "two cats on a sofa" --k 5 --rerank 20
   minibridge random-checkpoint weights/random-base --size base --tokenizer path/to/roberta-base
   minibridge finetune pairs.csv --model BridgeTower/bridgetower-base-itm-mlm --out weights/my-itm --epochs 3
+"""
+
+# `minibridge embed --out INDEX_DIR`: the index is complete, but some inputs could not be read (skipped.tsv)
+SKIPPED_STATUS = 3
+
+EMBED_HELP = """Embed images or texts with a contrastive checkpoint, one batch in memory at a time.
+
+With --out INDEX_DIR (the usual way) the vectors go to an index folder: float32 shards (.npy) and a
+manifest.json of their ids, the model and the preprocessing; `minibridge search` and
+minibridge.index.Index.open read it. An input that cannot be read (a corrupt image, a text over the
+model's length) is skipped and listed with the reason in INDEX_DIR/skipped.tsv. A run stopped by ^C or
+a crash continues with --resume, from its last complete shard.
+
+A TEXT_OR_FILE that names an existing file is read as a file (UTF-8, one caption per line, blank lines
+left out; .csv/.tsv/.parquet with --column); any other argument is the text itself.
+
+exit status: 0 every input embedded; 3 the index is complete but some inputs were skipped;
+1 an error (nothing embedded, or the run stopped: --resume continues it); 130 interrupted by ^C.
 """
 
 # The architectures `random-checkpoint` can make (config.py's TINY_REAL_VOCAB, BASE, LARGE).
@@ -63,17 +82,43 @@ def _run(argv, show_traceback):
     p.add_argument("folder")
     p.add_argument("--force", action="store_true", help="replace an existing model.safetensors")
 
-    p = sub.add_parser("embed", help="contrastive embeddings of images or texts (one vector each)")
+    p = sub.add_parser("embed", help="contrastive embeddings of images or texts: an index folder (or one .npy)",
+                       description=EMBED_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a contrastive checkpoint, e.g. "
                    "BridgeTower/bridgetower-large-itm-mlm-itc")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--image", nargs="+", metavar="PATH", help="paths or http(s) URLs")
-    group.add_argument("--text", nargs="+")
-    p.add_argument("--out", help="write the [N, C] float32 array to this .npy file (default: print shapes)")
+    group.add_argument("--image", nargs="+", metavar="PATH", help="image files, folders (searched recursively), "
+                       "glob patterns, http(s) URLs, or a table with --column")
+    group.add_argument("--text", nargs="+", metavar="TEXT_OR_FILE", help="texts, or text files with one caption "
+                       "per line, or a table with --column")
+    p.add_argument("--out", metavar="INDEX_DIR", help="the index folder to write; a name ending in .npy writes one "
+                   "[N, C] float32 array instead (every input must be readable); none: print each vector's start")
+    p.add_argument("--column", help="the column of a .csv/.tsv/.parquet input that holds the paths or texts")
+    p.add_argument("--batch-size", type=_count, help="inputs per forward pass (default 8; memory holds one batch)")
+    p.add_argument("--shard-size", type=_count, metavar="ROWS", help="rows per shard file, a multiple of the batch "
+                   "size (default: 4096 rounded up to whole batches)")
+    p.add_argument("--resume", action="store_true", help="continue the index in --out after its last complete shard")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--revision")
-    p.add_argument("--truncation", action="store_true", help="cut texts longer than 512 tokens (or --max-length)")
+    p.add_argument("--truncation", action="store_true", help="cut texts longer than the model takes (or --max-length) "
+                   "instead of skipping them")
     p.add_argument("--max-length", type=_count, help="the longest text in tokens, <s> and </s> included")
-    p.add_argument("--batch-size", type=_count, default=8, help="images or texts per forward pass (default 8)")
+    p.add_argument("--ray", action="store_true", help="run on Ray Data: a pool of actors, each holding one model "
+                   "(pip install \"minibridge[scale]\"); writes the same index")
+    p.add_argument("--address", help="with --ray: the cluster to join (default: a local Ray started for this run)")
+    p.add_argument("--actors", type=_count, default=2, help="with --ray: how many model-holding actors (default 2)")
+
+    p = sub.add_parser("search", help="the rows of an index nearest to a text or an image (ITM re-ranking optional)")
+    p.add_argument("index", help="an index folder made by `minibridge embed --out INDEX_DIR`")
+    p.add_argument("query", help="a text, for an index of images; an image path or URL, for an index of texts")
+    p.add_argument("--k", type=_count, default=10, help="rows to show (default 10)")
+    p.add_argument("--rerank", type=_count, metavar="K", help="re-score the K nearest with the image-text matching "
+                   "(ITM) head and order them by its match probability")
+    p.add_argument("--model", help="the checkpoint that embeds the query and re-ranks (default: the index's own; "
+                   "--rerank needs one with an ITM head)")
+    p.add_argument("--revision")
+    p.add_argument("--batch-size", type=_count, default=8, help="pairs per ITM forward pass (default 8)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
 
     p = sub.add_parser("random-checkpoint", help="write a checkpoint of random weights (no network): to run "
                        "the notebooks and the code offline; its outputs are noise")
@@ -140,26 +185,50 @@ def _convert(args):
 
 
 def _embed(args):
+    from .embedding import ExtraNeeded
+
+    index = args.out is not None and not args.out.endswith(".npy")
+    if not index:
+        used = [flag for flag, on in (("--resume", args.resume), ("--ray", args.ray), ("--shard-size", args.shard_size))
+                if on]
+        if used:
+            raise ValueError(f"{used[0]} needs --out INDEX_DIR (an index folder), got "
+                             + (f"--out {args.out}" if args.out else "no --out"))
+    try:
+        return _embed_index(args) if index else _embed_array(args)
+    except ExtraNeeded as e:  # an optional dependency: say what to install, without a traceback
+        print(f"minibridge embed: {e}", file=sys.stderr)
+        return 1
+
+
+def _embed_index(args):
+    from .embedding import embed_collection
+
+    options = dict(kind="image" if args.image else "text", model=args.model, out=args.out,
+                   batch_size=args.batch_size, shard_size=args.shard_size, resume=args.resume, revision=args.revision,
+                   truncation=args.truncation, max_length=args.max_length, column=args.column,
+                   progress=not args.no_progress)
+    if args.ray:
+        from .scale import embed_on_ray
+
+        report = embed_on_ray(args.image or args.text, address=args.address, actors=args.actors, **options)
+    else:
+        report = embed_collection(args.image or args.text, **options)
+    print(report)
+    return SKIPPED_STATUS if report.skipped else 0
+
+
+def _embed_array(args):
     import numpy as np
 
-    from .modeling import BridgeTowerForContrastiveLearning
-    from .processing import BridgeTowerProcessor
+    from .embedding import collect_inputs, embed_inputs
 
-    batch = args.batch_size
-    model = BridgeTowerForContrastiveLearning.from_pretrained(args.model, revision=args.revision)
-    processor = BridgeTowerProcessor.from_pretrained(args.model, revision=args.revision)
-    names = args.image or args.text
-    if args.text:  # every text is checked before any is embedded
-        processor.tokenizer(args.text, truncation=args.truncation, max_length=args.max_length)
-    vectors = []
-    for start in range(0, len(names), batch):  # a batch at a time: memory stays that of one batch
-        some = names[start:start + batch]
-        if args.image:
-            vectors.append(model.get_image_features(processor(images=some)["pixel_values"]))
-        else:
-            enc = processor(text=some, padding=True, truncation=args.truncation, max_length=args.max_length)
-            vectors.append(model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]))
-    vectors = np.concatenate([np.asarray(v, dtype=np.float32) for v in vectors])  # [N, C]
+    kind = "image" if args.image else "text"
+    names, notes = collect_inputs(args.image or args.text, kind, args.column)
+    for note in notes:
+        print(f"minibridge embed: {note}", file=sys.stderr)
+    vectors = embed_inputs(names, kind, args.model, batch_size=args.batch_size or 8, revision=args.revision,
+                           truncation=args.truncation, max_length=args.max_length)  # [N, C]
     if args.out:
         out = Path(args.out)
         tmp = out.with_name(out.name + ".partial")
@@ -173,6 +242,15 @@ def _embed(args):
     else:
         for name, v in zip(names, vectors):
             print(f"{name}: [{v.shape[0]}] first values {np.array2string(v[:4], precision=4)}")
+    return 0
+
+
+def _search(args):
+    from .retrieval import retrieve
+
+    found = retrieve(args.index, args.query, k=args.k, rerank=args.rerank, model=args.model, revision=args.revision,
+                     batch_size=args.batch_size)
+    print(found.to_json() if args.json else found)
     return 0
 
 
@@ -255,7 +333,7 @@ def _found_tokenizer():
         f"{home}), or the two files of https://huggingface.co/FacebookAI/roberta-base copied to one folder.")
 
 
-COMMANDS = {"infer": _infer, "download": _download, "convert": _convert, "embed": _embed,
+COMMANDS = {"infer": _infer, "download": _download, "convert": _convert, "embed": _embed, "search": _search,
             "random-checkpoint": _random_checkpoint, "finetune": _finetune}
 
 
