@@ -223,6 +223,11 @@ class BridgeTowerModel:
         function name -> bool; frozen weights get no gradient, and the backward stops below the lowest
         trainable layer. Returns (loss, grads): grads {name: array of that weight's shape}, named
         as in model.safetensors (the head classes prefix the backbone with "bridgetower.").
+
+        A tied MLM decoder (tie_word_embeddings) is the word-embedding matrix, one weight saved under the
+        embedding's name, whose gradient sums both uses. A `trainable` that selects the decoder's name
+        (mlm_score.decoder.weight) but not the word embeddings is refused (ValueError), rather than the
+        decoder silently left frozen: add the word embeddings to train it, or name the rest of the head.
         """
         from .backward.model import loss_and_grads
 
@@ -233,11 +238,25 @@ class BridgeTowerModel:
                                                                False)
         labels = self._check_training_labels(labels, input_ids.shape)
         keep = _trainable_rule(trainable)
+        self._check_tied_decoder(keep, trainable)
         loss, grads = loss_and_grads(self.params, self.config, self.head, self._here(input_ids),
                                      self._here(attention_mask), self._here(pixel_values),
                                      None if labels is None else self._here(labels),
                                      trainable=lambda key: keep(self.checkpoint_name(key)))
         return loss, {self.checkpoint_name(key): g for key, g in grads.items()}
+
+    def _check_tied_decoder(self, keep, trainable):
+        """Refuse a `trainable` that would train a tied decoder but not the embedding matrix it is."""
+        if self.head != "mlm" or not self.config.tie_word_embeddings:
+            return
+        embedding = self.checkpoint_name("text_model.embeddings.word_embeddings.weight")
+        if keep("mlm_score.decoder.weight") and not keep(embedding):
+            raise ValueError(
+                f"trainable={trainable!r} selects mlm_score.decoder.weight, but this model ties its MLM decoder "
+                f"to the word embeddings (tie_word_embeddings): it is {embedding}, one weight, which trainable "
+                f"leaves frozen. To train it, add {embedding.removesuffix('.weight')!r} to trainable (its "
+                "gradient sums the decoder's and the embedding lookup's, and the backward runs down to the "
+                "embeddings); to keep it frozen, name the rest of the head: ['mlm_score.transform', 'mlm_score.bias'].")
 
     def _check_training_labels(self, labels, shape):
         if self.head == "itc":
