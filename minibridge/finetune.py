@@ -96,8 +96,10 @@ def batches(pairs, batch_size, rng, negatives=True):
 
     With negatives (ITM): a batch of k pairs (label 1) followed by k negatives (label 0), the i-th
     image with the caption of another pair that is not one of that image's own captions; 2k rows.
-    Without (ITC): the k pairs alone, labels None.
+    Without (ITC): the k pairs alone, labels None; k >= 2 (spans).
     """
+    if not negatives:
+        check_contrastive(len(pairs), batch_size)
     images = [image for image, _ in pairs]
     captions = [caption for _, caption in pairs]
     true = set(pairs)
@@ -110,8 +112,8 @@ def batches(pairs, batch_size, rng, negatives=True):
                 raise ValueError(f"every caption belongs to {image}: no negative can be made for it; "
                                  "give pairs of at least two images with different captions")
     order = rng.permutation(len(pairs))
-    for start in range(0, len(pairs), batch_size):
-        some = order[start:start + batch_size]
+    for start, stop in spans(len(pairs), batch_size, contrastive=not negatives):
+        some = order[start:stop]
         batch_images = [images[i] for i in some]
         batch_captions = [captions[i] for i in some]
         if not negatives:
@@ -128,6 +130,28 @@ def batches(pairs, batch_size, rng, negatives=True):
         yield batch_images + batch_images, batch_captions + wrong, labels
 
 
+def spans(n, batch_size, contrastive=False):
+    """[(start, stop)] of an epoch's batches over n pairs: batch_size each, the last one what is left.
+
+    subtle: the contrastive loss of a single pair is 0 (its caption has no other image to be told
+    from), so a step on it would only decay the weights: for ITC a last batch of one pair joins the one
+    before (batch_size + 1 pairs).
+    """
+    starts = list(range(0, n, batch_size))
+    if contrastive and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+
+def check_contrastive(n, batch_size):
+    """Refuse what would give the contrastive loss a batch of one pair: a batch_size or a data set of 1."""
+    if batch_size < 2:
+        raise ValueError(f"the contrastive (ITC) loss needs batches of at least 2 pairs (it tells each caption's "
+                         f"image from the others of its batch), got batch_size {batch_size}")
+    if n < 2:
+        raise ValueError(f"the contrastive (ITC) loss needs at least 2 image-caption pairs, got {n}")
+
+
 def trainable_prefixes(head, train):
     """The `trainable` of loss_and_grads for --train "heads", "cross" (heads + cross-modal) or "all"."""
     if train not in ("heads", "cross", "all"):
@@ -139,7 +163,8 @@ def train(model, processor, pairs, epochs=1, batch_size=8, lr=1e-5, weight_decay
           save_every=None, save=None, log=sys.stderr):
     """Fine-tune `model` (ITM or contrastive) in place with AdamW on `pairs` [(image, caption)].
 
-    batch_size counts pairs (an ITM batch also holds as many negatives). train: "heads", "cross" or "all"
+    batch_size counts pairs (an ITM batch also holds as many negatives; an ITC batch needs 2 or more, and
+    a last batch of one pair joins the one before: spans). train: "heads", "cross" or "all"
     (trainable_prefixes). save: a function of no arguments, called every `save_every` steps. A progress
     line per step goes to `log` (None: quiet). Returns the loss of every step, in order.
     """
@@ -147,10 +172,12 @@ def train(model, processor, pairs, epochs=1, batch_size=8, lr=1e-5, weight_decay
         raise ValueError(f"fine-tuning trains the ITM or the contrastive (ITC) head; got a "
                          f"{type(model).__name__} (head {model.head!r})")
     trainable = trainable_prefixes(model.head, train)
+    if model.head == "itc":
+        check_contrastive(len(pairs), batch_size)
     processor.tokenizer([c for _, c in pairs])  # every caption is checked (length) before any step
     optimizer = AdamW(model, lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
-    steps = -(-len(pairs) // batch_size)  # per epoch
+    steps = len(spans(len(pairs), batch_size, contrastive=model.head == "itc"))  # per epoch
     losses, step = [], 0
     for epoch in range(1, epochs + 1):
         epoch_losses = []

@@ -204,3 +204,53 @@ def test_an_out_folder_of_other_files_is_refused_before_training(checkpoint, dat
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "holds 1 file(s) (todo.txt) and no config.json" in r.stderr and "epoch" not in r.stderr
     assert [p.name for p in out.iterdir()] == ["todo.txt"]
+
+
+@pytest.mark.parametrize("n", range(2, 12))
+@pytest.mark.parametrize("batch_size", [2, 3, 4, 5])
+def test_an_itc_epoch_never_has_a_batch_of_one_pair(n, batch_size):
+    """The contrastive loss of one pair is 0: a step on it would only decay the weights. A last batch of
+    one pair joins the one before; every pair is still seen once per epoch."""
+    pairs = [(f"{i}.jpg", f"caption {i}") for i in range(n)]
+    sizes, seen = [], []
+    for images, captions, labels in finetune.batches(pairs, batch_size, np.random.default_rng(0), negatives=False):
+        assert labels is None and len(images) == len(captions)
+        sizes.append(len(images))
+        seen += list(zip(images, captions))
+    assert min(sizes) >= 2 and max(sizes) <= batch_size + 1, sizes
+    assert sorted(seen) == sorted(pairs)
+    if n % batch_size == 1 and n > batch_size:
+        assert sizes[-1] == batch_size + 1, sizes
+    # ITM keeps its last batch of one pair: with its negative it is two rows, both labels
+    itm = [len(b[0]) for b in finetune.batches(pairs, batch_size, np.random.default_rng(0))]
+    assert itm == [2 * min(batch_size, n - s) for s in range(0, n, batch_size)]
+
+
+def test_itc_batches_of_fewer_than_two_pairs_are_refused():
+    pairs = [("a.jpg", "a cat"), ("b.jpg", "a dog")]
+    with pytest.raises(ValueError, match=r"contrastive \(ITC\) loss needs batches of at least 2 pairs .* got batch_size 1"):
+        list(finetune.batches(pairs, 1, np.random.default_rng(0), negatives=False))
+    with pytest.raises(ValueError, match=r"contrastive \(ITC\) loss needs at least 2 image-caption pairs, got 1"):
+        list(finetune.batches(pairs[:1], 4, np.random.default_rng(0), negatives=False))
+
+
+def test_itc_training_takes_no_step_on_a_single_pair(checkpoint, data):
+    model = mb.BridgeTowerForContrastiveLearning.from_pretrained(checkpoint)
+    processor = mb.BridgeTowerProcessor.from_pretrained(checkpoint)
+    pairs = finetune.read_pairs(data / "photos")  # 5 pairs: batches of 2 and 3
+    log = io.StringIO()
+    losses = finetune.train(model, processor, pairs, epochs=2, batch_size=2, lr=1e-4, train="heads", log=log)
+    assert len(losses) == 4 and min(losses) > 0.1, losses  # (one pair's loss would be 0.0)
+    assert log.getvalue().count("step 2/2 ") == 2 and "step 3/" not in log.getvalue(), log.getvalue()
+
+    before = {n: np.array(w) for n, w in model.state_dict().items()}
+    for bad_pairs, batch_size, message in [(pairs, 1, "at least 2 pairs .* got batch_size 1"),
+                                           (pairs[:1], 8, "at least 2 image-caption pairs, got 1")]:
+        with pytest.raises(ValueError, match=message):
+            finetune.train(model, processor, bad_pairs, batch_size=batch_size, log=None)
+    assert all(np.array_equal(w, before[n]) for n, w in model.state_dict().items())  # refused before any step
+    r = cli("finetune", data / "photos", "--model", checkpoint, "--out", data / "out", "--task", "itc",
+            "--batch-size", 1)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "epoch" not in r.stderr, r.stderr
+    assert r.stderr.startswith("minibridge finetune: the contrastive (ITC) loss needs batches of at least 2 pairs")
+    assert not (data / "out").exists()
