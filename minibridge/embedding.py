@@ -302,6 +302,13 @@ class EmbedReport:
     read_now: int = 0
     notes: list = field(default_factory=list)
 
+    @classmethod
+    def of(cls, writer, inputs, start, start_time, notes):
+        """The report of a finished IndexWriter: `inputs` in all, this run from input `start`."""
+        m = writer.manifest
+        return cls(writer.folder, m["rows"], [(s["id"], s["reason"]) for s in m["skipped"]], inputs,
+                   time.monotonic() - start_time, inputs - start, notes)
+
     def __str__(self):
         lines = [f"wrote {self.folder}: {self.rows} of {self.inputs} inputs embedded"
                  + (f" ({self.read_now} read by this run in {self.seconds:.1f} s)" if self.read_now != self.inputs else
@@ -327,7 +334,7 @@ def embed_collection(inputs, kind, model, out, batch_size=None, shard_size=None,
     start_time = time.monotonic()
     items, notes = collect_inputs(inputs, kind, column)  # bad arguments fail before the model loads
     embedder = Embedder(model, kind, revision, truncation, max_length)
-    batch_size, shard_size = _sizes(out, resume, batch_size, shard_size)
+    batch_size, shard_size = shard_sizes(out, resume, batch_size, shard_size)
     header = describe(embedder, model, revision, items, batch_size, shard_size)
     writer = IndexWriter(out, header, resume=resume)
     start = writer.inputs_done
@@ -337,13 +344,11 @@ def embed_collection(inputs, kind, model, out, batch_size=None, shard_size=None,
                 writer.add(embedder.embed(loaded), [items[p] for p in positions], positions)
             bar.update(consumed)
     writer.finish(len(items))
-    m = writer.manifest
-    return EmbedReport(Path(out), m["rows"], [(s["id"], s["reason"]) for s in m["skipped"]], len(items),
-                       time.monotonic() - start_time, len(items) - start, notes)
+    return EmbedReport.of(writer, len(items), start, start_time, notes)
 
 
-def _sizes(out, resume, batch_size, shard_size):
-    """(batch_size, shard_size): given, or the resumed index's, or the defaults; checked."""
+def shard_sizes(out, resume, batch_size, shard_size):
+    """(batch_size, shard_size): as given, else the resumed index's, else the defaults; checked."""
     from .index import MANIFEST, read_manifest
 
     if resume and (Path(out) / MANIFEST).is_file():
