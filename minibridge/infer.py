@@ -108,19 +108,26 @@ def infer(image, text, model=DEFAULT_MODEL, task=None, top_k=5, revision=None, d
     scores, filled, candidates = [], [], []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        chunk_ids, mask = _pad([ids[t] for _, t in chunk], tok.pad_token_id)  # [b, T]
         if task == "itc":
+            chunk_ids, mask = _pad([ids[t] for _, t in chunk], tok.pad_token_id)  # [b, T]
             # subtle: each tower alone, as the embeddings are defined; the image is embedded once
             text_emb = _numpy(net.get_text_features(input_ids=chunk_ids, attention_mask=mask))  # [b, C]
             image_emb = np.concatenate([made.embedding(net, i) for i, _ in chunk])  # [b, C]
             scores += (text_emb * image_emb).sum(-1).tolist()
             continue
-        chunk_pixels = np.concatenate([made.pixels(i) for i, _ in chunk])  # [b, 3, S, S]
-        logits = _numpy(net(input_ids=chunk_ids, attention_mask=mask, pixel_values=chunk_pixels).logits)
+        # Each distinct text and image of the chunk goes through its tower once (one image scored
+        # against every text: once in all); only the cross-modal layers run per pair.
+        text_of = {t: k for k, t in enumerate(dict.fromkeys(t for _, t in chunk))}  # text index -> row
+        image_of = {i: k for k, i in enumerate(dict.fromkeys(i for i, _ in chunk))}
+        chunk_ids, mask = _pad([ids[t] for t in text_of], tok.pad_token_id)  # [nt, T]
+        text_b = net.encode_text(input_ids=chunk_ids, attention_mask=mask)
+        image_b = made.bridged(net, list(image_of))
+        logits = _numpy(net.forward_pairs(text_b, image_b, mask, np.array([text_of[t] for _, t in chunk]),
+                                          np.array([image_of[i] for i, _ in chunk])).logits)
         if task == "itm":
             scores += softmax(logits)[:, 1].tolist()  # [b, 2] -> P(match)
         else:
-            f, c = _fill_masks(tok, chunk_ids, logits, top_k)  # logits [b, T, V]
+            f, c = _fill_masks(tok, chunk_ids[[text_of[t] for _, t in chunk]], logits, top_k)  # logits [b, T, V]
             filled += f
             candidates += c
     if task == "mlm":
@@ -167,7 +174,8 @@ def _name(image, index):
 
 
 class _Images:
-    """Each image's pixel_values [1, 3, S, S] (and, for itc, its embedding [1, C]), made when first needed.
+    """Each image's pixel_values [1, 3, S, S] (and its tower's output: its embedding [1, C] for itc,
+    its bridges' inputs for itm and mlm), made when first needed.
 
     One image, scored against every text, is processed once and kept; several images each appear
     in one row, so nothing is kept and memory stays that of one batch.
@@ -181,6 +189,11 @@ class _Images:
 
     def embedding(self, net, i):
         return self._made(("itc", i), lambda: _numpy(net.get_image_features(pixel_values=self.pixels(i))))
+
+    def bridged(self, net, indices):
+        """The images `indices` through the vision tower (model.Bridged), one batch; kept for one image."""
+        make = lambda: net.encode_image(np.concatenate([self.pixels(i) for i in indices]))  # noqa: E731
+        return self._made(("bridged", tuple(indices)), make)
 
     def _made(self, key, make):
         if key not in self.kept:

@@ -21,7 +21,7 @@ from .backend import array_module
 from .bridge import cross_modal_layer, link_tower, to_cross_space
 from .heads import contrastive_embedding, pooler
 from .ops import additive_mask, layer_norm
-from .text import bert_layer, text_embed
+from .text import bert_attention, bert_ffn, bert_layer, text_embed
 from .vision import vision_block, vision_embed
 
 
@@ -112,6 +112,126 @@ def bridgetower(p, cfg, input_ids, attention_mask, pixel_values, interpolate_pos
     pooled = xp.concatenate([pooler(p["cross_modal_text_pooler"], x),
                              pooler(p["cross_modal_image_pooler"], y)], axis=-1)  # 2 × [B, D] -> [B, 2D]
     return {"text_features": x, "image_features": y, "pooler_output": pooled, "text_last": t, "image_last": v}
+
+
+# ---- the same pass in two phases: each tower once per input, the cross-modal stack once per pair ------
+#
+# `bridgetower` above runs the towers in lockstep with the cross-modal stack, the way the paper draws
+# it. Nothing in a tower depends on the other modality, though, so the same numbers come out of two
+# phases: run each tower alone and keep what it hands the bridges (`text_bridged`, `image_bridged`),
+# then run the cross-modal stack on pairs of those (`cross_modal`). One image scored against eight
+# texts then runs the 12-layer vision tower once, not eight times: only the cross-modal layers run
+# per pair. tests/test_pairs.py checks the two forms agree.
+
+
+@dataclass
+class Bridged:
+    """One tower's output, as the cross-modal stack reads it, for a batch of inputs of one modality.
+
+    states: N × [B, S, D]   tower layer first + l put into the cross-modal space (to_cross_space):
+                            what cross-modal layer l reads from this side
+    last:   [B, S, Dt|Dv]   the tower's last layer (the contrastive head reads it)
+    """
+
+    states: list
+    last: object
+
+    def pick(self, rows):
+        """The rows of these inputs that a batch of pairs reads, e.g. [0, 0, 0] for one input in three pairs."""
+        return Bridged([s[rows] for s in self.states], self.last[rows])
+
+
+def text_bridged(p, cfg, input_ids, attention_mask):
+    """The text tower alone, keeping what feeds the bridges.  [B, T] ids -> Bridged (states [B, T, D])"""
+    tc, first = cfg.text_config, cfg.first_bridged_layer
+    mask = additive_mask(attention_mask)
+    t = text_embed(p["text_model"]["embeddings"], input_ids, tc)
+    states = []
+    for i, layer in enumerate(p["text_model"]["encoder"]["layer"]):
+        t, _ = bert_layer(layer, t, tc, mask)
+        if i >= first:
+            states.append(to_cross_space(p, cfg, "text", t, i - first))  # [B, T, D]
+    return Bridged(states, t)
+
+
+def image_bridged(p, cfg, pixel_values, interpolate_pos_encoding=False):
+    """The vision tower alone, keeping what feeds the bridges.  [B, 3, H, W] -> Bridged (states [B, L, D])"""
+    vc, first = cfg.vision_config, cfg.first_bridged_layer
+    visual = p["vision_model"]["visual"]
+    v = vision_embed(visual, pixel_values, vc, interpolate_pos_encoding)
+    states = []
+    for i, block in enumerate(visual["transformer"]["resblocks"]):
+        v, _ = vision_block(block, v, vc)
+        if i >= first:
+            states.append(to_cross_space(p, cfg, "image", v, i - first))  # [B, L, D]
+    return Bridged(states, v)
+
+
+# What a head reads from the last cross-modal layer: everything, only the first row of each stream
+# (the poolers: ITM and the contrastive head), or only the text stream (MLM).
+READS = ("all", "first", "text")
+
+
+def cross_modal(p, cfg, text, image, attention_mask, read="all"):
+    """The cross-modal stack and poolers on pairs: row k of `text` with row k of `image`.
+
+    text, image: Bridged of the same batch size P (Bridged.pick makes pairs); attention_mask [P, T].
+    read: "all", or "first" / "text" to skip, in the last layer, what the head never reads
+    ("first": only position 0 of each stream, what the poolers read; "text": no image stream, no
+    poolers). Returns text_features [P, T, D] (position 0 only: [P, 1, D], for "first"),
+    image_features [P, L, D] ([P, 1, D]; None for "text"), pooler_output [P, 2D] (None for "text").
+    """
+    if read not in READS:
+        raise ValueError(f"read must be one of {READS}, got {read!r}")
+    tc, eps, N = cfg.text_config, cfg.layer_norm_eps, cfg.num_hidden_layers
+    mask = additive_mask(attention_mask)  # [P, 1, 1, T], or None
+    for l in range(N):
+        h_text, h_image = text.states[l], image.states[l]
+        if l == 0:
+            x_in = layer_norm(h_text, p["cross_modal_text_layernorm"], eps)
+            y_in = layer_norm(h_image, p["cross_modal_image_layernorm"], eps)
+        else:
+            x_in = link_tower(p["cross_modal_text_link_tower"][l - 1], h_text, x, cfg.link_tower_type, eps)
+            y_in = link_tower(p["cross_modal_image_link_tower"][l - 1], h_image, y, cfg.link_tower_type, eps)
+        if read != "all" and l == N - 1:  # the last layer: only what the head reads (_last_layer)
+            return _last_layer(p, cfg, x_in, y_in, mask, read)
+        x, _, _ = cross_modal_layer(p["cross_modal_text_layers"][l], x_in, y_in, tc, mask, None)
+        y, _, _ = cross_modal_layer(p["cross_modal_image_layers"][l], y_in, x_in, tc, None, mask)
+    return _pooled(p, x, y)
+
+
+def _last_layer(p, cfg, x_in, y_in, mask, read):
+    """The last cross-modal layer, computing only the rows `read` asks for (cross_modal).
+
+    A row that is never read is never computed: "text" leaves out the image stream; "first" runs
+    each stream with its position 0 alone as queries (keys and values still every position).
+    """
+    if read == "text":  # MLM: the text stream only
+        x, _, _ = cross_modal_layer(p["cross_modal_text_layers"][-1], x_in, y_in, cfg.text_config, mask, None)
+        return {"text_features": x, "image_features": None, "pooler_output": None}
+    x = _first_position(p["cross_modal_text_layers"][-1], x_in, y_in, cfg.text_config, mask, None)  # [P, 1, D]
+    y = _first_position(p["cross_modal_image_layers"][-1], y_in, x_in, cfg.text_config, None, mask)
+    return _pooled(p, x, y)
+
+
+def _first_position(p, x, other, cfg, self_mask, cross_mask):
+    """bridge.cross_modal_layer's output at position 0 alone.  [B, S, D] -> [B, 1, D]
+
+    Its three blocks with only x[:, :1] as queries: keys and values are still every position of x
+    (self-attention) and of `other` (cross-attention), so row 0 is the full layer's row 0.
+    """
+    H, eps = cfg.num_attention_heads, cfg.layer_norm_eps
+    a, _ = bert_attention(p["attention"], x[:, :1], x, H, eps, self_mask)  # [B, 1, D]
+    c, _ = bert_attention(p["crossattention"], a, other, H, eps, cross_mask)  # [B, 1, D]
+    return bert_ffn(p, c, eps)
+
+
+def _pooled(p, x, y):
+    """The two poolers on the last layer's streams, concatenated: pooler_output [P, 2D]."""
+    xp = array_module(x)
+    pooled = xp.concatenate([pooler(p["cross_modal_text_pooler"], x),
+                             pooler(p["cross_modal_image_pooler"], y)], axis=-1)  # 2 × [P, D] -> [P, 2D]
+    return {"text_features": x, "image_features": y, "pooler_output": pooled}
 
 
 # ---- one tower alone, and the contrastive embeddings ------------------------------------------

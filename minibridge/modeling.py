@@ -21,9 +21,9 @@ import numpy as np
 from .backend import array_module, is_cupy, to_device, to_numpy
 from .config import BridgeTowerConfig, ConfigError
 from .heads import contrastive_loss, itm_logits, mlm_logits
-from .model import (Trace, bridgetower, cross_embedding, image_embedding, text_embedding, text_tower,
-                    vision_tower)
-from .ops import cross_entropy
+from .model import (Bridged, Trace, bridgetower, cross_embedding, cross_modal, image_bridged, image_embedding,
+                    text_bridged, text_embedding, text_tower, vision_tower)
+from .ops import cross_entropy, softmax
 from .weights import (WeightsError, check_weights, expected_shapes, head_shapes, heads_in, read_checkpoint, to_flat,
                       to_tree, write_checkpoint)
 
@@ -87,6 +87,7 @@ class BridgeTowerModel:
     """The backbone: two towers, bridges and the cross-modal stack. Outputs features and pooler."""
 
     head = "model"  # which head's parameters the checkpoint must hold (weights.head_shapes)
+    reads = "all"  # what the head reads of the last cross-modal layer (model.READS)
 
     def __init__(self, config, params):
         self.config = config
@@ -180,8 +181,46 @@ class BridgeTowerModel:
         """
         feats, extras = self._backbone(input_ids, attention_mask, pixel_values, interpolate_pos_encoding,
                                        output_hidden_states, output_attentions)
+        return self._output(feats, extras)
+
+    def _output(self, feats, extras):
+        """The output object from the backbone's features (each head class has its own)."""
         return BridgeTowerModelOutput(text_features=feats["text_features"], image_features=feats["image_features"],
                                       pooler_output=feats["pooler_output"], **extras)
+
+    # -- pairs: each tower once per distinct input, the cross-modal stack per pair --
+
+    def encode_text(self, input_ids=None, attention_mask=None):
+        """The text tower alone, keeping what the bridges read: [B, T] ids -> model.Bridged.
+
+        With encode_image and forward_pairs: one text against many images runs the text tower once.
+        """
+        input_ids, attention_mask = check_text(self.config.text_config, input_ids, attention_mask)
+        return text_bridged(self.params, self.config, self._here(input_ids), self._here(attention_mask))
+
+    def encode_image(self, pixel_values=None, interpolate_pos_encoding=False):
+        """The vision tower alone, keeping what the bridges read: [B, 3, H, W] -> model.Bridged."""
+        pixel_values = check_pixels(self.config.vision_config, pixel_values, interpolate_pos_encoding)
+        return image_bridged(self.params, self.config, self._here(pixel_values), interpolate_pos_encoding)
+
+    def forward_pairs(self, text, image, attention_mask, text_rows=None, image_rows=None):
+        """The head's output for pairs of already encoded texts and images (encode_text, encode_image).
+
+        text: Bridged of Nt texts, attention_mask their mask [Nt, T]; image: Bridged of Ni images.
+        Pair k joins text text_rows[k] with image image_rows[k] (None: row k of each, so Nt = Ni).
+        Only the cross-modal layers run here, once per pair. Equal to forward on the same pairs.
+        """
+        attention_mask = self._here(attention_mask)
+        if text_rows is not None:
+            text, attention_mask = text.pick(self._here(text_rows)), attention_mask[self._here(text_rows)]
+        if image_rows is not None:
+            image = image.pick(self._here(image_rows))
+        if text.last.shape[0] != image.last.shape[0]:
+            raise ValueError(f"got {text.last.shape[0]} texts and {image.last.shape[0]} images to pair; pass "
+                             "text_rows and image_rows of one length (pair k: text text_rows[k], image image_rows[k])")
+        feats = cross_modal(self.params, self.config, text, image, attention_mask, self.reads)
+        feats.update(text_last=text.last, image_last=image.last)
+        return self._output(feats, {})
 
     # -- shared plumbing --
 
@@ -198,6 +237,14 @@ class BridgeTowerModel:
                   output_hidden_states, output_attentions):
         input_ids, attention_mask, pixel_values = check_inputs(
             self.config, input_ids, attention_mask, pixel_values, interpolate_pos_encoding)
+        if not (output_hidden_states or output_attentions):
+            # The two-phase form of the same pass (model.cross_modal), which skips in the last layer
+            # the rows this head never reads; bridgetower below keeps every layer's states on the way.
+            text = text_bridged(self.params, self.config, self._here(input_ids), self._here(attention_mask))
+            image = image_bridged(self.params, self.config, self._here(pixel_values), interpolate_pos_encoding)
+            feats = cross_modal(self.params, self.config, text, image, self._here(attention_mask), self.reads)
+            feats.update(text_last=text.last, image_last=image.last)
+            return feats, {}
         trace = Trace(keep_hidden=output_hidden_states, keep_attentions=output_attentions)
         feats = bridgetower(self.params, self.config, self._here(input_ids), self._here(attention_mask),
                             self._here(pixel_values), interpolate_pos_encoding, trace)
@@ -295,44 +342,74 @@ class BridgeTowerForImageAndTextRetrieval(BridgeTowerModel):
     """Image-text matching (ITM): does this text describe this image? logits [B, 2], index 1 = yes."""
 
     head = "itm"
+    reads = "first"  # the poolers read position 0 of each stream
 
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None,
                 interpolate_pos_encoding=False, output_hidden_states=False, output_attentions=False):
         """As BridgeTowerModel.forward; labels [B] in {0, 1} adds the cross-entropy loss."""
         feats, extras = self._backbone(input_ids, attention_mask, pixel_values, interpolate_pos_encoding,
                                        output_hidden_states, output_attentions)
-        logits = itm_logits(self.params["itm_score"], feats["pooler_output"])  # [B, 2]
-        loss = None
+        out = self._output(feats, extras)
         if labels is not None:
-            labels = check_labels(labels, (logits.shape[0],), 2, "labels", allow_ignore=False)
-            loss = cross_entropy(logits, array_module(logits).asarray(labels))
-        return ImageTextMatchingOutput(logits=logits, loss=loss, **extras)
+            labels = check_labels(labels, (out.logits.shape[0],), 2, "labels", allow_ignore=False)
+            out.loss = cross_entropy(out.logits, array_module(out.logits).asarray(labels))
+        return out
+
+    def _output(self, feats, extras):
+        return ImageTextMatchingOutput(logits=itm_logits(self.params["itm_score"], feats["pooler_output"]),  # [B, 2]
+                                       **extras)
+
+    def score_pairs(self, input_ids=None, attention_mask=None, pixel_values=None, batch_size=32):
+        """Every image against every text: the match probability softmax(logits)[1], [images, texts].
+
+        input_ids [N, T] (attention_mask [N, T]) and pixel_values [I, 3, H, W]: each tower runs once
+        per text and once per image; the cross-modal layers run once per pair, batch_size pairs at a
+        time (memory stays that of batch_size pairs and the encoded inputs).
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        text = self.encode_text(input_ids, attention_mask)
+        mask = attention_mask if attention_mask is not None else np.ones(np.shape(input_ids), dtype=np.int64)
+        image = self.encode_image(pixel_values)
+        n_images, n_texts = image.last.shape[0], text.last.shape[0]
+        image_rows, text_rows = np.divmod(np.arange(n_images * n_texts), n_texts)  # pair k: (k // N, k % N)
+        scores = []
+        for start in range(0, n_images * n_texts, batch_size):
+            rows = slice(start, start + batch_size)
+            logits = self.forward_pairs(text, image, mask, text_rows[rows], image_rows[rows]).logits  # [b, 2]
+            scores.append(to_numpy(softmax(logits))[:, 1])
+        return np.concatenate(scores).reshape(n_images, n_texts)
 
 
 class BridgeTowerForMaskedLM(BridgeTowerModel):
     """Masked language modelling: vocabulary scores for every text position, logits [B, T, V]."""
 
     head = "mlm"
+    reads = "text"  # the MLM head reads the text stream alone
 
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, pixel_mask=None, labels=None,
                 interpolate_pos_encoding=False, output_hidden_states=False, output_attentions=False):
         """As BridgeTowerModel.forward; labels [B, T] (token ids, -100 = ignore) adds the mean loss."""
         feats, extras = self._backbone(input_ids, attention_mask, pixel_values, interpolate_pos_encoding,
                                        output_hidden_states, output_attentions)
-        logits = mlm_logits(self.params["mlm_score"], feats["text_features"], self.config.layer_norm_eps)
-        loss = None
+        out = self._output(feats, extras)
         if labels is not None:
             V = self.config.text_config.vocab_size
-            labels = check_labels(labels, logits.shape[:2], V, "labels", allow_ignore=True)
-            xp = array_module(logits)
-            loss = cross_entropy(logits.reshape(-1, V), xp.asarray(labels).reshape(-1))  # [B·T, V]
-        return MaskedLMOutput(logits=logits, loss=loss, **extras)
+            labels = check_labels(labels, out.logits.shape[:2], V, "labels", allow_ignore=True)
+            xp = array_module(out.logits)
+            out.loss = cross_entropy(out.logits.reshape(-1, V), xp.asarray(labels).reshape(-1))  # [B·T, V]
+        return out
+
+    def _output(self, feats, extras):
+        return MaskedLMOutput(logits=mlm_logits(self.params["mlm_score"], feats["text_features"],  # [B, T, V]
+                                                self.config.layer_norm_eps), **extras)
 
 
 class BridgeTowerForContrastiveLearning(BridgeTowerModel):
     """Contrastive (ITC) head: L2-normalised text, image and cross-modal embeddings, [B, C] each."""
 
     head = "itc"
+    reads = "first"  # the poolers read position 0 of each stream
 
     @classmethod
     def _check_config(cls, config):
@@ -353,15 +430,20 @@ class BridgeTowerForContrastiveLearning(BridgeTowerModel):
         """As BridgeTowerModel.forward; return_loss=True adds the 3-term contrastive loss (labels = arange(B))."""
         feats, extras = self._backbone(input_ids, attention_mask, pixel_values, interpolate_pos_encoding,
                                        output_hidden_states, output_attentions)
+        out = self._output(feats, extras)
+        if return_loss:
+            out.loss = contrastive_loss(out.text_embeds, out.image_embeds, out.cross_embeds, out.logit_scale)
+        return out
+
+    def _output(self, feats, extras):
         p = self.params
         text = text_embedding(p, feats["text_last"])  # [B, C]
         image = image_embedding(p, self.config, feats["image_last"])  # [B, C]
         cross = cross_embedding(p, feats["pooler_output"])  # [B, C]
         xp = array_module(text)
         scale = xp.exp(p["logit_scale"])  # stored in log space
-        loss = contrastive_loss(text, image, cross, scale) if return_loss else None
         return ContrastiveOutput(logits=xp.stack([text, image, cross], axis=-2), text_embeds=text,  # 3 × [B, C] -> [B, 3, C]
-                                 image_embeds=image, cross_embeds=cross, logit_scale=scale, loss=loss, **extras)
+                                 image_embeds=image, cross_embeds=cross, logit_scale=scale, **extras)
 
     def get_text_features(self, input_ids=None, attention_mask=None):
         """Text embeddings alone, running only the text tower: [B, T] ids -> [B, C], L2-normalised.

@@ -71,10 +71,11 @@ def test_long_lists_run_in_batches_of_batch_size(checkpoint, monkeypatch):
     """Before: 1,000 texts were one forward pass (~21.5 MB per text on the base model). Now every pass
     holds at most batch_size pairs, and the scores do not depend on the batch size."""
     texts = [f"caption number {k} of a photo" for k in range(23)]
-    seen = []
-    forward = mb.BridgeTowerForImageAndTextRetrieval.forward
-    monkeypatch.setattr(mb.BridgeTowerForImageAndTextRetrieval, "forward",
-                        lambda self, **kw: seen.append(kw["input_ids"].shape[0]) or forward(self, **kw))
+    seen = []  # pairs per cross-modal pass (infer runs the towers once per text and image, then pairs)
+    forward = mb.BridgeTowerForImageAndTextRetrieval.forward_pairs
+    monkeypatch.setattr(mb.BridgeTowerForImageAndTextRetrieval, "forward_pairs",
+                        lambda self, text, image, mask, text_rows, image_rows:
+                        seen.append(len(text_rows)) or forward(self, text, image, mask, text_rows, image_rows))
     small = mb.infer(PHOTO, texts, model=checkpoint, task="itm", batch_size=5).scores
     assert seen == [5, 5, 5, 5, 3]
     seen.clear()

@@ -1,0 +1,120 @@
+"""Each tower once per input, the cross-modal stack once per pair (issue 13, item 2).
+
+model.cross_modal on the towers' model.Bridged outputs is the same pass as the lockstep
+model.bridgetower (which the parity tests compare with transformers); the head classes' forward,
+forward_pairs and score_pairs run it; and one image against N texts runs the vision tower once.
+"""
+
+import numpy as np
+import pytest
+
+import minibridge as mb
+from minibridge import model as M
+from minibridge.config import TINY, BridgeTowerConfig, derived
+from minibridge.weights import random_weights, save_random_checkpoint, to_tree
+
+from helpers import assert_close
+
+# The two forms make the same float32 products on the same rows; the last layer's first-position
+# form multiplies a [B, 1, D] block instead of [B, S, D], which BLAS may sum in another order:
+# a few float32 roundings of the outputs (|x| ≲ 5), far below the parity tolerance (1e-4).
+SAME_PASS_TOL = 1e-5
+
+VARIANTS = {
+    "tiny": {},
+    "interpolate, unshared transforms": {"link_tower_type": "interpolate", "share_cross_modal_transformer_layers": False},
+    "scaled_add, one cross layer": {"link_tower_type": "scaled_add", "num_hidden_layers": 1},
+}
+
+
+def setup(overrides, batch=3, seed=0):
+    cfg = BridgeTowerConfig.from_dict(derived(TINY, **overrides))
+    p = to_tree(random_weights(cfg, ("itm", "mlm", "itc"), seed))
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, cfg.text_config.vocab_size, (batch, 7))
+    mask = np.ones_like(ids)
+    mask[1, 4:] = 0  # a padded text
+    size = cfg.vision_config.image_size
+    pixels = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
+    return cfg, p, ids, mask, pixels
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("read", M.READS)
+def test_two_phases_equal_the_lockstep_pass(variant, read):
+    cfg, p, ids, mask, pixels = setup(VARIANTS[variant])
+    ref = M.bridgetower(p, cfg, ids, mask, pixels)
+    text, image = M.text_bridged(p, cfg, ids, mask), M.image_bridged(p, cfg, pixels)
+    out = M.cross_modal(p, cfg, text, image, mask, read)
+    assert_close(text.last, ref["text_last"], "text tower's last layer", SAME_PASS_TOL)
+    assert_close(image.last, ref["image_last"], "vision tower's last layer", SAME_PASS_TOL)
+    rows = slice(0, 1) if read == "first" else slice(None)  # "first" computes position 0 alone
+    assert_close(out["text_features"], ref["text_features"][:, rows], f"text_features ({read})", SAME_PASS_TOL)
+    if read == "text":
+        assert out["image_features"] is None and out["pooler_output"] is None
+    else:
+        assert_close(out["image_features"], ref["image_features"][:, rows], f"image_features ({read})", SAME_PASS_TOL)
+        assert_close(out["pooler_output"], ref["pooler_output"], f"pooler_output ({read})", SAME_PASS_TOL)
+
+
+def test_an_unknown_read_is_refused():
+    cfg, p, ids, mask, pixels = setup({})
+    text, image = M.text_bridged(p, cfg, ids, mask), M.image_bridged(p, cfg, pixels)
+    with pytest.raises(ValueError, match="read must be one of"):
+        M.cross_modal(p, cfg, text, image, mask, "cls")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return save_random_checkpoint(tmp_path_factory.mktemp("pairs") / "tiny", TINY,
+                                  heads=("itm", "mlm", "itc"), seed=3)
+
+
+def _scores(logits):
+    return mb.ops.softmax(logits)[:, 1]
+
+
+def test_score_pairs_equals_scoring_each_pair_alone(folder):
+    """[images, texts] from score_pairs equals forward on each pair by itself (batch 1, no sharing)."""
+    model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
+    cfg, _, ids, mask, pixels = setup({}, batch=4, seed=1)
+    pixels = pixels[:2]  # 2 images × 4 texts
+    got = model.score_pairs(ids, mask, pixels, batch_size=3)  # 8 pairs in passes of 3, 3, 2
+    assert got.shape == (2, 4)
+    for i in range(2):
+        for t in range(4):
+            alone = model(input_ids=ids[t:t + 1, :mask[t].sum()], pixel_values=pixels[i:i + 1]).logits
+            assert_close(got[i, t], _scores(alone)[0], f"score of image {i} with text {t}", SAME_PASS_TOL)
+
+
+def test_one_image_runs_the_vision_tower_once(folder, monkeypatch):
+    model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
+    cfg, _, ids, mask, pixels = setup({}, batch=8, seed=2)
+    batches = []  # the batch size of every vision block call
+    block = M.vision_block
+    monkeypatch.setattr(M, "vision_block", lambda p, x, c: batches.append(x.shape[0]) or block(p, x, c))
+    scores = model.score_pairs(ids, mask, pixels[:1], batch_size=8)
+    assert batches == [1] * cfg.depth, f"vision blocks ran on batches {batches}, expected one image per block"
+    one_batch = _scores(model(input_ids=ids, attention_mask=mask, pixel_values=np.repeat(pixels[:1], 8, 0)).logits)
+    assert_close(scores[0], one_batch, "1 image × 8 texts vs the repeated image in one batch", SAME_PASS_TOL)
+
+
+@pytest.mark.parametrize("head", ["itm", "mlm", "itc"])
+def test_forward_pairs_equals_forward_on_the_same_pairs(folder, head):
+    cls = {"itm": mb.BridgeTowerForImageAndTextRetrieval, "mlm": mb.BridgeTowerForMaskedLM,
+           "itc": mb.BridgeTowerForContrastiveLearning}[head]
+    model = cls.from_pretrained(folder)
+    cfg, _, ids, mask, pixels = setup({}, batch=3, seed=4)
+    text_rows, image_rows = np.array([0, 1, 2, 0, 1]), np.array([0, 0, 1, 2, 2])  # repeats on both sides
+    out = model.forward_pairs(model.encode_text(ids, mask), model.encode_image(pixels), mask, text_rows, image_rows)
+    ref = model(input_ids=ids[text_rows], attention_mask=mask[text_rows], pixel_values=pixels[image_rows])
+    assert_close(out.logits, ref.logits, f"{head} logits of 5 pairs", SAME_PASS_TOL)
+
+
+def test_pairs_of_unequal_counts_are_refused(folder):
+    model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
+    cfg, _, ids, mask, pixels = setup({}, batch=3)
+    with pytest.raises(ValueError, match="got 3 texts and 2 images to pair"):
+        model.forward_pairs(model.encode_text(ids, mask), model.encode_image(pixels[:2]), mask)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        model.score_pairs(ids, mask, pixels, batch_size=0)
