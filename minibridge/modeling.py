@@ -155,7 +155,8 @@ class BridgeTowerModel:
 
         config.json is the one the model was loaded from (no field lost) with the model's config and class
         over it. A folder of other files is refused (FileExistsError); a checkpoint folder, the model's own
-        included, gets its two files replaced (weights.write_checkpoint).
+        included, gets its two files replaced and its other weight files (a pytorch_model.bin, shards)
+        removed, so that no loader reads the old weights (weights.write_checkpoint).
         """
         tensors = {name: to_numpy(a) for name, a in self.state_dict().items()}
         return write_checkpoint(folder, self._config_to_save(), tensors)

@@ -470,8 +470,9 @@ def write_checkpoint(folder, config, tensors):
     (FileExistsError), so that nothing else is overwritten; a checkpoint's config.json and model.safetensors
     are replaced. Both files are written under temporary names and renamed at the end (the weights, then
     config.json), so a failure while writing leaves the folder as it was. The renames keep a model
-    memory-mapped from the old file working. Other weight files already there (a pytorch_model.bin, a
-    sharded index) are left alone; model.safetensors is the one both loaders read first.
+    memory-mapped from the old file working. Then the old checkpoint's other weight files, which a loader
+    could read instead of the new one, are removed: pytorch_model.bin, and a sharded index with the shards
+    it names (STALE_WEIGHTS); a model memory-mapped from those shards keeps working.
     """
     folder = Path(folder)
     _check_save_folder(folder)
@@ -488,7 +489,37 @@ def write_checkpoint(folder, config, tensors):
         if made and not any(folder.iterdir()):
             folder.rmdir()
         raise
+    # subtle: removed, not refused: the folder is a checkpoint being replaced, and the old weights left
+    # beside the new are a second model, which transformers loads with use_safetensors=False (the .bin),
+    # and an upload or another tool may take for the real one.
+    _remove_stale_weights(folder)
     return folder
+
+
+# A checkpoint's weight files other than model.safetensors: what write_checkpoint removes once it is written.
+STALE_WEIGHTS = ("pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def _remove_stale_weights(folder):
+    """Remove STALE_WEIGHTS from `folder`, each index with the shards it names (read_index: plain names)."""
+    stale = []
+    for name in STALE_WEIGHTS:
+        path = folder / name
+        if name.endswith(".index.json") and path.is_file():
+            try:
+                stale += [folder / shard for shard in sorted(set(read_index(path).values()))]
+            except WeightsError:
+                pass  # an unreadable index names no shards; it goes, so nothing reads them
+        stale.append(path)
+    for path in stale:
+        # never the file just written, nor anything but weight files (an index could name any file)
+        weights = path.name in STALE_WEIGHTS or path.name.endswith((".bin", ".safetensors"))
+        if weights and path.name != "model.safetensors" and path.is_file():
+            try:
+                path.unlink()
+            except OSError as e:
+                raise OSError(f"saved {folder / 'model.safetensors'}, but could not remove the old {path.name} "
+                              f"beside it ({e.strerror}); delete it, or a loader may read the old weights") from e
 
 
 def _check_save_folder(folder):

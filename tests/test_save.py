@@ -207,3 +207,91 @@ def test_non_finite_weights_are_refused_by_name_before_writing(checkpoint, tmp_p
                                            r"values: itm_score.fc.bias: 1 of 2 values \(first at \(0,\)"):
         model.save_pretrained(tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def shard(folder, names=("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")):
+    """Turn a checkpoint's model.safetensors into shards + model.safetensors.index.json, as transformers
+    saves a large model."""
+    from minibridge.weights import read_safetensors, write_safetensors
+
+    tensors = {k: np.array(v) for k, v in read_safetensors(folder / "model.safetensors").items()}
+    keys = sorted(tensors)
+    weight_map = {k: names[i * len(names) // len(keys)] for i, k in enumerate(keys)}
+    for name in names:
+        write_safetensors(folder / name, {k: tensors[k] for k in keys if weight_map[k] == name})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "model.safetensors").unlink()
+
+
+def test_saving_over_a_sharded_checkpoint_removes_its_shards(tmp_path):
+    """The old shards and their index would be a second model in the folder: they go once the new file is
+    in place, and the model loaded from them (memory-mapped) keeps working."""
+    folder = save_random_checkpoint(tmp_path, TINY, heads=["itm"], seed=10)
+    shard(folder)
+    (folder / "README.md").write_text("a model card")
+    model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)  # read from the shards
+    rng = np.random.default_rng(1)
+    inputs = {"input_ids": rng.integers(3, 50, (2, 6)), "pixel_values": rng.standard_normal((2, 3, 12, 12), np.float32)}
+    set_weight(model, "itm_score.fc.bias", np.array([0.5, -0.5], np.float32))
+    logits = model(**inputs).logits
+    model.save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                        "preprocessor_config.json"]
+    assert np.array_equal(model(**inputs).logits, logits)  # its arrays still map the removed shards
+    assert np.array_equal(mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)(**inputs).logits, logits)
+
+
+def test_saving_over_a_checkpoint_removes_its_pytorch_model_bin(checkpoint, tmp_path):
+    """transformers reads pytorch_model.bin (or its sharded index) with use_safetensors=False: old weights."""
+    model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(checkpoint)
+    target = tmp_path / "target"
+    model.save_pretrained(target)
+    for name in ("pytorch_model.bin", "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"):
+        (target / name).write_bytes(b"old weights")
+    (target / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {
+        "a": "pytorch_model-00001-of-00002.bin", "b": "pytorch_model-00002-of-00002.bin"}}))
+    (target / "vocab.json").write_text("{}")
+    model.save_pretrained(target)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors", "vocab.json"]
+
+
+def test_an_index_naming_other_files_removes_only_weight_files(checkpoint, tmp_path):
+    """An index's weight_map can name anything: only .bin / .safetensors files go, never the new
+    model.safetensors, never a file outside the folder (read_index refuses such a name)."""
+    model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(checkpoint)
+    target = tmp_path / "target"
+    model.save_pretrained(target)
+    (target / "notes.txt").write_text("mine")
+    (target / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model.safetensors", "b": "config.json", "c": "notes.txt", "d": "old.safetensors"}}))
+    (target / "old.safetensors").write_bytes(b"old")
+    (tmp_path / "outside.bin").write_bytes(b"not the checkpoint's")
+    (target / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": "../outside.bin"}}))
+    model.save_pretrained(target)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
+    assert (tmp_path / "outside.bin").read_bytes() == b"not the checkpoint's"
+    reloaded = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(target).state_dict()
+    assert all(np.array_equal(reloaded[n], a) for n, a in model.state_dict().items())
+
+
+def test_an_old_weight_file_that_cannot_be_removed_is_named(checkpoint, tmp_path, monkeypatch):
+    """(Windows cannot remove a file another process maps.) The new checkpoint is written; the error says
+    which old file is left and why it matters."""
+    from pathlib import Path
+
+    model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(checkpoint)
+    model.save_pretrained(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"old weights")
+    real_unlink = Path.unlink
+
+    def locked(path, missing_ok=False):
+        if path.name == "pytorch_model.bin":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_unlink(path, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", locked)
+    with pytest.raises(OSError, match=f"saved {tmp_path / 'model.safetensors'}, but could not remove the old "
+                                      r"pytorch_model.bin beside it \(Permission denied\); delete it, or a loader may "
+                                      "read the old weights"):
+        model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors", "pytorch_model.bin"]
