@@ -163,3 +163,63 @@ def test_other_misuse_is_named(checkpoint):
     model.to("cpu")  # a new tree of arrays: the optimiser's moments belong to the old one
     with pytest.raises(RuntimeError, match=r"model.params was replaced .*make the optimiser after moving the model"):
         optimizer.step({"itm_score.fc.bias": np.zeros(2, np.float32)})
+
+
+def mlm_batch(seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, TINY["text_config"]["vocab_size"], size=(2, 6))
+    mask = np.array([[1] * 6, [1] * 4 + [0] * 2])
+    labels = np.where(mask == 1, ids, -100)
+    pixels = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
+    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels), labels
+
+
+def test_a_tied_decoder_trained_with_its_embedding_predicts_as_the_saved_model_does(tmp_path):
+    """Three real training steps of a tied MLM model: the decoder must follow the embedding it is, so the
+    model in memory predicts exactly as the one saved (which stores the matrix once) and reloaded."""
+    folder = save_random_checkpoint(tmp_path / "tied", derived(TINY, tie_word_embeddings=True), heads=("mlm",))
+    model = mb.BridgeTowerForMaskedLM.from_pretrained(folder)
+    inputs, labels = mlm_batch()
+    optimizer = mb.AdamW(model, **HYPER)
+    for _ in range(3):
+        _, grads = model.loss_and_grads(**inputs, labels=labels)
+        assert "bridgetower.text_model.embeddings.word_embeddings.weight" in grads
+        optimizer.step(grads)
+        p = model.params
+        assert p["mlm_score"]["decoder"]["weight"] is p["text_model"]["embeddings"]["word_embeddings"]["weight"]
+    model.save_pretrained(tmp_path / "saved")
+    again = mb.BridgeTowerForMaskedLM.from_pretrained(tmp_path / "saved")
+    assert np.array_equal(model(**inputs).logits, again(**inputs).logits)
+    original = mb.BridgeTowerForMaskedLM.from_pretrained(folder)
+    assert not np.allclose(model(**inputs).logits, original(**inputs).logits, atol=1e-3)  # it did learn
+
+
+def test_three_steps_on_a_tied_decoder_equal_torch_adamw(tmp_path):
+    """torch's tied decoder is the embedding Parameter itself: after the same three AdamW steps (the same
+    gradients given to both), the weights and the MLM logits agree."""
+    torch = pytest.importorskip("torch", reason="the comparison needs the reference extra (torch)")
+    reference = pytest.importorskip("reference")
+    from helpers import TOL, assert_close
+
+    config = derived(TINY, tie_word_embeddings=True)
+    model = mb.BridgeTowerForMaskedLM.from_pretrained(save_random_checkpoint(tmp_path, config, heads=("mlm",), seed=5))
+    theirs = reference.build(config, ["mlm"], seed=5)["mlm"]
+    params = dict(theirs.named_parameters())  # the tied decoder is not listed: it is the embedding
+    names = list(model.state_dict())
+    assert set(names) <= set(params)
+    optimizer = mb.AdamW(model, **HYPER)
+    reference_optimizer = torch.optim.AdamW([params[n] for n in names], **HYPER)
+    rng = np.random.default_rng(3)
+    for step in range(3):
+        grads = random_grads(model.state_dict(), names, rng)
+        for n in names:
+            params[n].grad = torch.from_numpy(grads[n].copy())
+        optimizer.step(grads)
+        reference_optimizer.step()
+        for n, a in model.state_dict().items():
+            err = relative_error(a, params[n].detach().numpy())
+            assert err <= ADAM_TOL, f"step {step + 1}: {n}: max |mine - torch| is {err:.3g} of max |weight| > {ADAM_TOL}"
+    inputs, labels = mlm_batch()
+    with torch.no_grad():
+        expected = theirs(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
+    assert_close(model(**inputs).logits, expected, "MLM logits after three steps", tol=TOL)
