@@ -1,22 +1,31 @@
 """Benchmark: minibridge against transformers, side by side, on a base-size checkpoint.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench.py [--model FOLDER] [--device cuda]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench.py [--model FOLDER] [--rounds 5]
 
 Uses a real checkpoint if given (or found in the default download folder), else random weights of
-the published base architecture, written on the spot. Reports, for each implementation:
-forward time at batch 1 and 8 (16-token texts, base-size images; best of several after a warm-up),
-load time, peak resident memory of a load + one batch-1 forward, one training step of the ITM head
-at batch 4 (forward + backward: minibridge's loss_and_grads vs torch autograd, eval mode; best of
-several after a warm-up) with the peak resident memory of that process, and the end-to-end time of
-one `infer` from a cold process; then the ratios, the machine's sustained float32 matrix-product
-throughput, and the fraction of it the forward pass reaches (its FLOPs counted from the config).
-Each measurement runs in a fresh subprocess, so one library's threads and memory never touch the
-other's. With --device cuda it times the GPU forward (CuPy vs torch CUDA) at batch 8 and 32.
+the published base architecture, written on the spot. Every measurement runs in a fresh process, so
+one library's threads, caches and memory never touch the other's, and the two libraries alternate
+(round r runs minibridge first when r is even, transformers first when odd). Each figure is the
+median over the rounds (at least 5 by default), shown with the min and max: on a shared machine one
+run can be tens of percent off.
+
+Per process and library: load time; the ITM forward at batch 1 and 8 (16-token texts, base-size
+images; the median of 3 after a warm-up); one image against 8 texts (minibridge's score_pairs, each
+tower once per input; transformers has no such path, and its fastest way is one batch of the 8
+pairs, the batch-8 row); peak resident memory of load + one forward at batch 1 and at batch 8 (each
+its own process); one training step of the ITM head at batch 4 (minibridge's loss_and_grads vs torch
+autograd, eval mode); the end-to-end time of one `infer` from a cold process. Then the ratios, the
+machine's sustained float32 matrix-product rate (NumPy, 3072², measured in each round), and the
+fraction of it each library's forward reaches, counting the FLOPs of the full forward pass from the
+config (bench.forward_flops). With --device cuda it times the GPU forward (CuPy vs torch CUDA) at
+batch 8 and 32.
 """
 
 import argparse
 import json
 import os
+import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,13 +38,14 @@ from paths import PHOTOS, ROBERTA  # noqa: E402  (the one definition of where th
 
 TEXT_TOKENS = 16
 TRAIN_BATCH = 4
+PAIR_TEXTS = 8  # one image against this many texts
 PHOTO = PHOTOS / "000000039769.png"  # the COCO two-cats photo
 
 
 # ---- what runs inside a worker subprocess ----------------------------------------------------
 
 
-def _inputs(cfg_dict, batch, seed=0):
+def _inputs(cfg_dict, batch, seed=0, images=None):
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -43,18 +53,18 @@ def _inputs(cfg_dict, batch, seed=0):
     ids = rng.integers(3, 50000, size=(batch, TEXT_TOKENS))
     ids[:, 0], ids[:, -1] = 0, 2
     return {"input_ids": ids, "attention_mask": np.ones_like(ids),
-            "pixel_values": rng.standard_normal((batch, 3, size, size)).astype(np.float32)}
+            "pixel_values": rng.standard_normal((batch if images is None else images, 3, size, size)).astype(np.float32)}
 
 
-def best_time(fn, repeats=5):
-    """Best wall time of fn() in seconds, over `repeats` runs after one warm-up run."""
+def median_time(fn, repeats=3):
+    """Median wall time of fn() in seconds, over `repeats` runs after one warm-up run."""
     fn()  # warm-up: pages the weights in, fills caches, starts thread pools
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return statistics.median(times)
 
 
 def _peak_rss_mb():
@@ -67,6 +77,60 @@ def _train_labels(batch):
     import numpy as np
 
     return np.arange(batch) % 2  # ITM labels [B]: alternately mismatched (0) and matched (1)
+
+
+def _load(lib, folder, device="cpu"):
+    """(model, run(inputs) -> logits as NumPy, load seconds) of the ITM class of `lib`."""
+    if lib == "minibridge":
+        import minibridge as mb
+
+        start = time.perf_counter()  # load time, not counting the import
+        model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder, device=device)
+        load_s = time.perf_counter() - start
+        if device == "cuda":
+            import cupy
+
+            def run(inp):
+                return model(**{k: cupy.asarray(v) for k, v in inp.items()}).logits.get()
+        else:
+            def run(inp):
+                return model(**inp).logits
+        return model, run, load_s
+    import torch
+    import transformers
+
+    start = time.perf_counter()
+    model = transformers.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder).eval()  # no dropout
+    model.to(device)
+    load_s = time.perf_counter() - start
+
+    def run(inp):
+        with torch.no_grad():
+            return model(**{k: torch.from_numpy(v).to(device) for k, v in inp.items()}).logits.cpu().numpy()
+    return model, run, load_s
+
+
+def worker(lib, folder, mode, batches, device):
+    """Measure one library in this (fresh) process; print one JSON line."""
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    if mode == "gemm":
+        print(json.dumps({"matmul_gflops": matmul_gflops()}))
+        return
+    if mode == "train":
+        return train_worker(lib, folder, batches[0])
+    model, run, load_s = _load(lib, folder, device)
+    if mode == "memory":  # load + one forward at one batch size: its peak resident memory
+        run(_inputs(cfg, batches[0]))
+        print(json.dumps({"lib": lib, f"peak_rss_b{batches[0]}_mb": _peak_rss_mb()}))
+        return
+    result = {"lib": lib, "load_s": load_s}
+    for b in batches:
+        result[f"forward_b{b}_s"] = median_time(lambda: run(_inputs(cfg, b)), repeats=3)
+    if lib == "minibridge" and device == "cpu":
+        pair = _inputs(cfg, PAIR_TEXTS, images=1)
+        result[f"pairs_1x{PAIR_TEXTS}_s"] = median_time(
+            lambda: model.score_pairs(pair["input_ids"], pair["attention_mask"], pair["pixel_values"]))
+    print(json.dumps(result))
 
 
 def train_worker(lib, folder, batch):
@@ -91,50 +155,8 @@ def train_worker(lib, folder, batch):
         def step():
             model.zero_grad(set_to_none=True)  # subtle: else each step adds into the last one's .grad
             model(**pt_inputs, labels=pt_labels).loss.backward()
-    result = {"lib": lib, f"train_b{batch}_s": best_time(step, repeats=3)}
+    result = {"lib": lib, f"train_b{batch}_s": median_time(step, repeats=1)}
     result["train_peak_rss_mb"] = _peak_rss_mb()
-    print(json.dumps(result))
-
-
-def worker(lib, folder, mode, batches, device):
-    """Measure one library in this (fresh) process; print one JSON line."""
-    if mode == "train":
-        return train_worker(lib, folder, batches[0])
-    cfg = json.loads((Path(folder) / "config.json").read_text())
-    if lib == "minibridge":
-        import minibridge as mb
-
-        start = time.perf_counter()  # load time, not counting the import
-        model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder, device=device)
-        if device == "cuda":
-            import cupy
-
-            def run(inp):
-                model(**{k: cupy.asarray(v) for k, v in inp.items()}).logits.get()
-        else:
-            def run(inp):
-                model(**inp)
-    else:
-        import torch
-        import transformers
-
-        start = time.perf_counter()
-        model = transformers.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder).eval()
-        dev = "cuda" if device == "cuda" else "cpu"
-        model.to(dev)
-
-        def run(inp):
-            with torch.no_grad():
-                out = model(**{k: torch.from_numpy(v).to(dev) for k, v in inp.items()}).logits
-                out.cpu()
-    load_s = time.perf_counter() - start
-    result = {"lib": lib, "load_s": load_s}
-    if mode == "memory":
-        run(_inputs(cfg, 1))
-        result["peak_rss_mb"] = _peak_rss_mb()
-    else:
-        for b in batches:
-            result[f"forward_b{b}_s"] = best_time(lambda: run(_inputs(cfg, b)), repeats=5 if b <= 8 else 3)
     print(json.dumps(result))
 
 
@@ -159,15 +181,21 @@ def _timed_command(cmd):
 
 
 def matmul_gflops(n=3072, repeats=5):
-    """Sustained float32 matrix-product throughput of this process's NumPy, in GFLOP/s."""
+    """Sustained float32 matrix-product throughput of this process's NumPy, in GFLOP/s (best of `repeats`)."""
     import numpy as np
 
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    return 2 * n**3 / best_time(lambda: a @ a, repeats) / 1e9
+    a @ a  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / min(times) / 1e9
 
 
 def forward_flops(cfg, batch, text_tokens=TEXT_TOKENS):
-    """Multiply-add FLOPs (×2) of the matrix products of one ITM forward pass."""
+    """Multiply-add FLOPs (×2) of the matrix products of one full ITM forward pass (every row of every layer)."""
     t, v = cfg.text_config, cfg.vision_config
     D, Dt, Dv, F, T = cfg.hidden_size, t.hidden_size, v.hidden_size, t.intermediate_size, text_tokens
     L = v.num_positions
@@ -202,13 +230,35 @@ def _checkpoint(model_arg, workdir):
     return folder, "random weights of the published base architecture (bridgetower-base-itm-mlm)"
 
 
+def machine():
+    """One line: CPU model, cores, and the library versions (NumPy with its BLAS)."""
+    import numpy as np
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    blas = np.__config__.CONFIG.get("Build Dependencies", {}).get("blas", {}) if hasattr(np.__config__, "CONFIG") else {}
+    versions = [f"NumPy {np.__version__} ({blas.get('name', '?')} {blas.get('version', '')})".replace(" )", ")")]
+    for name in ("torch", "transformers"):
+        try:
+            versions.append(f"{name} {__import__(name).__version__}")
+        except ImportError:
+            pass
+    return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; " + ", ".join(versions)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="a checkpoint folder (default: the downloaded base-itm-mlm, else random weights)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batches", nargs="+", type=int, default=None)
-    ap.add_argument("--json", help="also write the results to this file")
-    ap.add_argument("--rounds", type=int, default=2, help="times each library is run (the best counts)")
+    ap.add_argument("--json", help="also write the results (every run's figures) to this file")
+    ap.add_argument("--rounds", type=int, default=5, help="fresh-process runs of each library (the median counts)")
+    ap.add_argument("--train-rounds", type=int, default=None, help="rounds of the training step (default --rounds; "
+                    "0 skips it)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="speed", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -227,40 +277,47 @@ def main(argv=None):
             libs = ["minibridge", "transformers"]
         except ImportError:
             libs = ["minibridge"]
-        print(f"benchmark: {what}; {os.cpu_count()} CPU cores; device {args.device}; "
-              f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}", flush=True)
-        res = {lib: {} for lib in libs}
-        for _ in range(args.rounds):  # alternate the libraries; keep each one's best
-            for lib in libs:
-                r = _run_worker(lib, folder, "speed", batches, args.device)
-                for k, v in r.items():
-                    if k != "lib":
-                        res[lib][k] = min(v, res[lib].get(k, v))
+        print(f"benchmark: {what}; device {args.device}; OPENBLAS_CORETYPE="
+              f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, OPENBLAS_L2_SIZE="
+              f"{os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}\nmachine: {machine()}", flush=True)
+        runs = {lib: {} for lib in libs}  # lib -> figure -> [one value per round]
+        runs["machine"] = {}
+
+        def keep(lib, result):
+            for k, v in result.items():
+                if k != "lib":
+                    runs[lib].setdefault(k, []).append(v)
+
+        train_rounds = args.rounds if args.train_rounds is None else args.train_rounds
+        for r in range(max(args.rounds, train_rounds)):
+            order = libs if r % 2 == 0 else libs[::-1]  # alternate which library runs first
+            if args.device == "cpu":
+                keep("machine", _run_worker("minibridge", folder, "gemm", [1], "cpu"))
+            for lib in order:
+                if r < args.rounds:
+                    keep(lib, _run_worker(lib, folder, "speed", batches, args.device))
+                    if args.device == "cpu":
+                        for b in batches:
+                            keep(lib, _run_worker(lib, folder, "memory", [b], "cpu"))
+                if args.device == "cpu" and r < train_rounds:
+                    keep(lib, _run_worker(lib, folder, "train", [TRAIN_BATCH], "cpu"))
+            print(f"round {r + 1} done", flush=True)
         if args.device == "cpu":
-            for lib in libs:
-                res[lib].update({k: v for k, v in _run_worker(lib, folder, "memory", [1], "cpu").items()
-                                 if k == "peak_rss_mb"})
-            for _ in range(args.rounds):  # the training step, alternating the libraries like the forward
-                for lib in libs:
-                    r = _run_worker(lib, folder, "train", [TRAIN_BATCH], "cpu")
-                    for k, v in r.items():
-                        if k != "lib":
-                            res[lib][k] = min(v, res[lib].get(k, v))
-            res["minibridge"]["import_s"] = min(_timed_command(
-                [sys.executable, "-c", "import minibridge"]) for _ in range(3))
-            res["python_startup_s"] = min(_timed_command([sys.executable, "-c", "pass"]) for _ in range(3))
+            keep("minibridge", {"import_s": min(_timed_command([sys.executable, "-c", "import minibridge"])
+                                                for _ in range(3))})
+            keep("machine", {"python_startup_s": min(_timed_command([sys.executable, "-c", "pass"]) for _ in range(3))})
             if (folder / "tokenizer.json").is_file() and PHOTO.is_file():
-                res["minibridge"]["infer_cold_s"] = _timed_command(
-                    [sys.executable, "-m", "minibridge", "infer", str(PHOTO), "a bunch of cats", "--model", str(folder)])
-                if "transformers" in libs:
-                    res["transformers"]["infer_cold_s"] = _timed_command([sys.executable, "-c", _TRANSFORMERS_INFER,
-                                                                          str(folder), str(PHOTO)])
-            res["matmul_gflops"] = matmul_gflops()
-        weights_mb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
-        res["weights_mb"] = weights_mb
-        _report(res, cfg, batches, libs, args.device)
+                for r in range(args.rounds):
+                    keep("minibridge", {"infer_cold_s": _timed_command(
+                        [sys.executable, "-m", "minibridge", "infer", str(PHOTO), "a bunch of cats", "--model",
+                         str(folder)])})
+                    if "transformers" in libs:
+                        keep("transformers", {"infer_cold_s": _timed_command(
+                            [sys.executable, "-c", _TRANSFORMERS_INFER, str(folder), str(PHOTO)])})
+        runs["machine"]["weights_mb"] = [sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6]
+        _report(runs, cfg, batches, libs, args.device)
         if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2))
+            Path(args.json).write_text(json.dumps(runs, indent=2))
 
 
 _TRANSFORMERS_INFER = """
@@ -275,35 +332,60 @@ with torch.no_grad():
 """
 
 
-def _report(res, cfg, batches, libs, device):
-    mb = res["minibridge"]
-    tf = res.get("transformers", {})
-    rows = [(f"forward, batch {b} (s)", f"forward_b{b}_s") for b in batches]
+def summary(values):
+    """(median, min, max) of one figure's values over the rounds."""
+    return statistics.median(values), min(values), max(values)
+
+
+def _report(runs, cfg, batches, libs, device):
+    mb, tf = runs["minibridge"], runs.get("transformers", {})
+    n = max(len(v) for v in mb.values())
+    rows = [(f"forward, batch {b} (s)", f"forward_b{b}_s", f"forward_b{b}_s") for b in batches]
     if device == "cpu":
-        rows += [("from_pretrained (s)", "load_s"), ("peak RSS, load + batch-1 forward (MB)", "peak_rss_mb"),
-                 (f"train step, batch {TRAIN_BATCH} (s)", f"train_b{TRAIN_BATCH}_s"),
-                 ("peak RSS, load + train steps (MB)", "train_peak_rss_mb"),
-                 ("infer from a cold process (s)", "infer_cold_s")]
-    print(f"\n{'':42} {'minibridge':>12} {'transformers':>13} {'ratio':>7}")
-    for label, key in rows:
-        a, b = mb.get(key), tf.get(key)
-        ratio = f"{a / b:7.2f}" if a is not None and b else ""
-        fmt = (lambda x: f"{x:12.1f}") if "MB" in label else (lambda x: f"{x:12.3f}")
-        print(f"{label:42} {fmt(a) if a is not None else '':>12} {fmt(b) if b is not None else '':>13} {ratio}")
-    if device == "cpu":
-        print(f"\nweights file: {res['weights_mb']:.0f} MB; minibridge peak RSS = "
-              f"{mb['peak_rss_mb'] / res['weights_mb']:.2f} × the weights")
+        rows += [(f"1 image × {PAIR_TEXTS} texts, ITM (s)", f"pairs_1x{PAIR_TEXTS}_s", f"forward_b{PAIR_TEXTS}_s"),
+                 ("from_pretrained (s)", "load_s", "load_s")]
+        rows += [(f"peak RSS, load + batch-{b} forward (MB)", f"peak_rss_b{b}_mb", f"peak_rss_b{b}_mb") for b in batches]
+        rows += [(f"train step, batch {TRAIN_BATCH} (s)", f"train_b{TRAIN_BATCH}_s", f"train_b{TRAIN_BATCH}_s"),
+                 ("peak RSS, load + train steps (MB)", "train_peak_rss_mb", "train_peak_rss_mb"),
+                 ("infer from a cold process (s)", "infer_cold_s", "infer_cold_s")]
+    print(f"\nmedian [min–max] over {n} fresh-process runs of each library, alternated")
+    print(f"{'':42} {'minibridge':>24} {'transformers':>24} {'ratio':>6}")
+
+    def cell(values, label):
+        if not values:
+            return ""
+        med, lo, hi = summary(values)
+        f = (lambda x: f"{x:.0f}") if "MB" in label else (lambda x: f"{x:.3f}")
+        return f"{f(med)} [{f(lo)}–{f(hi)}]"
+
+    for label, mine, theirs in rows:
+        a, b = mb.get(mine), tf.get(theirs)
+        if not a:
+            continue
+        ratio = f"{statistics.median(a) / statistics.median(b):6.2f}" if b else ""
+        print(f"{label:42} {cell(a, label):>24} {cell(b, label):>24} {ratio}")
+    if device != "cpu":
+        return
+    weights = runs["machine"]["weights_mb"][0]
+    print(f"\nweights file: {weights:.0f} MB; peak RSS / weights: " + "; ".join(
+        f"{lib} " + ", ".join(f"batch {b} {statistics.median(runs[lib][f'peak_rss_b{b}_mb']) / weights:.2f}×"
+                              for b in batches) for lib in libs))
+    if f"pairs_1x{PAIR_TEXTS}_s" in mb and f"forward_b{PAIR_TEXTS}_s" in tf:
+        print(f"1 image × {PAIR_TEXTS} texts: minibridge's score_pairs against transformers' fastest way, one batch "
+              f"of the {PAIR_TEXTS} pairs (its batch-{PAIR_TEXTS} forward)")
+    if "train_peak_rss_mb" in mb:
         print("train steps: peak RSS = " + "; ".join(
-            f"{lib} {res[lib]['train_peak_rss_mb'] / res['weights_mb']:.2f} × the weights" for lib in libs))
-        print(f"import minibridge: {mb['import_s']:.3f} s (bare python startup {res['python_startup_s']:.3f} s)")
-        peak = res["matmul_gflops"]
-        print(f"float32 matrix products, 3072²: {peak:.0f} GFLOP/s sustained (NumPy)")
-        for b in batches:
-            flops = forward_flops(cfg, b)
-            for lib in libs:
-                t = res[lib][f"forward_b{b}_s"]
-                print(f"batch {b}: {flops / 1e9:.0f} GFLOP; {lib} reaches {flops / t / 1e9:.0f} GFLOP/s "
-                      f"= {flops / t / 1e9 / peak:.0%} of that peak")
+            f"{lib} {statistics.median(runs[lib]['train_peak_rss_mb']) / weights:.2f} × the weights" for lib in libs))
+    print(f"import minibridge: {min(mb['import_s']):.3f} s (bare python startup "
+          f"{min(runs['machine']['python_startup_s']):.3f} s)")
+    peak, lo, hi = summary(runs["machine"]["matmul_gflops"])
+    print(f"float32 matrix products, 3072², NumPy: {peak:.0f} GFLOP/s [{lo:.0f}–{hi:.0f}] sustained (the GEMM rate)")
+    for b in batches:
+        flops = forward_flops(cfg, b)
+        for lib in libs:
+            t = statistics.median(runs[lib][f"forward_b{b}_s"])
+            print(f"batch {b}: {flops / 1e9:.0f} GFLOP (full forward); {lib} {flops / t / 1e9:.0f} GFLOP/s "
+                  f"= {flops / t / 1e9 / peak:.0%} of the GEMM rate")
 
 
 if __name__ == "__main__":
