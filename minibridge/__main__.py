@@ -297,6 +297,8 @@ def _finetune(args):
     from .weights import _check_save_folder
 
     pairs = finetune.read_pairs(args.data)  # bad data is refused before anything is loaded or written
+    if args.task == "itc":
+        finetune.check_contrastive(len(pairs), args.batch_size)  # every ITC batch needs two pairs or more
     _check_save_folder(Path(args.out))  # a folder of other files is refused now, not after training
     cls = {"itm": BridgeTowerForImageAndTextRetrieval, "itc": BridgeTowerForContrastiveLearning}[args.task]
     model = cls.from_pretrained(args.model, revision=args.revision)

@@ -82,7 +82,8 @@ def test_readme_totals_are_wc_l():
     assert int(match.group(4)) == round(100 * core_lines / total)
 
 
-@pytest.mark.parametrize("command", ["python tests/make_fixtures.py", "python tests/make_snapshots.py",
+@pytest.mark.parametrize("command", ["python tests/make_fixtures.py", "python tests/make_grad_fixtures.py",
+                                     "python tests/make_snapshots.py",
                                      "python tests/make_unicode_tables.py", "python benchmarks/bench.py"])
 def test_documented_commands_exist(command):
     script = ROOT / command.split()[1]

@@ -254,3 +254,13 @@ def test_itc_training_takes_no_step_on_a_single_pair(checkpoint, data):
     assert r.returncode == 1 and "Traceback" not in r.stderr and "epoch" not in r.stderr, r.stderr
     assert r.stderr.startswith("minibridge finetune: the contrastive (ITC) loss needs batches of at least 2 pairs")
     assert not (data / "out").exists()
+
+
+def test_the_command_refuses_itc_batches_of_one_before_loading_the_model(data, tmp_path):
+    """The command checks the ITC batch size right after reading the data: the model named is never opened."""
+    missing_model = tmp_path / "no-such-model"
+    r = cli("finetune", data / "photos.csv", "--model", missing_model, "--out", data / "tuned", "--task", "itc",
+            "--batch-size", 1)
+    assert r.returncode == 1, r.stderr
+    assert "needs batches of at least 2 pairs" in r.stderr and "got batch_size 1" in r.stderr, r.stderr
+    assert str(missing_model) not in r.stderr and not (data / "tuned").exists()
