@@ -67,7 +67,7 @@ def collect_inputs(arguments, kind, column=None):
     inputs, notes, tables = [], [], 0
     for arg in map(str, arguments):
         path = Path(arg).expanduser()
-        if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
+        if _is_file(path) and path.suffix.lower() in TABLE_SUFFIXES:
             tables += 1
             inputs += _table_column(path, column, kind, notes)
         elif kind == "text":
@@ -92,13 +92,13 @@ def _images(arg, path):
 
     if is_url(arg):
         return [arg]
-    if path.is_dir():
+    if _is_dir(path):
         found = _image_files(path, IMAGE_SUFFIXES)
         if not found:
             raise ValueError(f"the folder {arg} holds no image files (looked for {' '.join(sorted(IMAGE_SUFFIXES))}, "
                              "in every subfolder)")
         return found
-    if path.is_file():
+    if _is_file(path):
         return [str(path)]
     if glob.has_magic(arg):
         matches = sorted(glob.glob(os.path.expanduser(arg), recursive=True))
@@ -108,6 +108,20 @@ def _images(arg, path):
         return [f for m in matches for f in (_image_files(Path(m), IMAGE_SUFFIXES) if Path(m).is_dir() else [m])]
     raise FileNotFoundError(f"no file or folder {arg} (expected an image file, a folder of images, a glob "
                             "pattern or an http(s) URL)")
+
+
+def _is_file(path):
+    try:
+        return path.is_file()
+    except OSError:  # subtle: a name longer than the system allows raises; such a text is no file
+        return False
+
+
+def _is_dir(path):
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _image_files(folder, suffixes):
@@ -121,9 +135,9 @@ def _image_files(folder, suffixes):
 
 
 def _texts(arg, path):
-    if path.is_dir():
+    if _is_dir(path):
         raise ValueError(f"{arg} is a folder; --text takes texts, or text files with one caption per line")
-    if path.is_file():
+    if _is_file(path):
         try:
             with open(path, encoding="utf-8-sig") as f:  # utf-8-sig: an editor's BOM is not text
                 return [line.strip() for line in f if line.strip()]
@@ -217,7 +231,13 @@ class Embedder:
     def load(self, x):
         if self.kind == "image":
             return self.image_processor.preprocess_one(x)  # [3, S, S]
-        return self.tokenizer(x, truncation=self.truncation, max_length=self.max_length)["input_ids"]
+        ids = self.tokenizer.encode(x)  # <s> … </s>: what the tokenizer's call returns, uncut
+        if len(ids) > self.max_length:
+            if not self.truncation:
+                raise ValueError(f"the text is {len(ids)} tokens long (with <s> and </s>), over the limit of "
+                                 f"{self.max_length}; pass --truncation (truncation=True) to cut it instead")
+            ids = self.tokenizer(x, truncation=True, max_length=self.max_length)["input_ids"]
+        return ids
 
     def embed(self, loaded):
         from .backend import to_numpy
