@@ -187,7 +187,7 @@ def _convert(args):
 def _embed(args):
     from .embedding import ExtraNeeded
 
-    index = args.out is not None and not args.out.endswith(".npy")
+    index = args.out is not None and not args.out.lower().endswith(".npy")
     if not index:
         used = [flag for flag, on in (("--resume", args.resume), ("--ray", args.ray), ("--shard-size", args.shard_size))
                 if on]

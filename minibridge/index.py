@@ -249,7 +249,9 @@ class IndexWriter:
             self.manifest.update({k: v for k, v in header.items() if k not in IDENTITY})  # e.g. a moved folder
             _remove_unlisted(self.folder, self.manifest)
         else:
-            if self.folder.exists() and (not self.folder.is_dir() or any(self.folder.iterdir())):
+            # (a temporary file is what a run killed while writing its first manifest leaves)
+            if self.folder.exists() and (not self.folder.is_dir() or
+                                         any(not p.name.endswith(PARTIAL) for p in self.folder.iterdir())):
                 hint = " or pass --resume (resume=True) to continue it" if existing else ""
                 raise FileExistsError(f"{self.folder} exists and is not empty; choose a new folder for the index{hint}")
             self.folder.mkdir(parents=True, exist_ok=True)

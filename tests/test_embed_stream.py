@@ -133,7 +133,8 @@ def test_killed_run_resumed_gives_the_uninterrupted_index(photos, checkpoint, un
             except (OSError, ValueError):  # not written yet
                 pass
             time.sleep(0.005)
-        os.kill(run.pid, signal.SIGKILL)
+        if run.poll() is None:
+            os.kill(run.pid, signal.SIGKILL)
     finally:
         run.wait()
     assert run.returncode == -signal.SIGKILL, "the run ended before it could be killed"
