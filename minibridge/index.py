@@ -161,7 +161,8 @@ class ShardedVectors:
         return self.shape[0]
 
     def __repr__(self):
-        return f"ShardedVectors(shape={self.shape}, {len(self.shards)} memory-mapped shard(s) of {self.shard_size} rows)"
+        return (f"ShardedVectors(shape={self.shape}, {len(self.shards)} memory-mapped shard(s) "
+                f"of {self.shard_size} rows)")
 
     def __array__(self, dtype=None, copy=None):
         whole = np.concatenate(self.shards) if self.shards else np.empty(self.shape, np.float32)  # [N, C], in RAM
@@ -200,7 +201,8 @@ def read_manifest(folder):
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise IndexFormatError(f"{path} is not a minibridge index manifest (expected \"format\": \"{FORMAT}\")")
     if manifest.get("version") != VERSION:
-        raise IndexFormatError(f"{path} has version {manifest.get('version')!r}; this minibridge reads version {VERSION}")
+        raise IndexFormatError(f"{path} has version {manifest.get('version')!r}; this minibridge reads "
+                               f"version {VERSION}")
     return manifest
 
 
@@ -208,7 +210,7 @@ def _read_json(path, what):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise IndexFormatError(f"{path} is missing; the manifest lists it (the index folder was changed by hand?)") from None
+        raise IndexFormatError(f"{path} is missing; the manifest lists it (was the folder changed by hand?)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise IndexFormatError(f"cannot read {path} as {what}: {e}") from None
 
@@ -218,7 +220,7 @@ def _load_shard(path, rows, dim):
     try:
         shard = np.load(path, mmap_mode="r")
     except FileNotFoundError:
-        raise IndexFormatError(f"{path} is missing; the manifest lists it (the index folder was changed by hand?)") from None
+        raise IndexFormatError(f"{path} is missing; the manifest lists it (was the folder changed by hand?)") from None
     except (OSError, ValueError) as e:
         raise IndexFormatError(f"cannot read {path} as a .npy array: {e}") from None
     if shard.dtype != np.float32 or shard.shape != (rows, dim):

@@ -133,12 +133,14 @@ def test_resume_keeps_the_listed_shards_and_refuses_another_run(tmp_path):
     writer = IndexWriter(folder, header())
     writer.add(np.ones((8, DIM), np.float32), [f"item {p}" for p in range(8)], list(range(8)))  # shard 0
     writer.skip(8, "item 8", "bad")
-    writer.add(np.ones((4, DIM), np.float32), [f"item {p}" for p in range(9, 13)], list(range(9, 13)))  # not a shard yet
+    more = list(range(9, 13))
+    writer.add(np.ones((4, DIM), np.float32), [f"item {p}" for p in more], more)  # not a whole shard yet
     (folder / "vectors-00001.npy.partial").write_bytes(b"half")
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["inputs_done"] == 8 and manifest["skipped"] == []  # the skip is after the shard
 
-    with pytest.raises(IndexFormatError, match=r"cannot resume .*: it was made with dim = 8, and this run has dim = 16"):
+    with pytest.raises(IndexFormatError,
+                       match=r"cannot resume .*: it was made with dim = 8, and this run has dim = 16"):
         IndexWriter(folder, header(dim=16), resume=True)
     with pytest.raises(IndexFormatError, match="made from 20 inputs and this run names 20 \\(the same number, but "
                                                "other names or another order\\)"):

@@ -75,6 +75,7 @@ def test_without_ray_the_error_says_what_to_install(checkpoint, tmp_path, monkey
     from minibridge.scale import embed_on_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
-    with pytest.raises(ExtraNeeded, match=r'--ray needs Ray Data, which is not installed: pip install "minibridge\[scale\]"'):
+    with pytest.raises(ExtraNeeded, match=r'--ray needs Ray Data, which is not installed: pip install '
+                                          r'"minibridge\[scale\]"'):
         embed_on_ray(["x.jpg"], "image", model=checkpoint, out=tmp_path / "i")
     assert not (tmp_path / "i").exists()
