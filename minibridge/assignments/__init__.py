@@ -15,10 +15,13 @@ snapshots.npz, which tests/make_snapshots.py computes with torch, transformers a
 guide is notebooks/assignments/README.md.
 """
 
-# The package's modules that hold assigned functions (what components call through the student):
-# grade.py imports a student copy's by these names, notebook.py patches the reference's, and the
-# command line (__main__.py) tells their errors from a broken grader. This file imports nothing.
-GRADED_MODULES = ("ops", "vision", "text", "bridge", "heads", "model", "tokenizer")
+# The package's modules that hold assigned functions (what components call through the student),
+# dotted below minibridge: grade.py imports a student copy's by these names, notebook.py patches the
+# reference's, and the command line (__main__.py) tells their errors from a broken grader. A
+# component's functions are named the same way: "ops.softmax", "backward.ops.softmax_backward".
+# This file imports nothing.
+GRADED_MODULES = ("ops", "vision", "text", "bridge", "heads", "model", "tokenizer",
+                  "backward.ops", "backward.text", "backward.bridge", "backward.heads")
 
 
 def check(component, /, **functions):

@@ -55,16 +55,21 @@ class Region:
     start: int
     end: int
     indent: str
-    function: str  # "module.function", e.g. "ops.layer_norm"
+    function: str  # "module.function", module dotted below the package: "ops.layer_norm", "backward.ops.linear_backward"
     signature: str  # "layer_norm(x, p, eps)"
     docstring: str
     whole_body: bool  # the region runs to the end of the function
     keep_defined: tuple  # names the code after a partial region reads (it must leave them defined)
 
 
-def find_regions(path):
-    """The marked regions of one source file, in order (empty when it has none)."""
+def find_regions(path, package=None):
+    """The marked regions of one source file, in order (empty when it has none).
+
+    package: the package folder the file belongs to, which names its module ("backward.ops" for
+    package/backward/ops.py); None: the file's own name ("ops").
+    """
     path = Path(path)
+    module = ".".join(path.relative_to(package).with_suffix("").parts) if package else path.stem
     source = path.read_text(encoding="utf-8")
     lines = source.splitlines()
     spans, start = [], None
@@ -84,10 +89,10 @@ def find_regions(path):
         return []
     tree = ast.parse(source, filename=str(path))
     functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    return [_region(path, lines, functions, s, e) for s, e in spans]
+    return [_region(path, module, lines, functions, s, e) for s, e in spans]
 
 
-def _region(path, lines, functions, start, end):
+def _region(path, module, lines, functions, start, end):
     # subtle: a function's extent ends at its last statement, so a closing marker after a final
     # `return` lies outside it; the opening marker is what must be inside.
     around = [f for f in functions if f.lineno < start < f.end_lineno]
@@ -101,7 +106,7 @@ def _region(path, lines, functions, start, end):
     read_later = {n.id for n in after if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     line = lines[start - 1]
     return Region(path=path, start=start, end=end, indent=line[: len(line) - len(line.lstrip())],
-                  function=f"{path.stem}.{fn.name}", signature=f"{fn.name}({ast.unparse(fn.args)})",
+                  function=f"{module}.{fn.name}", signature=f"{fn.name}({ast.unparse(fn.args)})",
                   docstring=ast.get_docstring(fn) or "", whole_body=not after,
                   keep_defined=tuple(sorted(stored & read_later)))
 
@@ -112,8 +117,7 @@ def banner(region, assigned=True):
     assigned=False: the stub of a withheld component (neither assigned nor released in this handout).
     """
     component = component_of(region.function)
-    module = region.path.name
-    name = region.function.split(".")[1]
+    module, name = source_file(region.function), region.function.rsplit(".", 1)[1]
     if not assigned:
         text = _wrap(f"NOT ASSIGNED in this handout (component {component.name}): the body of "
                      f"{region.signature} comes with a later handout or the released solutions.", "    ")
@@ -135,6 +139,11 @@ def banner(region, assigned=True):
     return out
 
 
+def source_file(function):
+    """The file of "module.function" below minibridge/: "ops.py", "backward/ops.py"."""
+    return function.rsplit(".", 1)[0].replace(".", "/") + ".py"
+
+
 def _wrap(line, indent):
     return textwrap.wrap(line, width=100, subsequent_indent=indent, break_on_hyphens=False)
 
@@ -145,7 +154,7 @@ def package_regions(package=PACKAGE):
     for path in sorted(Path(package).rglob("*.py")):
         if "assignments" in path.relative_to(package).parts[:-1] or "__pycache__" in path.parts:
             continue
-        regions += find_regions(path)
+        regions += find_regions(path, package)
     return regions
 
 
@@ -391,9 +400,13 @@ def handout(chosen):
     for c in COMPONENTS:
         if c.name not in chosen.assigned:
             continue
-        where = ", ".join(f"`{f.split('.')[1]}` in minibridge/{f.split('.')[0]}.py" for f in c.covers)
+        where = ", ".join(f"`{f.rsplit('.', 1)[1]}` in minibridge/{source_file(f)}" for f in c.covers)
         lines.append(f"| {c.name} | {where} | {', '.join(c.needs) or '-'} | {c.summary} |")
     lines += ["", "A failing component also fails the ones built on it: fix the earliest failure first.", ""]
+    if any(f.startswith("backward.") for n in chosen.assigned for f in BY_NAME[n].covers):
+        lines += ["Gradients: before you run `check` on a backward function, check it against finite differences",
+                  "with `minibridge.backward.gradcheck` (`numerical_gradient` and `rel_error`; its docstring has",
+                  "an example): a relative error below 1e-7, in float64, means the gradient is right.", ""]
     if chosen.released:
         lines += [f"Given (solutions released, the reference code): {', '.join(chosen.released)}.", ""]
     if chosen.withheld:

@@ -83,7 +83,7 @@ def package_dir(impl):
 
 
 class Student:
-    """The student copy's modules (student.ops, student.vision, ...), each imported on first use.
+    """The student copy's modules (student.ops, student.vision, student.backward.ops, ...), each imported on first use.
 
     The package's __init__ is not run, so a broken module fails only the components that use it.
     """
@@ -96,6 +96,8 @@ class Student:
         sys.modules[self.package] = importlib.util.module_from_spec(spec)
 
     def __getattr__(self, module):
+        if any(m.startswith(module + ".") for m in MODULES):  # a subpackage (backward): its modules, lazily
+            return _Subpackage(self, module)
         if module not in MODULES:
             raise AttributeError(module)
         keep, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # leave no __pycache__ in submissions
@@ -111,6 +113,16 @@ class Student:
     def where(self, error):
         """ " (at minibridge/ops.py:120 in softmax)": where in this copy `error` was raised (_where), or ""."""
         return _where(error, self.root)
+
+
+class _Subpackage:
+    """student.backward: student.backward.ops imports the copy's backward/ops.py (and only it) on first use."""
+
+    def __init__(self, student, name):
+        self._student, self._name = student, name
+
+    def __getattr__(self, module):
+        return getattr(self._student, f"{self._name}.{module}")
 
 
 # ---- snapshots ----------------------------------------------------------------------------------------
@@ -259,12 +271,13 @@ def _symptoms(component, snapshot, mine):
     """The hint lines of the component's typical mistakes (components.Symptom) that the failing outputs look like."""
     try:
         arrays = {k: np.asarray(to_numpy(v)) for k, v in mine.items()}
-        if any(arrays[k].shape != snapshot.outputs[k].shape for k in snapshot.outputs):
-            return []
+        shaped = all(arrays[k].shape == snapshot.outputs[k].shape for k in snapshot.outputs)
     except Exception:  # noqa: BLE001 (no arrays to look at: the FAIL line says why)
         return []
     hints = []
     for symptom in component.symptoms:
+        if not shaped and not symptom.shapes:  # a wrong shape: only the symptoms that read shapes can judge
+            continue
         try:
             with np.errstate(all="ignore"):
                 if symptom.fits(snapshot, arrays) and "hint: " + symptom.hint not in hints:
@@ -273,7 +286,7 @@ def _symptoms(component, snapshot, mine):
             pass
     nan = [k for k, v in arrays.items() if v.dtype.kind == "f" and not np.isfinite(v).all()
            and np.isfinite(snapshot.outputs[k]).all()]
-    if nan and not hints:
+    if nan and shaped and not hints:
         hints.append(f"hint: nan or inf in {', '.join(nan)} where the reference is finite: an exp that overflows, "
                      "or a division by zero?")
     return hints
@@ -435,7 +448,7 @@ def run_component(component, student, snapshot, tiny, time_limit=TIME_LIMIT_S):
     failing = checks[first]
     if failing.ratio > 1:
         others = [name for name in rest if checks[name].ratio > 1]
-        notes = ["also failing: " + ", ".join(others)] if others else []
+        notes = ["also failing: " + _listed(others)] if others else []
         # A typical mistake recognised says more than what the failing case tests.
         hints = _symptoms(component, snapshot, mine) or _case_hint(failing.case, snapshot, mine)
         return Result(component.name, False, failing.message, notes + hints, status="fail", ratio=failing.ratio)
@@ -444,6 +457,13 @@ def run_component(component, student, snapshot, tiny, time_limit=TIME_LIMIT_S):
     closest = max(checks.values(), key=lambda c: c.ratio)  # passing: the closest to its tolerance
     return Result(component.name, True, f"worst error {closest.err:.2g} (tolerance {closest.tol:.2g})", status="pass",
                   ratio=closest.ratio)
+
+
+def _listed(names, most=6):
+    """ "a, b, c" — or the first `most` and how many more (a layer's backward has dozens of gradients)."""
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most])} and {len(names) - most} more"
 
 
 def grade(impl, names=None, snapshots=SNAPSHOTS, assigned=None, progress=None, hard_stop=False, time_limit=None):

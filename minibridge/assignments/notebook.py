@@ -4,7 +4,7 @@
     check("softmax", softmax=my_softmax)                     # prints PASS/FAIL lines, returns the Result
     check("heads", pooler=my_pooler, itm_logits=my_itm)      # several functions of one component
 
-The keywords are the functions the component covers (`Component.covers`, the part after the dot);
+The keywords are the functions the component covers (`Component.covers`, the part after the last dot);
 the ones not given are the reference package's own. The component runs on the same stored inputs,
 tiny weights and tolerances as `python -m minibridge.assignments check`, and prints the same lines.
 
@@ -24,16 +24,20 @@ from .grade import load_snapshots, report, run_component
 
 
 class NotebookStudent:
-    """What `run_component` calls: student.ops, student.text, ... (the reference modules) and where(error).
+    """What `run_component` calls: student.ops, student.text, student.backward.ops, ... (the reference
+    modules) and where(error).
 
     The learner's functions are in those modules only while `patched` holds them there.
     """
 
     def __init__(self, functions):
-        """functions: {"module.function": callable}."""
+        """functions: {"module.function": callable}, e.g. {"backward.ops.softmax_backward": my_softmax_backward}."""
         self.functions = functions
+        self.modules = {m: importlib.import_module(f"..{m}", __package__) for m in GRADED_MODULES}
         for module in GRADED_MODULES:
-            setattr(self, module, importlib.import_module(f"..{module}", __package__))
+            # student.backward is the package minibridge.backward, whose .ops (imported above) is backward/ops.py
+            top = module.split(".")[0]
+            setattr(self, top, importlib.import_module(f"..{top}", __package__))
 
     @contextlib.contextmanager
     def patched(self):
@@ -43,12 +47,12 @@ class NotebookStudent:
         calls the to_cross_space that model.py imported from bridge.py, vision.patch_embed calls patchify),
         so replacing it in its defining module alone would grade the reference's own in those calls.
         """
-        modules = [getattr(self, m) for m in GRADED_MODULES]
+        modules = list(self.modules.values())
         replaced = []  # (module, name, the reference's function)
         try:
             for qualified, fn in self.functions.items():
-                module, name = qualified.split(".")
-                ref = getattr(getattr(self, module), name)
+                module, name = qualified.rsplit(".", 1)
+                ref = getattr(self.modules[module], name)
                 for m in modules:
                     if getattr(m, name, None) is ref:
                         replaced.append((m, name, ref))
@@ -82,7 +86,7 @@ def check(component, /, **functions):
     if component not in BY_NAME:
         raise ValueError(f"unknown component {component!r}; choose from {[c.name for c in COMPONENTS]}")
     c = BY_NAME[component]
-    valid = {f.split(".")[1]: f for f in c.covers}
+    valid = {f.rsplit(".", 1)[1]: f for f in c.covers}
     unknown = sorted(set(functions) - set(valid))
     if unknown:
         raise ValueError(f"component {component!r} covers {sorted(valid)}, not {unknown}"
