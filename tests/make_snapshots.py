@@ -20,13 +20,14 @@ them from stored inputs, as `references` does the outputs.
 """
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
 import numpy as np
 
 import reference
-from minibridge.assignments.components import COMPONENTS, config_json, tiny_weights, weights_checksum
+from minibridge.assignments.components import COMPONENTS, config_json, sampled_gradients, tiny_weights, weights_checksum
 from minibridge.assignments.grade import SNAPSHOTS
 from minibridge.config import TINY
 
@@ -311,6 +312,148 @@ def ref_bridgetower(x, t, ctx):
     return {k: out[k] for k in ("text_features", "image_features", "pooler_output")}
 
 
+# ---- the backward components (week 5): torch autograd in float64 -------------------------------------------
+# Each reference runs the forward in float64 (the inputs as given, the modules cast with .double()) and
+# asks autograd for the gradients: the exact gradients of the stored float32 inputs, rounded once to
+# float32 when stored. A right float32 backward is then off by its own rounding only (components.py's
+# GRAD_* tolerances). Gradients of std-1 upstream gradients (dy, dcontext, ...) keep every output of order 1.
+
+
+def _leaf(t, a):
+    """A float64 tensor of array `a` that autograd tracks."""
+    return t.tensor(np.asarray(a), dtype=t.float64).requires_grad_()
+
+
+def _f64(t, a):
+    return t.tensor(np.asarray(a), dtype=t.float64)
+
+
+def _f32(v):
+    """A gradient as stored: float32 (the reference's float64 value rounded once)."""
+    return v.detach().float()
+
+
+def make_linear_backward(rng):
+    return {**make_linear(rng), "dy": _normal(rng, 2, 3, 4)}
+
+
+def ref_linear_backward(x, t, ctx):
+    F = t.nn.functional
+    with t.enable_grad():
+        X, W, b = (_leaf(t, x[k]) for k in ("x", "weight", "bias"))
+        F.linear(X, W, b).backward(_f64(t, x["dy"]))
+        X2, W2 = _leaf(t, x["x"]), _leaf(t, x["weight"])
+        F.linear(X2, W2).backward(_f64(t, x["dy"]))
+    return {"dx": _f32(X.grad), "dweight": _f32(W.grad), "dbias": _f32(b.grad),
+            "dx_without_bias": _f32(X2.grad), "dweight_without_bias": _f32(W2.grad)}
+
+
+def make_layer_norm_backward(rng):
+    return {**make_layer_norm(rng), "dy": _normal(rng, 6, 3, 16)}
+
+
+def ref_layer_norm_backward(x, t, ctx):
+    with t.enable_grad():
+        X, w, b = (_leaf(t, x[k]) for k in ("x", "weight", "bias"))
+        t.nn.functional.layer_norm(X, (X.shape[-1],), w, b, eps=float(x["eps"])).backward(_f64(t, x["dy"]))
+    return {"dx": _f32(X.grad), "dweight": _f32(w.grad), "dbias": _f32(b.grad)}
+
+
+def make_gelu_backward(rng):
+    return {**make_gelu(rng), "dy": _normal(rng, 3, 100)}
+
+
+def ref_gelu_backward(x, t, ctx):
+    with t.enable_grad():
+        X = _leaf(t, x["x"])
+        t.nn.functional.gelu(X, approximate="none").backward(_f64(t, x["dy"]))
+    return {"dx": _f32(X.grad)}
+
+
+def make_softmax_backward(rng):
+    # Attention's shape [B, H, Sq, Sk] with Sq != Sk, so a sum along the wrong axis still broadcasts.
+    scores = _normal(rng, 2, 3, 4, 7, std=3.0)
+    scores[1, :, :, 5:] = np.finfo(F32).min  # masked keys: probability 0
+    scores[0, 1, 2] = np.array([-1e4, 1e4, 0, 0, 0, 0, 0], dtype=F32)  # saturated: probabilities 0 and 1
+    return {"scores": scores, "dprobs": _normal(rng, 2, 3, 4, 7)}
+
+
+def ref_softmax_backward(x, t, ctx):
+    with t.enable_grad():
+        S = _leaf(t, x["scores"])
+        t.softmax(S, dim=-1).backward(_f64(t, x["dprobs"]))
+    return {"dscores": _f32(S.grad)}
+
+
+def make_attention_backward(rng):
+    x = make_attention(rng)
+    return {**x, "dcontext": _normal(rng, *x["q"].shape), "dself": _normal(rng, *x["s"].shape)}
+
+
+def ref_attention_backward(x, t, ctx):
+    from transformers.models.bridgetower.modeling_bridgetower import eager_attention_forward
+
+    def grads(q, k, v, heads, mask, dcontext):
+        def split(a):  # [B, S, D] -> [B, H, S, Dh]
+            return a.reshape(a.shape[0], a.shape[1], heads, -1).transpose(1, 2)
+
+        Q, K, V = _leaf(t, q), _leaf(t, k), _leaf(t, v)
+        out, _ = eager_attention_forward(t.nn.Module().eval(), split(Q), split(K), split(V),
+                                         None if mask is None else _f64(t, mask))
+        out.reshape(Q.shape).backward(_f64(t, dcontext))  # out is [B, Sq, H, Dh] -> [B, Sq, D]
+        return _f32(Q.grad), _f32(K.grad), _f32(V.grad)
+
+    with t.enable_grad():
+        dq, dk, dv = grads(x["q"], x["k"], x["v"], int(x["num_heads"]), x["mask"], x["dcontext"])
+        sq, sk, sv = grads(x["s"], x["s"], x["s"], int(x["self_num_heads"]), None, x["dself"])
+    return {"dq": dq, "dk": dk, "dv": dv, "self_dq": sq, "self_dk": sk, "self_dv": sv}
+
+
+def make_itm_loss_backward(rng):
+    D = TINY["hidden_size"]
+    return {"pooled": _normal(rng, 4, 2 * D), "labels": np.array([1, 0, -100, 1], dtype=np.int64)}
+
+
+def ref_itm_loss_backward(x, t, ctx):
+    head = copy.deepcopy(ctx["heads"]["itm_score"]).double()
+    with t.enable_grad():
+        pooled = _leaf(t, x["pooled"])
+        logits = head(pooled)
+        logits.retain_grad()
+        t.nn.functional.cross_entropy(logits, t.tensor(x["labels"])).backward()  # ignore_index=-100, the mean
+    return {"dlogits": _f32(logits.grad), "dpooled": _f32(pooled.grad), "fc.weight": _f32(head.fc.weight.grad),
+            "fc.bias": _f32(head.fc.bias.grad)}
+
+
+def make_cross_modal_layer_backward(rng):
+    D = TINY["hidden_size"]
+    return {"text": _normal(rng, 2, 5, D, std=0.1), "image": _normal(rng, 2, 4, D, std=0.1),
+            "text_mask": _additive(_padding_mask([5, 3], 5)), "dtext": _normal(rng, 2, 5, D),
+            "dimage": _normal(rng, 2, 4, D)}
+
+
+def ref_cross_modal_layer_backward(x, t, ctx):
+    m, mask = ctx["model"], _f64(t, x["text_mask"])
+    out = {}
+    with t.enable_grad():
+        for side, layers, own, other, masks in (("text", m.cross_modal_text_layers, "text", "image", (mask, None)),
+                                                ("image", m.cross_modal_image_layers, "image", "text", (None, mask))):
+            layer = copy.deepcopy(layers[0]).double()
+            h, o = _leaf(t, x[own]), _leaf(t, x[other])
+            y = layer(h, o, attention_mask=masks[0], encoder_attention_mask=masks[1])[0]
+            y.backward(_f64(t, x[f"d{side}"]))
+            grads = {}
+            for name, param in layer.named_parameters():  # "attention.self.query.weight", … as the checkpoint's
+                *path, last = name.split(".")
+                node = grads
+                for part in path:
+                    node = node.setdefault(part, {})
+                node[last] = _f32(param.grad).numpy()
+            out.update({f"{side}_dx": _f32(h.grad), f"{side}_dother": _f32(o.grad),
+                        **sampled_gradients(grads, f"{side}.")})
+    return out
+
+
 # ---- stored mistakes: what typical mistakes compute, one function per component that has them --------------
 # Each returns {mistake: {output: array}} for the mistakes its component's symptoms name (components.Symptom).
 # Float mistakes are computed in float64 where the arithmetic is written out here: the exact value of
@@ -421,6 +564,41 @@ def mistakes_cross_modal_layer(x, t, ctx):
     layer = ctx["model"].cross_modal_text_layers[0]
     _, probs = layer.crossattention(t.tensor(x["text"]), encoder_hidden_states=t.tensor(x["image"]))
     return {"cross_queried_by_x": {"text_cross_probs": probs}}
+
+
+def mistakes_layer_norm_backward(x, t, ctx):
+    """dx with one of its terms left out: (dx̂ − mean(dx̂) − x̂·mean(dx̂⊙x̂)) / σ, dx̂ = dy⊙w."""
+    X, w, dy, eps = _f64(t, x["x"]), _f64(t, x["weight"]), _f64(t, x["dy"]), float(x["eps"])
+    c = X - X.mean(-1, keepdim=True)
+    inv_std = 1 / ((c * c).mean(-1, keepdim=True) + eps).sqrt()
+    x_hat = c * inv_std
+
+    def dx(g, mean_term=True, variance_term=True):  # g: the gradient of x̂
+        return (g - (g.mean(-1, keepdim=True) if mean_term else 0)
+                - (x_hat * (g * x_hat).mean(-1, keepdim=True) if variance_term else 0)) * inv_std
+
+    right = ref_layer_norm_backward(x, t, ctx)["dx"].double()
+    assert t.allclose(dx(dy * w), right, rtol=1e-6, atol=1e-6 * right.abs().max()), "the formula is not autograd's"
+    return {"no_mean_term": {"dx": dx(dy * w, mean_term=False)},
+            "no_variance_term": {"dx": dx(dy * w, variance_term=False)},
+            "no_weight": {"dx": dx(dy)}}
+
+
+def mistakes_gelu_backward(x, t, ctx):
+    """The derivative without its x·φ(x) term, and the tanh approximation's derivative (autograd, float64)."""
+    X, dy = _f64(t, x["x"]), _f64(t, x["dy"])
+    with t.enable_grad():
+        Xt = _leaf(t, x["x"])
+        t.nn.functional.gelu(Xt, approximate="tanh").backward(dy)
+    return {"no_x_pdf_term": {"dx": dy * 0.5 * (1 + t.erf(X / 2**0.5))}, "tanh_derivative": {"dx": Xt.grad}}
+
+
+def mistakes_softmax_backward(x, t, ctx):
+    """Σ y⊙g summed over axis -2, the queries, instead of along each row: y ⊙ (g − Σ_{axis -2} y⊙g)."""
+    y, g = t.softmax(_f64(t, x["scores"]), dim=-1), _f64(t, x["dprobs"])
+    right = ref_softmax_backward(x, t, ctx)["dscores"].double()
+    assert t.allclose(y * (g - (y * g).sum(-1, keepdim=True)), right, atol=1e-6), "the formula is not autograd's"
+    return {"sum_over_axis_-2": {"dscores": y * (g - (y * g).sum(-2, keepdim=True))}}
 
 
 def mistakes_heads(x, t, ctx):

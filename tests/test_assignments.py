@@ -21,8 +21,10 @@ from minibridge.assignments.components import BY_NAME, COMPONENTS, dependents
 
 PACKAGE = Path(minibridge.__file__).resolve().parent
 NAMES = [c.name for c in COMPONENTS]
-# The snapshots hold inputs and outputs of small arrays only (the weights are regenerated from a seed).
-SNAPSHOT_BUDGET_BYTES = 300_000
+# The snapshots hold inputs and outputs of small arrays only (the weights are regenerated from a seed,
+# and a cross-modal layer's weight gradients are sampled): 261 kB for the 16 forward components,
+# 364 kB with the 7 backward ones.
+SNAPSHOT_BUDGET_BYTES = 400_000
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +75,11 @@ def test_student_copy_imports_and_scores_zero(student_copy):
 def test_student_copy_keeps_signatures_and_docstrings_but_no_solution(student_copy):
     for c in COMPONENTS:
         for function in c.covers:
-            module, name = function.split(".")
-            source = (student_copy / "minibridge" / f"{module}.py").read_text(encoding="utf-8")
+            name, file = function.rsplit(".", 1)[1], builder.source_file(function)  # "backward/ops.py"
+            source = (student_copy / "minibridge" / file).read_text(encoding="utf-8")
             assert builder.BEGIN not in source and builder.END not in source
             fn = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == name)
-            reference = next(n for n in ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8")).body
+            reference = next(n for n in ast.parse((PACKAGE / file).read_text(encoding="utf-8")).body
                              if isinstance(n, ast.FunctionDef) and n.name == name)
             assert ast.unparse(fn.args) == ast.unparse(reference.args)
             assert ast.get_docstring(fn) == ast.get_docstring(reference)
@@ -185,6 +187,59 @@ def test_planted_bug_fails_exactly_its_component_and_those_built_on_it(tmp_path,
     assert failing(results) == {component, *dependents(component)}, grader.report(results)
     line = next(r.message for r in results if r.name == component)
     assert " at index " in line and " vs reference " in line and "mine " in line, line
+
+
+# Planted backward mistakes: (component, module, [(reference text, buggy text)], a text of the hint it must
+# get, the components built on it that the bug leaves right). Each is a classic wrong gradient.
+BACKWARD_BUGS = {
+    "attention backward without the 1/sqrt(Dh)": ("attention_backward", "backward/ops.py", [
+        ("    dscores *= scale\n", "")], "√Dh times too large", ()),
+    "attention backward recomputing the probabilities without the mask": ("attention_backward", "backward/ops.py", [
+        ("_, probs = attention(q, k, v, num_heads, mask)", "_, probs = attention(q, k, v, num_heads, None)")],
+        "masked keys get a gradient", ()),
+    "LayerNorm backward without the mean's term": ("layer_norm_backward", "backward/ops.py", [
+        ("dx = (dx_hat - mean_term - variance_term) * inv_std", "dx = (dx_hat - variance_term) * inv_std")],
+        "the mean's term missing?", ()),
+    # A row softmax's Jacobian is symmetric, so "transposed" is the sum taken along the other axis (the
+    # queries, -2, of attention's [B, H, Sq, Sk]): it still broadcasts, and every row goes wrong.
+    "softmax Jacobian transposed (summed along axis -2)": ("softmax_backward", "backward/ops.py", [
+        ("(y * dprobs).sum(axis=-1, keepdims=True)", "(y * dprobs).sum(axis=-2, keepdims=True)")],
+        "summed over axis -2", ()),
+    "linear backward with dW not transposed": ("linear_backward", "backward/ops.py", [
+        ('grads = {"weight": dy2.T @ x2}', 'grads = {"weight": x2.T @ dy2}')], "dW transposed?", ()),
+    # The ITM head's dy is [B, 2]: summed over axis 0 it is right there, so itm_loss_backward still passes.
+    "linear backward with the bias gradient summed over the first axis only": ("linear_backward", "backward/ops.py", [
+        ('grads["bias"] = dy2.sum(axis=0)', 'grads["bias"] = dy.sum(axis=0)')], "db summed over the first axis only?",
+        ("itm_loss_backward",)),
+    "GELU backward without the x·φ(x) term": ("gelu_backward", "backward/ops.py", [
+        ("return dy * (cdf + x * pdf)", "return dy * cdf")], "only Φ(x)?", ()),
+    "cross-entropy backward divided by every row": ("itm_loss_backward", "backward/ops.py", [
+        ("dlogits /= max(int(kept.shape[0]), 1)", "dlogits /= labels.shape[0]")], "divided by every row?", ()),
+    "cross-modal layer backward without the self-attention's keys/values gradient": (
+        "cross_modal_layer_backward", "backward/bridge.py", [
+            ("dx = dx_queries + dx_keys_values  # [B, S, D]", "dx = dx_queries  # [B, S, D]")],
+        "dx = dx_queries + dx_keys_values", ()),
+    "cross-modal layer backward without cross_mask": ("cross_modal_layer_backward", "backward/bridge.py", [
+        ("g_cross = bert_attention_backward(p[\"crossattention\"], a, other, H, eps, cross_mask, dc)",
+         "g_cross = bert_attention_backward(p[\"crossattention\"], a, other, H, eps, None, dc)")],
+        "cross_mask not applied in the backward?", ()),
+    "FFN backward without the residual's gradient": ("cross_modal_layer_backward", "backward/text.py", [
+        ("    dx = dx + dresidual  # [B, S, D]: plus the residual's copy\n", "")], "this case tests the ", ()),
+}
+
+
+@pytest.mark.parametrize("bug", list(BACKWARD_BUGS))
+def test_a_planted_backward_mistake_fails_with_its_hint(tmp_path, bug):
+    component, module, edits, hint, spared = BACKWARD_BUGS[bug]
+    copy = reference_copy(tmp_path)
+    plant(copy, module, edits)
+    with np.errstate(all="ignore"):
+        results = grader.grade(copy)
+    assert failing(results) == {component, *dependents(component)} - set(spared), grader.report(results)
+    result = next(r for r in results if r.name == component)
+    assert result.status == "fail" and ("mine " in result.message or "shape mine" in result.message), result.message
+    hints = [n for n in result.notes if n.startswith("hint: ")]
+    assert hints and hint in hints[0], grader.report([result])
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -79,13 +79,20 @@ def solution_texts():
 
 
 def leaked(handout):
-    """The solution regions whose text, or a line unique to them, appears in any file of the handout."""
+    """The solution regions whose text, or a line unique to them, appears in any file of the handout.
+
+    subtle: a line may belong to two solutions (attention_backward splits heads as attention does); where
+    the handout releases one of them, that line is the released code, no evidence of the other.
+    """
     inside, unique = solution_texts()
+    manifest = builder.read_manifest(builder.copy_root(handout)) or {"released": []}
+    given = {line for n in manifest["released"] for f in BY_NAME[n].covers for line in inside[f]}
     files = [p for p in handout.rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".json", ".txt")]
     texts = ["\n".join(line.strip() for line in p.read_text(encoding="utf-8").splitlines()) for p in files]
     lines = {line for t in texts for line in t.splitlines()}
+    released = {f for n in manifest["released"] for f in BY_NAME[n].covers}
     found = {f for f, body in inside.items() if any("\n".join(body) in t for t in texts)}
-    found |= {f for f, body in inside.items() if set(body) & unique & lines}
+    found |= {f for f, body in inside.items() if set(body) & (unique if f in released else unique - given) & lines}
     return found
 
 
@@ -111,6 +118,21 @@ def test_a_week1_handout_holds_no_reference_solution(tmp_path):
     # The same check sees solutions where they are: week 2's handout releases week 1's.
     assert cli("build", tmp_path / "week2", "--week", 2, cwd=tmp_path)[0] == 0
     assert leaked(tmp_path / "week2") == {f for n in WEEKS[1] for f in BY_NAME[n].covers}
+
+
+def test_the_backward_week_builds_on_the_forward_released_and_is_graded_alone(tmp_path):
+    """Week 5 (the backward pass): weeks 1-4 released, so its handout holds their solutions and no other."""
+    assert cli("build", tmp_path / "week5", "--week", 5, cwd=tmp_path)[0] == 0
+    handout = tmp_path / "week5"
+    assert leaked(handout) == {f for week in (1, 2, 3, 4) for n in WEEKS[week] for f in BY_NAME[n].covers}
+    code, out, err = cli("check", cwd=handout)
+    lines = out.strip().splitlines()
+    assert code == 1 and lines[-1] == f"score: 0/{len(WEEKS[5])} components", out + err
+    assert [line.split()[1] for line in lines if line.startswith("FAIL")] == list(WEEKS[5]), out
+    assert all("not implemented" in v and "minibridge/backward/" in v for v in lines if v.startswith("FAIL")), out
+    solve(handout, *WEEKS[5])
+    code, out, err = cli("check", cwd=handout)
+    assert code == 0 and out.strip().splitlines()[-1] == f"score: {len(WEEKS[5])}/{len(WEEKS[5])} components", out
 
 
 def test_a_week1_check_grades_only_the_assigned_components_and_writes_rows(tmp_path):

@@ -13,6 +13,10 @@ import pytest
 from minibridge.assignments import check
 from minibridge.assignments.components import BY_NAME, COMPONENTS
 # The reference's own, held from before a check: while one runs, the learner's function is in its place.
+from minibridge.backward.ops import attention_backward as reference_attention_backward
+from minibridge.backward.ops import gelu_backward as reference_gelu_backward
+from minibridge.backward.ops import layer_norm_backward as reference_layer_norm_backward
+from minibridge.backward.ops import linear_backward as reference_linear_backward
 from minibridge.bridge import link_tower as reference_link_tower
 from minibridge.bridge import to_cross_space as reference_to_cross_space
 from minibridge.text import bert_attention as reference_bert_attention
@@ -604,10 +608,215 @@ def test_exact_outputs_say_how_many_differ_and_the_first(capsys):
     assert compare("ids", np.array([2.0, 3.5]), np.array([2, 4]), 0).message.endswith("mine 3.5 vs reference 4")
 
 
+# ---- the backward week: right gradients pass in any form, wrong ones fail with their hint ---------------
+
+
+def float32_softmax_backward(y, g):
+    return y * (g - (y * g).sum(axis=-1, keepdims=True))
+
+
+def jacobian_softmax_backward(y, g):
+    """The Jacobian J[i, j] = ∂y_i/∂x_j = y_i (δ_ij − y_j) built row by row, applied as dx_j = Σ_i g_i J[i, j]."""
+    jacobian = y[..., :, None] * (np.eye(y.shape[-1], dtype=y.dtype) - y[..., None, :])  # [..., S, S]
+    return np.einsum("...ij,...i->...j", jacobian, g)
+
+
+def layer_norm_backward_with(variance="two-pass", textbook=False, mean_term=True, variance_term=True, weight=True,
+                             eps=None):
+    """A learner's LayerNorm backward in float32: the variance one-pass (E[x²] − E[x]²) or two-pass, the
+    textbook (N·dx̂ − Σdx̂ − x̂·Σdx̂x̂)/N form or the means' one, or with a term, the weight or eps wrong."""
+
+    def layer_norm_backward(x, p, eps_given, dy):
+        D = x.shape[-1]
+        mean = x.mean(axis=-1, keepdims=True)
+        var = ((x * x).mean(axis=-1, keepdims=True) - mean * mean if variance == "one-pass"
+               else ((x - mean) ** 2).mean(axis=-1, keepdims=True))
+        inv_std = 1 / np.sqrt(var + (eps_given if eps is None else eps))
+        x_hat = (x - mean) * inv_std
+        g = dy * p["weight"] if weight else dy
+        if textbook:
+            dx = inv_std / D * (D * g - g.sum(-1, keepdims=True) - x_hat * (g * x_hat).sum(-1, keepdims=True))
+        else:
+            dx = inv_std * (g - (g.mean(-1, keepdims=True) if mean_term else 0)
+                            - (x_hat * (g * x_hat).mean(-1, keepdims=True) if variance_term else 0))
+        return dx, {"weight": (dy * x_hat).reshape(-1, D).sum(0), "bias": dy.reshape(-1, D).sum(0)}
+
+    return layer_norm_backward
+
+
+def float64_gelu_backward(x, dy):
+    from math import erf, pi
+
+    x64 = x.astype(np.float64)
+    return dy * (0.5 * (1 + np.vectorize(erf)(x64 / np.sqrt(2))) + x64 * np.exp(-x64 * x64 / 2) / np.sqrt(2 * pi))
+
+
+def tanh_gelu_backward(x, dy):
+    """The derivative of tanh-GELU, 0.5·x·(1 + tanh(c·(x + 0.044715·x³)))."""
+    c, a = np.float32(np.sqrt(2 / np.pi)), np.float32(0.044715)
+    t = np.tanh(c * (x + a * x**3))
+    return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * a * x * x))
+
+
+def einsum_attention_backward(q, k, v, num_heads, mask, dcontext):
+    """All heads at once with einsum, in float32, its own softmax and softmax backward."""
+    B, Sq, D = q.shape
+    Dh = D // num_heads
+    Q, K, V, dC = (a.reshape(B, -1, num_heads, Dh) for a in (q, k, v, dcontext))
+    scores = np.einsum("bqhd,bkhd->bhqk", Q, K) / np.float32(np.sqrt(Dh))
+    probs = textbook_softmax(scores if mask is None else scores + mask)
+    dV = np.einsum("bhqk,bqhd->bkhd", probs, dC)
+    dP = np.einsum("bqhd,bkhd->bhqk", dC, V)
+    dS = probs * (dP - (probs * dP).sum(axis=-1, keepdims=True)) / np.float32(np.sqrt(Dh))
+    dQ, dK = np.einsum("bhqk,bkhd->bqhd", dS, K), np.einsum("bhqk,bqhd->bkhd", dS, Q)
+    return dQ.reshape(B, Sq, D), dK.reshape(B, -1, D), dV.reshape(B, -1, D)
+
+
+def cross_entropy_backward_with(divide_by="kept", sign=1.0, zero_ignored=True):
+    """softmax − onehot in float32, divided by the kept rows (or by every row, or by nothing)."""
+
+    def cross_entropy_backward(logits, labels, ignore_index=-100):
+        kept = labels != ignore_index
+        d = textbook_softmax(logits)
+        d[np.flatnonzero(kept), labels[kept]] -= 1
+        if zero_ignored:
+            d[~kept] = 0
+        n = {"kept": max(int(kept.sum()), 1), "all": labels.shape[0], "none": 1}[divide_by]
+        return sign * d / n
+
+    return cross_entropy_backward
+
+
+BACKWARD_ALTERNATIVES = {
+    "softmax backward in float32": ("softmax_backward", {"softmax_backward": float32_softmax_backward}),
+    "softmax backward through the full Jacobian": ("softmax_backward", {"softmax_backward": jacobian_softmax_backward}),
+    "LayerNorm backward, textbook form": ("layer_norm_backward",
+                                          {"layer_norm_backward": layer_norm_backward_with(textbook=True)}),
+    "LayerNorm backward, one-pass variance": ("layer_norm_backward",
+                                              {"layer_norm_backward": layer_norm_backward_with(variance="one-pass")}),
+    "GELU backward in float64 through math.erf": ("gelu_backward", {"gelu_backward": float64_gelu_backward}),
+    "attention backward with einsum": ("attention_backward", {"attention_backward": einsum_attention_backward}),
+    "cross-entropy backward in float32": ("itm_loss_backward",
+                                          {"cross_entropy_backward": cross_entropy_backward_with()}),
+}
+
+
+@pytest.mark.parametrize("name", list(BACKWARD_ALTERNATIVES))
+def test_every_correct_backward_formulation_passes(name, capsys):
+    component, functions = BACKWARD_ALTERNATIVES[name]
+    result = check(component, **functions)
+    assert result.passed, capsys.readouterr().out
+
+
+def test_the_layer_backward_passes_on_float32_primitives_and_fails_on_subtle_mistakes(capsys):
+    """GRAD_LAYER_TOL: a cross-modal layer's backward on the float32 softmax and one-pass LayerNorm backwards
+    passes; with the tanh-GELU derivative or a LayerNorm eps of 1e-6 inside (2e-4 off at worst) it fails."""
+    from minibridge.assignments.components import Tiny
+    from minibridge.assignments.grade import load_snapshots, run_component
+    from minibridge.assignments.notebook import NotebookStudent
+
+    def grade(**functions):
+        student = NotebookStudent({f"backward.ops.{name}": fn for name, fn in functions.items()})
+        with student.patched():
+            return run_component(BY_NAME["cross_modal_layer_backward"], student,
+                                 load_snapshots()["cross_modal_layer_backward"], Tiny.make())
+
+    right = grade(softmax_backward=float32_softmax_backward,
+                  layer_norm_backward=layer_norm_backward_with(variance="one-pass"))
+    assert right.passed and right.ratio < 0.1, right.message  # within a tenth of the tolerance
+    for wrong in (grade(gelu_backward=tanh_gelu_backward),
+                  grade(layer_norm_backward=layer_norm_backward_with(eps=1e-6))):
+        assert not wrong.passed, wrong.message
+
+
+def linear_backward_with_mean_bias(x, p, dy):
+    dx, g = reference_linear_backward(x, p, dy)
+    if "bias" in g:
+        g["bias"] = g["bias"] / (dy.size // dy.shape[-1])
+    return dx, g
+
+
+def attention_backward_scaled_twice(q, k, v, num_heads, mask, dcontext):
+    dq, dk, dv = reference_attention_backward(q, k, v, num_heads, mask, dcontext)
+    root = np.float32(np.sqrt(q.shape[-1] // num_heads))
+    return dq / root, dk / root, dv
+
+
+# name: (component, functions, the case its FAIL line names, the hint it gives first)
+BACKWARD_MISTAKES = {
+    "linear backward: the bias gradient a mean": ("linear_backward",
+                                                  {"linear_backward": linear_backward_with_mean_bias}, "dbias",
+                                                  "not a mean"),
+    "LayerNorm backward without the variance's term": ("layer_norm_backward", {
+        "layer_norm_backward": layer_norm_backward_with(variance_term=False)}, "dx, case ", "the variance's term"),
+    "LayerNorm backward without the weight in dx̂": ("layer_norm_backward", {
+        "layer_norm_backward": layer_norm_backward_with(weight=False)}, "dx, case ", "dx̂ is dy⊙weight"),
+    "LayerNorm backward with eps hard-coded to 1e-6": ("layer_norm_backward", {
+        "layer_norm_backward": layer_norm_backward_with(eps=1e-6)}, 'dx, case "std 1e-3 row where eps dominates"',
+        "so it tests eps"),
+    "GELU backward: the tanh approximation's derivative": ("gelu_backward", {"gelu_backward": tanh_gelu_backward},
+                                                           "dx, case ", "derivative of the tanh approximation"),
+    "GELU backward without dy": ("gelu_backward", {"gelu_backward": lambda x, dy: reference_gelu_backward(
+        x, np.ones_like(dy))}, "dx, case ", "dy not multiplied in?"),
+    "softmax backward without y in the sum": ("softmax_backward", {
+        "softmax_backward": lambda y, g: y * (g - g.sum(axis=-1, keepdims=True))}, "dscores, case ",
+        "do not sum to 0"),
+    "attention backward with the 1/sqrt(Dh) twice": ("attention_backward", {
+        "attention_backward": attention_backward_scaled_twice}, "case ", "applied twice?"),
+    "cross-entropy backward not divided": ("itm_loss_backward", {
+        "cross_entropy_backward": cross_entropy_backward_with(divide_by="none")}, "dlogits, case ",
+        "not divided by the number of rows?"),
+    "cross-entropy backward with the sign flipped": ("itm_loss_backward", {
+        "cross_entropy_backward": cross_entropy_backward_with(sign=-1.0)}, "dlogits, case ", "the sign"),
+    "cross-entropy backward keeping the ignored row": ("itm_loss_backward", {
+        "cross_entropy_backward": cross_entropy_backward_with(zero_ignored=False)},
+        'dlogits, case "the ignored row (label -100)"', "this case tests ignore_index"),
+}
+
+
+@pytest.mark.parametrize("name", list(BACKWARD_MISTAKES))
+def test_typical_backward_mistakes_fail_with_their_hint(name, capsys):
+    component, functions, case, hint = BACKWARD_MISTAKES[name]
+    with np.errstate(all="ignore"):
+        result = check(component, **functions)
+    out = capsys.readouterr().out
+    assert not result.passed and case in result.message and " vs reference " in result.message, out
+    hints = [n for n in result.notes if n.startswith("hint: ")]
+    assert hints and hint in hints[0], out
+
+
+def test_a_linear_backward_product_of_mismatched_shapes_gets_a_hint(capsys):
+    def dx_with_w_transposed(x, p, dy):
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        return dy2 @ p["weight"].T, {"weight": dy2.T @ x.reshape(-1, x.shape[-1]), "bias": dy2.sum(0)}
+
+    result = check("linear_backward", linear_backward=dx_with_w_transposed)
+    out = capsys.readouterr().out
+    assert result.status == "error" and "matmul" in result.message, out
+    assert any("dx = dy W is [..., out] times W [out, in]" in n for n in result.notes), out
+
+
+def test_the_backward_handout_points_at_the_gradient_checker(tmp_path):
+    from minibridge.assignments import build as builder
+
+    builder.build(tmp_path, weeks=[5])
+    for c in (BY_NAME[n] for n in ("linear_backward", "softmax_backward", "cross_modal_layer_backward")):
+        for function in c.covers:
+            source = (tmp_path / "minibridge" / builder.source_file(function)).read_text(encoding="utf-8")
+            name = function.rsplit(".", 1)[1]
+            banner = source.split(f"def {name}(")[1].split("raise NotImplementedError")[0]
+            assert "minibridge.backward.gradcheck" in " ".join(line.strip("# ") for line in banner.splitlines()), \
+                function
+    assert "minibridge.backward.gradcheck" in (tmp_path / "ASSIGNMENTS.md").read_text(encoding="utf-8")
+    import minibridge.backward.gradcheck as gradcheck
+
+    assert callable(gradcheck.numerical_gradient) and callable(gradcheck.rel_error)
+
+
 # ---- the hints ship in every handout: they compute no component, right or wrong ------------------------
 
 
-COMPONENT_MODULES = {"ops", "vision", "text", "bridge", "heads", "model", "tokenizer", "backend"}
+COMPONENT_MODULES = {"ops", "vision", "text", "bridge", "heads", "model", "tokenizer", "backend", "backward"}
 # NumPy's math that, composed, computes components (the symptoms need none of it: properties and
 # stored mistakes do); and the matrix product.
 SOLUTION_MATH = {"exp", "expm1", "tanh", "erf", "sqrt", "einsum", "matmul", "dot", "tensordot", "cumsum", "sigmoid"}
@@ -642,7 +851,10 @@ def test_components_py_computes_no_component_and_calls_the_package_only_through_
         student = fn.args.args[0].arg if isinstance(fn, ast.FunctionDef) and fn.name in runs else None
         for node in ast.walk(fn):
             if isinstance(node, ast.Attribute) and node.attr in COMPONENT_MODULES:
-                assert isinstance(node.value, ast.Name) and node.value.id == student, (
+                owner = node.value  # student.ops, or student.backward.ops (student.backward, then .ops)
+                if isinstance(owner, ast.Attribute) and owner.attr == "backward":
+                    owner = owner.value
+                assert isinstance(owner, ast.Name) and owner.id == student, (
                     f"line {node.lineno}: {ast.unparse(node)} outside a run function's student argument")
 
 

@@ -33,6 +33,19 @@ PRIMITIVE_TOL = 1e-5  # one operation, or one LayerNorm of a sum: rounding of a 
 LAYER_TOL = 3e-5  # a block of ~10 primitives (attention + LayerNorms + MLP): their roundings add up
 MODEL_TOL = 1e-4  # the full forward pass: the parity tests' tolerance (tests/helpers.py TOL)
 EXACT = 0  # integers and strings (position ids, BPE tokens): right or wrong, nothing in between
+# Gradients (week 5), measured against torch autograd in float64 (the exact gradient of the stored
+# float32 inputs, rounded once). A right float32 backward is a few float32 steps per primitive, as the
+# forward: the reference's own float32 lands within 3e-7 of every primitive's snapshot, torch's float32
+# autograd too, and so do a float32 softmax_backward and the one-pass (E[x²] − E[x]²) or textbook
+# (N·dx̂ − Σdx̂ − x̂·Σdx̂x̂)/N forms of LayerNorm's (tests/test_grader_diagnostics.py). The subtlest mistakes
+# worth catching move a primitive's gradient by 6e-4 (the tanh-GELU derivative) and the rest by 1e-2 to 1
+# (a missing term, a missing 1/√Dh, a sum over the wrong axis).
+GRAD_PRIMITIVE_TOL = 1e-5  # one primitive's backward: right answers within 3e-7, mistakes from 6e-4 up
+# A cross-modal layer's backward recomputes its forward and runs ~20 primitive backwards: right answers
+# (float32 throughout, float32 softmax_backward included) land within 5e-7, torch's float32 autograd at
+# 4e-7; a hard-coded LayerNorm eps of 1e-6 or the tanh-GELU derivative inside it move its gradients by
+# 2e-4, a missing term or scale by 6e-3 or more. The forward layers' LAYER_TOL sits between.
+GRAD_LAYER_TOL = 3e-5
 # Where a case's own float32 analysis allows more, the case says so (softmax's +1000 row, below).
 # Unit roundoff u = 2⁻²⁴ ≈ 6e-8: a float32 result is within u·|result| of the exact value.
 U32 = 2.0**-24
@@ -104,6 +117,8 @@ class Symptom:
     files) and stores `outputs` (default: all of them), each cut to `where` (an np.s_[...] index, or
     None for the whole output), as snapshots.npz keys `component/mistake/<mistake>/<output>`.
     The symptom fits when mine[output][where] is within `rel` of every stored output (strings: equal).
+    shapes: judged also when an output has the wrong shape (a `test` of the shapes themselves);
+    the others are judged only on outputs of the reference's shapes.
     """
 
     hint: str
@@ -112,6 +127,7 @@ class Symptom:
     outputs: tuple = ()
     where: tuple = None
     rel: float = 1e-4
+    shapes: bool = False
 
     def fits(self, snapshot, mine):
         """Whether `mine` looks like this mistake; snapshot: the component's grade.Snapshot (inputs, outputs, mistakes)."""
@@ -250,6 +266,77 @@ def _heads(mb, x, tiny):
 def _bridgetower(mb, x, tiny):
     out = mb.model.bridgetower(tiny.tree, tiny.cfg, x["input_ids"], x["attention_mask"], x["pixel_values"])
     return {k: out[k] for k in ("text_features", "image_features", "pooler_output")}
+
+
+# ---- the backward components (week 5): gradients, compared with torch autograd's --------------------------
+
+
+def _linear_backward(mb, x, tiny):
+    dx, g = mb.backward.ops.linear_backward(x["x"], {"weight": x["weight"], "bias": x["bias"]}, x["dy"])
+    dx_nobias, g_nobias = mb.backward.ops.linear_backward(x["x"], {"weight": x["weight"]}, x["dy"])
+    return {"dx": dx, "dweight": g["weight"], "dbias": g["bias"],
+            "dx_without_bias": dx_nobias, "dweight_without_bias": g_nobias["weight"]}
+
+
+def _layer_norm_backward(mb, x, tiny):
+    p = {"weight": x["weight"], "bias": x["bias"]}
+    dx, g = mb.backward.ops.layer_norm_backward(x["x"], p, float(x["eps"]), x["dy"])
+    return {"dx": dx, "dweight": g["weight"], "dbias": g["bias"]}
+
+
+def _gelu_backward(mb, x, tiny):
+    return {"dx": mb.backward.ops.gelu_backward(x["x"], x["dy"])}
+
+
+def _softmax_backward(mb, x, tiny):
+    # As attention runs it: the probabilities are the forward's output (your softmax), the scores' gradient is graded.
+    return {"dscores": mb.backward.ops.softmax_backward(mb.ops.softmax(x["scores"]), x["dprobs"])}
+
+
+def _attention_backward(mb, x, tiny):
+    dq, dk, dv = mb.backward.ops.attention_backward(x["q"], x["k"], x["v"], int(x["num_heads"]), x["mask"],
+                                                    x["dcontext"])
+    # Self-attention: q, k and v are one array, and each of the three gradients is graded on its own.
+    sq, sk, sv = mb.backward.ops.attention_backward(x["s"], x["s"], x["s"], int(x["self_num_heads"]), None,
+                                                    x["dself"])
+    return {"dq": dq, "dk": dk, "dv": dv, "self_dq": sq, "self_dk": sk, "self_dv": sv}
+
+
+def _itm_loss_backward(mb, x, tiny):
+    # The ITM head's loss as the model computes it: cross_entropy(itm_logits(pooled), labels), itm_logits
+    # being one Linear (ops.linear, so that only the components this one calls are those it builds on).
+    p = tiny.tree["itm_score"]
+    dlogits = mb.backward.ops.cross_entropy_backward(mb.ops.linear(x["pooled"], p["fc"]), x["labels"])
+    dpooled, g = mb.backward.heads.itm_logits_backward(p, x["pooled"], dlogits)
+    return {"dlogits": dlogits, "dpooled": dpooled, "fc.weight": g["fc"]["weight"], "fc.bias": g["fc"]["bias"]}
+
+
+# A cross-modal layer's weight gradients are 149 k numbers a stream, too many to store: each is graded on
+# every GRAD_STRIDE-th row and column (8 × 8 of a 128 × 128 weight, 8 of a bias), a sample that reads
+# every head and every block. A wrong backward moves a weight's whole gradient, not a few of its entries.
+GRAD_STRIDE = 16
+
+
+def sampled_gradients(grads, prefix=""):
+    """{dotted name: every GRAD_STRIDE-th entry along each axis} of a nested gradient dict, as the snapshots hold them."""
+    out = {}
+    for key, value in grads.items():
+        if isinstance(value, dict):
+            out.update(sampled_gradients(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value[(slice(None, None, GRAD_STRIDE),) * np.ndim(value)]
+    return out
+
+
+def _cross_modal_layer_backward(mb, x, tiny):
+    tc, tree, bridge = tiny.cfg.text_config, tiny.tree, mb.backward.bridge
+    # As the model runs the layer: the text stream with (text mask, None), the image stream with (None, text mask).
+    dtext, dimage_from_text, g_text = bridge.cross_modal_layer_backward(
+        tree["cross_modal_text_layers"][0], x["text"], x["image"], tc, x["text_mask"], None, x["dtext"])
+    dimage, dtext_from_image, g_image = bridge.cross_modal_layer_backward(
+        tree["cross_modal_image_layers"][0], x["image"], x["text"], tc, None, x["text_mask"], x["dimage"])
+    return {"text_dx": dtext, "text_dother": dimage_from_text, "image_dx": dimage, "image_dother": dtext_from_image,
+            **sampled_gradients(g_text, "text."), **sampled_gradients(g_image, "image.")}
 
 
 # ---- cases and typical mistakes ------------------------------------------------------------------------
@@ -571,6 +658,182 @@ _MATMUL_SHAPES = OnError(("matmul", "not aligned"), "a matrix product of mismatc
                          "is stored (out, in), as torch's, so the product is x @ W.T")
 
 
+# ---- the backward components: cases and typical mistakes ------------------------------------------------
+# Their snapshots are torch autograd's gradients in float64 (the modules cast to float64) of the stored float32
+# inputs: the exact gradients, rounded once. The tolerances (GRAD_* above COMPONENTS) are measured against them.
+
+_GRADCHECK = (" Check it numerically first, as CS231n does: minibridge.backward.gradcheck's "
+              "numerical_gradient(lambda a: (f(a) * dy).sum(), a) in float64, and rel_error(numerical, yours), "
+              "below 1e-7 when right.")
+
+# linear_backward, x [2, 3, 5], W [4, 5], b [4], dy [2, 3, 4]: W is not square, so a dW not transposed has
+# the wrong shape, and x has two leading axes, so a bias gradient summed over the first one only does too.
+_LINEAR_BACKWARD_SYMPTOMS = (
+    Symptom("dW transposed? it has W's shape [out, in]: dyᵀ x, the rows of dy and x summed over, not xᵀ dy",
+            lambda x, mine, ref: np.shape(mine["dweight"]) == ref["dweight"].shape[::-1], shapes=True),
+    Symptom("db summed over the first axis only? b was added to every row, along every leading axis of x: sum "
+            "dy over all axes but the last",
+            lambda x, mine, ref: np.shape(mine["dbias"]) == x["dy"].shape[1:], shapes=True),
+    Symptom("db is a sum over the rows (b was added to each), not a mean",
+            lambda x, mine, ref: _close(np.asarray(mine["dbias"]) * (x["dy"].size // x["dy"].shape[-1]),
+                                        ref["dbias"])),
+)
+_LINEAR_BACKWARD_SHAPES = OnError(("matmul", "not aligned"), "a matrix product of mismatched shapes: dx = dy W is "
+                                  "[..., out] times W [out, in]; dW = dyᵀ x is [out, N] times [N, in], with the "
+                                  "leading axes of x and dy flattened into N rows")
+
+# layer_norm_backward, x [6, 3, 16] of rows of std 1e-3 … 100 (as layer_norm's), dy [6, 3, 16] of std 1.
+# dx is 1/σ times dy's size: 300 on the std 1e-3 rows, 1e-2 on the std 100 ones; each case is graded on
+# its own scale. Each stored mistake leaves out one term of the right dx (tests/make_snapshots.py).
+_LAYER_NORM_BACKWARD_CASES = (
+    Case("std 1e-3 row where eps dominates", "dx", (_[0],), None, "this row's variance (1e-6) is below eps (1e-5), "
+         "so it tests eps: σ = sqrt(var + eps), recomputed as the forward does",
+         lambda x, mine, ref: _close(mine["dx"][3:], ref["dx"][3:], 1e-4)),
+    Case("std 1e-2 row (eps is 10% of the variance)", "dx", (_[1],)),
+    Case("rows of std 0.1 to 100", "dx"),
+    Case("weight gradient", "dweight"),
+    Case("bias gradient", "dbias"),
+)
+_LAYER_NORM_BACKWARD_SYMPTOMS = (
+    Symptom("the mean's term missing? μ depends on every x of the row: dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂⊙x̂)) / σ",
+            mistake="no_mean_term", outputs=("dx",)),
+    Symptom("the variance's term missing? σ depends on every x of the row: dx = (dx̂ − mean(dx̂) − "
+            "x̂·mean(dx̂⊙x̂)) / σ", mistake="no_variance_term", outputs=("dx",)),
+    Symptom("dx̂ is dy⊙weight: the weight multiplied x̂ on the way in", mistake="no_weight", outputs=("dx",)),
+)
+
+# gelu_backward, x [3, 100] as gelu's (a dense grid on [-6, 6] and std 3), dy [3, 100] of std 1.
+_GELU_BACKWARD_CASES = tuple(Case(c.label, "dx", c.where) for c in _ACTIVATION_CASES)
+_GELU_BACKWARD_SYMPTOMS = (
+    Symptom("only Φ(x)? x·Φ(x) is a product: its derivative is Φ(x) + x·φ(x), φ(x) = exp(−x²/2)/√(2π)",
+            mistake="no_x_pdf_term", rel=1e-5),
+    Symptom("this is the derivative of the tanh approximation; gelu is the exact x·Φ(x)", mistake="tanh_derivative",
+            rel=1e-5),
+    Symptom("dy not multiplied in? dx is dy times GELU's derivative (the chain rule)",
+            lambda x, mine, ref: _close(np.asarray(mine["dx"]) * x["dy"], ref["dx"], 1e-5)),
+)
+
+# softmax_backward, scores [2, 3, 4, 7] (attention's [B, H, Sq, Sk]: Sq ≠ Sk), std 3; scores[1] mask keys 5-6
+# (finfo.min: probability 0), row (0, 1, 2) is [-1e4, 1e4, 0, …] (one probability 1: gradient 0).
+# dx = y ⊙ (g − Σ y⊙g) rounds to a few u of max |g| (about 3); the stored mistake moves it by ~1.
+_SOFTMAX_BACKWARD_CASES = (
+    Case("rows with masked keys (probability 0)", "dscores", (_[1],), None, "this case tests masked keys: their "
+         "probability is 0, so moving their score changes nothing and their gradient is exactly 0"),
+    Case("ordinary rows (and a saturated one)", "dscores"),
+)
+
+
+def _rows_sum_to_zero(d, g):
+    """Each row of d (along the last axis) sums to 0, to float32 rounding of g's size."""
+    d = np.asarray(d, dtype=np.float64)
+    return bool(np.abs(d.sum(axis=-1)).max() <= 1e-5 * max(1.0, float(np.abs(g).max())))
+
+
+_SOFTMAX_BACKWARD_SYMPTOMS = (
+    Symptom("Σ y⊙g summed over axis -2 (the Jacobian applied along the wrong axis)? each row of probabilities is "
+            "its own softmax: dx = y ⊙ (g − Σ_j y_j g_j), the sum over the row's own entries (axis=-1)",
+            mistake="sum_over_axis_-2"),
+    Symptom("the rows of your dx do not sum to 0, as the gradient of a softmax's scores must (adding a constant "
+            "to a row of scores changes nothing): dx = y ⊙ (g − Σ y⊙g), the sum along the last axis",
+            lambda x, mine, ref: not _rows_sum_to_zero(mine["dscores"], x["dprobs"])),
+)
+
+# attention_backward: attention's inputs (q [2, 5, 16], k and v [2, 7, 16], 4 heads, batch row 1 masks
+# keys 4-6; self-attention of s [2, 6, 16], 2 heads), dcontext and dself of std 1. The masked keys' dk and
+# dv are exactly 0. Float32: two short matrix products and softmax_backward, a few u.
+_ATTENTION_BACKWARD_CASES = (
+    Case("masked keys (row 1: keys 4-6 padded)", "dk", (_[1, 4:],), None, "this case tests the mask: a masked key "
+         "has probability 0, so its gradient is exactly 0; recompute the probabilities with the mask"),
+    Case("keys", "dk"),
+    Case("masked keys (row 1: keys 4-6 padded)", "dv", (_[1, 4:],), None, "this case tests the mask: a masked key "
+         "has probability 0, so its gradient is exactly 0; recompute the probabilities with the mask"),
+    Case("values", "dv"),
+    Case("queries", "dq"),
+    Case("self-attention, 2 heads of 8", "self_dq"),
+    Case("self-attention, 2 heads of 8", "self_dk"),
+    Case("self-attention, 2 heads of 8", "self_dv"),
+)
+
+
+def _grads_scaled(x, mine, ref, power):
+    """mine's dq and dk (both attentions) are ref's times sqrt(Dh) ** power, its dv ref's: only the scale wrong."""
+    dh = {"": x["q"].shape[-1] // int(x["num_heads"]), "self_": x["s"].shape[-1] // int(x["self_num_heads"])}
+    return all(_close(mine[f"{s}d{a}"], ref[f"{s}d{a}"] * (dh[s] ** (0.5 * power) if a in "qk" else 1.0))
+               for s in dh for a in "qkv")
+
+
+_ATTENTION_BACKWARD_SYMPTOMS = (
+    Symptom("dq and dk √Dh times too large: the scores were q·kᵀ/√Dh, so the 1/√Dh comes back into dq and dk "
+            "(Dh = D / num_heads)", lambda x, mine, ref: _grads_scaled(x, mine, ref, 1)),
+    Symptom("dq and dk √Dh times too small: 1/√Dh applied twice? once to dS (or to q and k), not both",
+            lambda x, mine, ref: _grads_scaled(x, mine, ref, -1)),
+    Symptom("masked keys get a gradient: the probabilities were recomputed without the mask? a masked key has "
+            "probability 0, so its dk and dv are 0",
+            lambda x, mine, ref: bool(np.abs(mine["dv"][1, 4:]).max() > 1e-6)),
+)
+_ATTENTION_BACKWARD_SHAPES = OnError(("matmul", "not aligned"), "a matrix product of mismatched shapes: "
+                                     "cross-attention has Sq ≠ Sk, so per head dv = Pᵀ dC and dk = dSᵀ q are [Sk, Dh], "
+                                     "dq = dS k is [Sq, Dh] (P, dS [Sq, Sk])")
+
+# itm_loss_backward: pooled [4, 256] of std 1, labels [1, 0, -100, 1] (row 2 ignored: 3 rows in the mean).
+_ITM_LOSS_BACKWARD_CASES = (
+    Case("the ignored row (label -100)", "dlogits", (_[2],), None, "this case tests ignore_index: a row labelled "
+         "-100 is not in the loss, so its gradient is exactly 0"),
+    Case("labelled rows", "dlogits"),
+)
+
+
+def _kept(x):
+    return int((x["labels"] != -100).sum())
+
+
+_ITM_LOSS_BACKWARD_SYMPTOMS = (
+    Symptom("divided by every row? the loss is the mean over the rows that count: divide by the number of labels "
+            "that are not ignore_index (-100)",
+            lambda x, mine, ref: _close(mine["dlogits"], ref["dlogits"] * _kept(x) / x["labels"].shape[0])),
+    Symptom("not divided by the number of rows? the loss is a mean over the rows that count (not ignore_index)",
+            lambda x, mine, ref: _close(mine["dlogits"], ref["dlogits"] * _kept(x))),
+    Symptom("the sign: dlogits = softmax(logits) − onehot(label) (then divided by the rows that count)",
+            lambda x, mine, ref: _close(mine["dlogits"], -ref["dlogits"])),
+)
+
+# cross_modal_layer_backward: text [2, 5, 128] (row 1 padded after 3 tokens: the text mask), image [2, 4, 128],
+# both of std 0.1 as cross_modal_layer's; dtext, dimage of std 1. Each stream as the model runs it. Earlier
+# stages of the backward (the input gradients) first; the weight gradients are sampled (GRAD_STRIDE).
+_CROSS_MODAL_BACKWARD_CASES = (
+    Case("padded text rows (self_mask)", "text_dx", (_[1],), None, "this case tests the text stream's path back "
+         "to x with self_mask: x is the self-attention's queries and its keys and values, so both gradients are "
+         "x's (dx = dx_queries + dx_keys_values), plus each block's residual"),
+    Case("unpadded text", "text_dx", None, None, "this case tests the path back to x: through the FFN, the "
+         "cross-attention (whose queries are the self-attention's output) and the self-attention, where x is "
+         "queries and keys/values, each block adding its residual's gradient"),
+    Case("the image, keys and values of the text's cross-attention", "text_dother", None, None, "this case tests "
+         "the path to `other`: only the cross-attention reads it, as its keys and values"),
+    Case("the image stream's input", "image_dx"),
+    Case("padded text tokens (cross_mask): exactly 0", "image_dother", (_[1, 3:],), None, "this case tests "
+         "cross_mask: the image stream attends to text with padded tokens masked out, so those get no gradient "
+         "from it"),
+    Case("the text, keys and values of the image's cross-attention", "image_dother"),
+)
+# The weight gradients, each graded on its own case (its sample's index mapped back to the weight's).
+_CROSS_LAYER_PARAMETERS = tuple(
+    f"{block}.{name}" for block in ("attention", "crossattention")
+    for name in ("self.query.weight", "self.query.bias", "self.key.weight", "self.key.bias", "self.value.weight",
+                 "self.value.bias", "output.dense.weight", "output.dense.bias", "output.LayerNorm.weight",
+                 "output.LayerNorm.bias")) + ("intermediate.dense.weight", "intermediate.dense.bias",
+                                              "output.dense.weight", "output.dense.bias", "output.LayerNorm.weight",
+                                              "output.LayerNorm.bias")
+_CROSS_MODAL_BACKWARD_CASES += tuple(
+    Case(f"every {GRAD_STRIDE}th row and column: index (i, j) is row {GRAD_STRIDE}·i, column {GRAD_STRIDE}·j"
+         if name.endswith(".weight") and "LayerNorm" not in name else
+         f"every {GRAD_STRIDE}th entry: index (i,) is entry {GRAD_STRIDE}·i", f"{side}.{name}")
+    for side in ("text", "image") for name in _CROSS_LAYER_PARAMETERS)
+_CROSS_MODAL_BACKWARD_SYMPTOMS = (
+    Symptom("cross_mask not applied in the backward? the padded text tokens are masked keys of the image stream's "
+            "cross-attention: recompute it with cross_mask, and they get no gradient",
+            lambda x, mine, ref: bool(np.abs(mine["image_dother"][1, 3:]).max() > 1e-6)),
+)
+
 _TORCH = "torch"
 _HF = "transformers"
 
@@ -711,6 +974,90 @@ COMPONENTS = (
                                     "image_features and pooler_output of a padded batch."}),
 )
 
+# The backward pass (week 5): each gradient after the forward it differentiates.
+COMPONENTS += (
+    Component("linear_backward", ("backward.ops.linear_backward",), (), GRAD_PRIMITIVE_TOL,
+              f"{_TORCH}: autograd of torch.nn.functional.linear (float64)",
+              "the gradients of a Linear: dx, dW, db, with and without bias", _linear_backward,
+              {"backward.ops.linear_backward": 'x [..., in] with any leading axes (flatten them into rows), '
+                                               'p["weight"] [out, in] as stored; return dW of W\'s shape and, only '
+                                               'when p has "bias", db [out]. Graded on x [2, 3, 5] with and without '
+                                               'bias.' + _GRADCHECK},
+              symptoms=_LINEAR_BACKWARD_SYMPTOMS, on_error=(_LINEAR_BACKWARD_SHAPES,)),
+    Component("layer_norm_backward", ("backward.ops.layer_norm_backward",), (), GRAD_PRIMITIVE_TOL,
+              f"{_TORCH}: autograd of torch.nn.functional.layer_norm (float64)",
+              "the gradients of LayerNorm: dx (the mean and the variance depend on x too), dweight, dbias",
+              _layer_norm_backward,
+              {"backward.ops.layer_norm_backward": "recompute x̂ and σ = sqrt(var + eps) from x, as the forward does "
+                                                   "(biased variance, the eps argument inside the root). Graded on "
+                                                   "layer_norm's rows of std 1e-3 (where eps dominates) up to 100."
+                                                   + _GRADCHECK},
+              _LAYER_NORM_BACKWARD_CASES, _LAYER_NORM_BACKWARD_SYMPTOMS),
+    Component("gelu_backward", ("backward.ops.gelu_backward",), (), GRAD_PRIMITIVE_TOL,
+              f"{_TORCH}: autograd of torch.nn.functional.gelu (exact, float64)",
+              "the derivative of the exact GELU, times dy", _gelu_backward,
+              {"backward.ops.gelu_backward": "Φ(x) = 0.5·(1 + erf(x/√2)) with ops.erf (given, the forward's own). "
+                                             "Graded on gelu's inputs, a dense grid on [-6, 6] and std 3." + _GRADCHECK
+                                             + " (ops.erf is float32: gradcheck with np.vectorize(math.erf).)"},
+              _GELU_BACKWARD_CASES, _GELU_BACKWARD_SYMPTOMS),
+    Component("softmax_backward", ("backward.ops.softmax_backward",), ("softmax",), GRAD_PRIMITIVE_TOL,
+              f"{_TORCH}: autograd of torch.softmax(dim=-1) (float64)",
+              "the gradient of the scores from the probabilities y and their gradient g, row by row", _softmax_backward,
+              {"backward.ops.softmax_backward": "probs: the forward's output y [..., S] (softmax along the last "
+                                                "axis), dprobs its gradient g: write dx from y and g (no exp). Graded "
+                                                "on attention-shaped [B, H, Sq, Sk] rows (Sq ≠ Sk), with masked keys "
+                                                "(probability 0) and a saturated row, y from your softmax."
+                                                + _GRADCHECK},
+              _SOFTMAX_BACKWARD_CASES, _SOFTMAX_BACKWARD_SYMPTOMS),
+    Component("attention_backward", ("backward.ops.attention_backward",), ("attention", "softmax_backward"),
+              GRAD_PRIMITIVE_TOL, f"{_HF}: autograd of BridgeTower's eager_attention_forward (float64)",
+              "the gradients of multi-head attention's q, k and v, with a padding mask", _attention_backward,
+              {"backward.ops.attention_backward": "recompute the probabilities with ops.attention (the mask "
+                                                  "included); heads as the forward's (contiguous slices of Dh = D / "
+                                                  "num_heads); softmax_backward is yours. Graded on cross-attention "
+                                                  "(Sq ≠ Sk, padded keys) and self-attention (q, k, v one array, "
+                                                  "their three gradients graded apart)." + _GRADCHECK},
+              _ATTENTION_BACKWARD_CASES, _ATTENTION_BACKWARD_SYMPTOMS, (_ATTENTION_BACKWARD_SHAPES,)),
+    Component("itm_loss_backward", ("backward.ops.cross_entropy_backward", "backward.heads.itm_logits_backward"),
+              ("linear", "softmax", "linear_backward"), GRAD_PRIMITIVE_TOL,
+              f"{_HF}: autograd of BridgeTowerITMHead and torch.nn.functional.cross_entropy (float64)",
+              "the ITM head's loss, backward: cross-entropy over its two logits (ignore_index), then its Linear",
+              _itm_loss_backward,
+              {"backward.ops.cross_entropy_backward": "logits [N, K], labels [N] int; rows labelled ignore_index "
+                                                      "(-100) are not in the loss, which is the mean over the others. "
+                                                      "ops.softmax (your week-1 softmax) is there. Graded through the "
+                                                      "ITM head: logits = linear(pooled, itm_score.fc) of 4 pairs, one "
+                                                      "labelled -100." + _GRADCHECK,
+               "backward.heads.itm_logits_backward": 'p = {"fc"} (itm_score): the head is one Linear, so this is '
+                                                     'linear_backward, with the gradients under "fc".' + _GRADCHECK},
+              _ITM_LOSS_BACKWARD_CASES, _ITM_LOSS_BACKWARD_SYMPTOMS),
+    Component("cross_modal_layer_backward", ("backward.text.bert_attention_backward", "backward.text.bert_ffn_backward",
+                                             "backward.bridge.cross_modal_layer_backward"),
+              ("bert_attention", "linear", "attention", "gelu", "linear_backward", "layer_norm_backward",
+               "gelu_backward", "attention_backward"), GRAD_LAYER_TOL,
+              f"{_HF}: autograd of BridgeTowerBertCrossLayer (cross_modal_{{text,image}}_layers.0, float64)",
+              "a whole cross-modal layer's backward, both streams with their masks (weight gradients sampled)",
+              _cross_modal_layer_backward,
+              {"backward.text.bert_attention_backward": 'p = {"self": {"query", "key", "value"}, "output": {"dense", '
+                                                        '"LayerNorm"}}; the forward is LN(dense(attention(query(x), '
+                                                        'key(kv), value(kv))) + x): recompute its intermediates with '
+                                                        'the forward functions, then go back line by line.'
+                                                        + _GRADCHECK,
+               "backward.text.bert_ffn_backward": 'p = {"intermediate": {"dense"}, "output": {"dense", "LayerNorm"}}; '
+                                                  'the forward is LN(output.dense(gelu(intermediate.dense(x))) + x).'
+                                                  + _GRADCHECK,
+               "backward.bridge.cross_modal_layer_backward": "the forward: a = bert_attention(p[\"attention\"]) of x "
+                                                            "on x with self_mask, c = bert_attention("
+                                                            "p[\"crossattention\"]) of a on `other` with cross_mask, "
+                                                            "out = bert_ffn(p, c); recompute a and c, then go back: "
+                                                            "FFN, cross-attention, self-attention. Graded on both "
+                                                            "streams as the model runs them ((text mask, None) for "
+                                                            "the text, (None, text mask) for the image); the weight "
+                                                            f"gradients on every {GRAD_STRIDE}th row and column."
+                                                            + _GRADCHECK},
+              _CROSS_MODAL_BACKWARD_CASES, _CROSS_MODAL_BACKWARD_SYMPTOMS),
+)
+
 BY_NAME = {c.name: c for c in COMPONENTS}
 
 
@@ -744,7 +1091,7 @@ def config_json():
 
 # ---- the course in weeks -----------------------------------------------------------------------------
 
-# Four handouts (`build --week N`), smallest first. Each week's components build only on that
+# Five handouts (`build --week N`), smallest first. Each week's components build only on that
 # week's and earlier weeks' (tests/test_course.py checks it), so week N's handout runs on the
 # released solutions of weeks 1 … N-1 and nothing else.
 WEEKS = {
@@ -752,6 +1099,8 @@ WEEKS = {
     2: ("bpe", "position_ids", "text_embed", "patchify"),  # tokens and pixels
     3: ("vision_block", "bert_attention"),  # the tower layers
     4: ("link_tower", "cross_modal_layer", "heads", "bridgetower"),  # the bridge
+    5: ("linear_backward", "layer_norm_backward", "gelu_backward", "softmax_backward", "attention_backward",
+        "itm_loss_backward", "cross_modal_layer_backward"),  # the backward pass
 }
 
 

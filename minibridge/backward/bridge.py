@@ -99,6 +99,7 @@ def cross_modal_layer_backward(p, x, other, cfg, self_mask, cross_mask, dout):
     Returns (dx [B, S, D], dother [B, S', D], grads): grads shaped like p, {"attention",
     "crossattention", "intermediate", "output"}.
     """
+    # BEGIN SOLUTION
     H, eps = cfg.num_attention_heads, cfg.layer_norm_eps
     # forward, recomputed: the two attention blocks' outputs (the FFN's input is the second one)
     a, _ = bert_attention(p["attention"], x, x, H, eps, self_mask)  # [B, S, D]
@@ -113,3 +114,4 @@ def cross_modal_layer_backward(p, x, other, cfg, self_mask, cross_mask, dout):
     dx = dx_queries + dx_keys_values  # [B, S, D]
     grads = {"attention": g_self, "crossattention": g_cross, **g_ffn}  # g_ffn: {"intermediate", "output"}
     return dx, dother, grads
+    # END SOLUTION

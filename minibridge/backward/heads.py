@@ -34,8 +34,10 @@ def pooler_backward(p, features, dpooled):
 
 def itm_logits_backward(p, pooled, dlogits):
     """Gradient of heads.itm_logits: one Linear.  pooled [B, 2D], dlogits [B, 2] -> (dpooled [B, 2D], {"fc"})"""
+    # BEGIN SOLUTION
     dpooled, g_fc = linear_backward(pooled, p["fc"], dlogits)  # [B, 2] -> [B, 2D]
     return dpooled, {"fc": g_fc}
+    # END SOLUTION
 
 
 def mlm_logits_backward(p, text_features, eps, dlogits):

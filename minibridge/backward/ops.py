@@ -23,11 +23,13 @@ def _sum_to_last(a):
 
 
 def linear_backward(x, p, dy):
-    """y = x Wᵀ + b  ⇒  dx = dy W,  dW = dyᵀ x (summed over rows),  db = Σ_rows dy.
+    """Gradient of ops.linear, y = x Wᵀ + b: of x, of W and of b, given dy (the gradient of y).
 
     x [..., in], p {"weight": [out, in], "bias": [out]} (no "bias": none), dy [..., out].
     Returns (dx [..., in], {"weight": [out, in], "bias": [out]}).
     """
+    # BEGIN SOLUTION
+    # dx = dy W,  dW = dyᵀ x (summed over rows),  db = Σ_rows dy
     x2 = x.reshape(-1, x.shape[-1])  # [..., in] -> [N, in]
     dy2 = dy.reshape(-1, dy.shape[-1])  # [..., out] -> [N, out]
     dx = (dy2 @ p["weight"]).reshape(x.shape)  # [N, out] @ [out, in] -> [N, in] -> [..., in]
@@ -35,14 +37,17 @@ def linear_backward(x, p, dy):
     if "bias" in p:
         grads["bias"] = dy2.sum(axis=0)  # [out]: b was broadcast over every row
     return dx, grads
+    # END SOLUTION
 
 
 def layer_norm_backward(x, p, eps, dy):
-    """y = x̂⊙w + b, x̂ = (x − μ)/σ  ⇒  dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂⊙x̂)) / σ with dx̂ = dy⊙w.
+    """Gradient of ops.layer_norm, y = x̂⊙w + b with x̂ = (x − μ)/σ, σ = sqrt(var + eps), per row.
 
     x, dy [..., D]; p {"weight": [D], "bias": [D]}; eps as the forward's (inside the root).
     Returns (dx [..., D], {"weight": [D], "bias": [D]}).
     """
+    # BEGIN SOLUTION
+    # dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂⊙x̂)) / σ with dx̂ = dy⊙w;  dw = Σ_rows dy⊙x̂,  db = Σ_rows dy
     centred = x - x.mean(axis=-1, keepdims=True)  # [..., D], recomputed as the forward does
     inv_std = 1.0 / ((centred * centred).mean(axis=-1, keepdims=True) + eps) ** 0.5  # [..., 1]
     x_hat = centred * inv_std  # [..., D]
@@ -55,17 +60,19 @@ def layer_norm_backward(x, p, eps, dy):
     variance_term = x_hat * (dx_hat * x_hat).mean(axis=-1, keepdims=True)  # [..., D]
     dx = (dx_hat - mean_term - variance_term) * inv_std  # [..., D]
     return dx, grads
+    # END SOLUTION
 
 
 def gelu_backward(x, dy):
-    """y = x·Φ(x)  ⇒  dx = dy ⊙ (Φ(x) + x·φ(x)), φ(x) = exp(−x²/2)/√(2π).  [...] -> [...]
-
-    Φ is computed with ops.erf, the forward's own float32 erf, so the two agree where erf saturates.
-    """
+    """Gradient of ops.gelu, y = x·Φ(x) (Φ the standard normal CDF, through ops.erf).  [...] -> [...]"""
+    # BEGIN SOLUTION
+    # dx = dy ⊙ (Φ(x) + x·φ(x)), φ(x) = exp(−x²/2)/√(2π): both factors of x·Φ(x) depend on x.
+    # Φ is computed with ops.erf, the forward's own float32 erf, so the two agree where erf saturates.
     xp = array_module(x)
     cdf = 0.5 * (1.0 + erf(x * np.float32(1.0 / math.sqrt(2.0))))  # Φ(x), exactly 0 or 1 beyond |x| ≈ 5.7
     pdf = xp.exp(x * x * np.float32(-0.5)) * np.float32(1.0 / math.sqrt(2.0 * math.pi))  # φ(x), → 0 far out
     return dy * (cdf + x * pdf)
+    # END SOLUTION
 
 
 def quick_gelu_backward(x, dy):
@@ -75,10 +82,12 @@ def quick_gelu_backward(x, dy):
 
 
 def softmax_backward(probs, dprobs):
-    """y = softmax(x) along the last axis  ⇒  dx = y ⊙ (g − Σ y⊙g).  [..., S] -> [..., S]
+    """Gradient of ops.softmax along the last axis: dx from y = softmax(x) and g, y's gradient.  [..., S] -> [..., S]
 
     probs: the forward's output y; dprobs: the gradient g of y.
     """
+    # BEGIN SOLUTION
+    # dx = y ⊙ (g − Σ y⊙g), the sum along the last axis (the row's own entries)
     # subtle: the Jacobian ∂y_i/∂x_j = y_i (δ_ij − y_j) is symmetric, and applied to g it is this
     # vector product; the [S, S] matrix is never built. A key whose probability is 0 (masked with
     # finfo.min) gets exactly 0 gradient, as it should: moving its score changes nothing.
@@ -87,16 +96,18 @@ def softmax_backward(probs, dprobs):
     #   model's key weights came out 2e-3 (relative) from the float64 truth, 4× torch's own float32 error.
     y = probs.astype(array_module(probs).float64)  # [..., S]
     return (y * (dprobs - (y * dprobs).sum(axis=-1, keepdims=True))).astype(probs.dtype)
+    # END SOLUTION
 
 
 def attention_backward(q, k, v, num_heads, mask, dcontext):
-    """context = softmax(q kᵀ/√Dh + mask) v per head  ⇒  gradients of q, k and v.
+    """Gradient of ops.attention's context, softmax(q kᵀ/√Dh + mask) v per head: of q, k and v.
 
     q [B, Sq, D], k and v [B, Sk, D], mask None or additive [B, 1, 1, Sk] (a constant: no gradient),
     dcontext [B, Sq, D]. Returns (dq [B, Sq, D], dk [B, Sk, D], dv [B, Sk, D]).
-    With P the probabilities, dV = Pᵀ dC, dP = dC Vᵀ, dS = softmax_backward(P, dP), dQ = dS K/√Dh,
-    dK = dSᵀ Q/√Dh.
     """
+    # BEGIN SOLUTION
+    # With P the probabilities, dV = Pᵀ dC, dP = dC Vᵀ, dS = softmax_backward(P, dP), dQ = dS K/√Dh,
+    # dK = dSᵀ Q/√Dh.
     B, Sq, D = q.shape
     Sk = k.shape[1]
     Dh = D // num_heads
@@ -119,14 +130,17 @@ def attention_backward(q, k, v, num_heads, mask, dcontext):
         return a.transpose(0, 2, 1, 3).reshape(B, a.shape[2], D)
 
     return merge(dq), merge(dk), merge(dv)
+    # END SOLUTION
 
 
 def cross_entropy_backward(logits, labels, ignore_index=-100):
-    """loss = mean over kept rows of (log Σ exp(logits) − logits[label])  ⇒  dlogits = (softmax − onehot) / N'.
+    """Gradient of ops.cross_entropy's loss, the mean over kept rows of log Σ exp(logits) − logits[label].
 
     logits [N, K], labels [N] (ignore_index: skipped). Returns dlogits [N, K] (float32), the
-    gradient of ops.cross_entropy's loss; ignored rows get 0. N' is the number of kept rows.
+    gradient of that one number; ignored rows are not in the loss.
     """
+    # BEGIN SOLUTION
+    # dlogits = (softmax − onehot) / N' on the kept rows (N' of them), 0 on the ignored ones
     xp = array_module(logits)
     kept = xp.nonzero(labels != ignore_index)[0]  # [N'] indices of the rows that count
     dlogits = softmax(logits.astype(xp.float64))  # [N, K], in float64 like the forward's loss
@@ -136,6 +150,7 @@ def cross_entropy_backward(logits, labels, ignore_index=-100):
     # (a mean of nothing), but torch's gradient is 0, not nan, and so is ours (max(N', 1)).
     dlogits /= max(int(kept.shape[0]), 1)
     return dlogits.astype(xp.float32)
+    # END SOLUTION
 
 
 def l2_normalize_backward(x, dy, eps=1e-12):

@@ -23,6 +23,7 @@ def bert_attention_backward(p, x, kv, num_heads, eps, mask, dout):
     Returns (dx [B, Sq, D], dkv [B, Sk, D], grads {"self": {"query", "key", "value"}, "output": {"dense", "LayerNorm"}}).
     For self-attention kv is x: the caller adds dx + dkv.
     """
+    # BEGIN SOLUTION
     sp = p["self"]
     # Forward, recomputed.
     q = linear(x, sp["query"])  # [B, Sq, D]
@@ -42,6 +43,7 @@ def bert_attention_backward(p, x, kv, num_heads, eps, mask, dout):
     grads = {"self": {"query": g_query, "key": g_key, "value": g_value},
              "output": {"dense": g_dense, "LayerNorm": g_ln}}
     return dx, dkv, grads
+    # END SOLUTION
 
 
 def bert_ffn_backward(p, x, eps, dout):
@@ -49,6 +51,7 @@ def bert_ffn_backward(p, x, eps, dout):
 
     x, dout: [B, S, D]. Returns (dx [B, S, D], grads {"intermediate": {"dense"}, "output": {"dense", "LayerNorm"}}).
     """
+    # BEGIN SOLUTION
     # Forward, recomputed.
     pre = linear(x, p["intermediate"]["dense"])  # [B, S, D] -> [B, S, F]
     h = gelu(pre)  # [B, S, F]
@@ -60,6 +63,7 @@ def bert_ffn_backward(p, x, eps, dout):
     dx, g_in = linear_backward(x, p["intermediate"]["dense"], dpre)  # [B, S, F] -> [B, S, D]
     dx = dx + dresidual  # [B, S, D]: plus the residual's copy
     return dx, {"intermediate": {"dense": g_in}, "output": {"dense": g_out, "LayerNorm": g_ln}}
+    # END SOLUTION
 
 
 def bert_layer_backward(p, x, cfg, mask, dout):
