@@ -66,7 +66,7 @@ def collect_inputs(arguments, kind, column=None):
         arguments = [arguments]
     inputs, notes, tables = [], [], 0
     for arg in map(str, arguments):
-        path = Path(arg).expanduser()
+        path = Path(os.path.expanduser(arg))  # subtle: Path.expanduser raises on "~ a caption"; this keeps it
         if _is_file(path) and path.suffix.lower() in TABLE_SUFFIXES:
             tables += 1
             inputs += _table_column(path, column, kind, notes)
@@ -225,8 +225,11 @@ class Embedder:
         else:
             self.tokenizer = RobertaTokenizer.from_pretrained(checkpoint.folder)
             # subtle: the model's own limit (its position table), which may be under the tokenizer's 512
-            self.truncation = truncation
-            self.max_length = max_length or self.model.config.text_config.max_text_length
+            limit = self.model.config.text_config.max_text_length
+            if max_length is not None and not 2 <= max_length <= limit:
+                raise ValueError(f"max_length must be from 2 (<s> and </s>) to the model's limit of {limit} tokens, "
+                                 f"got {max_length}")
+            self.truncation, self.max_length = truncation, max_length or limit
 
     def load(self, x):
         if self.kind == "image":

@@ -225,7 +225,7 @@ def _load_shard(path, rows, dim):
         raise IndexFormatError(f"cannot read {path} as a .npy array: {e}") from None
     if shard.dtype != np.float32 or shard.shape != (rows, dim):
         raise IndexFormatError(f"{path}: expected [{rows}, {dim}] float32 as the manifest says, found "
-                          f"{list(shard.shape)} {shard.dtype}")
+                               f"{list(shard.shape)} {shard.dtype}")
     return shard
 
 
@@ -345,7 +345,7 @@ def _check_same_run(folder, manifest, header):
             else:
                 why = f"it was made with {key} = {_short(theirs)}, and this run has {key} = {_short(mine)}"
             raise IndexFormatError(f"cannot resume {folder}: {why}. Resume with the same model, settings and inputs, "
-                              "or write a new index to another folder")
+                                   "or write a new index to another folder")
 
 
 def _short(value):

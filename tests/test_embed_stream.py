@@ -191,6 +191,8 @@ def test_inputs_from_folders_globs_and_tables(tmp_path):
     found, notes = collect_inputs([tmp_path / "p", str(tmp_path / "p" / "*.jpg"), table], "image", column="file")
     assert found == [str(p) for p in paths] + ["http://example.com/x.png"]  # each file once, in order
     assert any("named more than once" in n for n in notes) and any("1 empty cell" in n for n in notes)
+    texts = ["~ roughly two cats", "x" * 5000, "two/three of a cake"]  # a user name? too long a name? a path?
+    assert collect_inputs(texts, "text") == (texts, [])
 
 
 @pytest.mark.parametrize("arguments, kind, column, error, says", [
@@ -255,6 +257,21 @@ def test_texts_from_a_file_a_table_and_the_command_line(text_checkpoint, tmp_pat
     enc = mb.RobertaTokenizer.from_pretrained(text_checkpoint)(captions, padding=True, return_tensors="np")
     assert_close(index.vectors[:], model.get_text_features(enc["input_ids"], enc["attention_mask"]), "texts",
                  tol=PARITY_TOL)
+
+
+def test_truncation_and_max_length(text_checkpoint, tmp_path):
+    from minibridge.embedding import embed_inputs
+
+    long_text = " ".join(["word"] * 600)
+    model = mb.BridgeTowerForContrastiveLearning.from_pretrained(text_checkpoint)
+    enc = mb.RobertaTokenizer.from_pretrained(text_checkpoint)(long_text, truncation=True, max_length=40,
+                                                                   return_tensors="np")
+    assert enc["input_ids"].shape == (1, 40)
+    cut = embed_inputs([long_text], "text", text_checkpoint, truncation=True, max_length=40)
+    assert_close(cut, model.get_text_features(enc["input_ids"]), "a text cut to 40 tokens", tol=PARITY_TOL)
+    with pytest.raises(ValueError, match="max_length must be from 2 .* to the model's limit of 512 tokens, got 1000"):
+        embed_collection(["a cat"], "text", model=text_checkpoint, out=tmp_path / "i", max_length=1000)
+    assert not (tmp_path / "i").exists()
 
 
 def test_plain_progress_line_without_tqdm(checkpoint, tmp_path, monkeypatch, capsys):
