@@ -57,17 +57,21 @@ def link_tower(p, h, c, link_tower_type, eps):
     # END SOLUTION
 
 
-def cross_modal_layer(p, x, other, cfg, self_mask=None, cross_mask=None):
+def cross_modal_layer(p, x, other, cfg, self_mask=None, cross_mask=None, rows=None):
     """Self-attention, then cross-attention to the other modality, then FFN; each post-LN.
 
     x: [B, S, D] this stream, other: [B, S', D] the other stream, self_mask: None or [B, 1, 1, S],
     cross_mask: None or [B, 1, 1, S']. `cfg` is the *text* config: heads, FFN width and eps of
     every cross-modal layer come from it (bridgetower.md §5).
-    Returns (x [B, S, D], self-attention probs [B, H, S, S], cross-attention probs [B, H, S, S']).
+    rows: None, or k to compute the output of positions 0 … k−1 alone (queries x[:, :k]; keys
+    and values are still every position of x and of other); the last layer needs only position 0.
+    Returns (x [B, S, D], self-attention probs [B, H, S, S], cross-attention probs [B, H, S, S']),
+    with k rows in place of S where `rows` is given.
     """
+    queries = x if rows is None else x[:, :rows]  # [B, S, D], or [B, k, D]
     # BEGIN SOLUTION
     H, eps = cfg.num_attention_heads, cfg.layer_norm_eps
-    a, self_probs = bert_attention(p["attention"], x, x, H, eps, self_mask)  # [B, S, D]
+    a, self_probs = bert_attention(p["attention"], queries, x, H, eps, self_mask)  # [B, S, D]
     c, cross_probs = bert_attention(p["crossattention"], a, other, H, eps, cross_mask)  # queries a, keys other
     return bert_ffn(p, c, eps), self_probs, cross_probs
     # END SOLUTION

@@ -1,15 +1,21 @@
 """The BridgeTower forward pass, as functions over (params, config, arrays) (bridgetower.md §5-7).
 
-Reading order: the two towers run side by side, layer i of each at the same time. The first
-`first` layers (first = depth − N) run alone; from tower layer `first` on, each layer's output
-enters the cross-modal space and feeds one of the N cross-modal layers, in which text attends to
-the image and the image to the text:
+Reading order: two towers, then the cross-modal stack. The first `first` layers of each tower
+(first = depth − N) run alone; from tower layer `first` on, each layer's output enters the
+cross-modal space and feeds one of the N cross-modal layers, in which text attends to the image and
+the image to the text:
 
     text:   emb ─ layers 0 … first−1 ─ layer first ─ layer first+1 ─ … ─ layer depth−1
                                            │ LN            │ bridge          │ bridge
     cross:                              cross 0 ──────── cross 1 ── … ──── cross N−1 ─ poolers ─ heads
                                            │ LN            │ bridge          │ bridge
     image:  emb ─ blocks 0 … first−1 ─ block first ─ block first+1 ─ … ─ block depth−1
+
+The paper draws the towers running beside the cross-modal stack, layer i of each at the same time.
+Nothing in a tower depends on the other modality, though, so the code runs each tower alone first
+and keeps what it hands the bridges (`text_bridged`, `image_bridged`), then the cross-modal stack on
+those (`cross_modal`): the same numbers, and a tower runs once per input even when that input is in
+many pairs (one image scored against eight texts runs the vision tower once).
 
 Shapes: B batch, T text tokens, L image tokens, Dt / Dv / D the text, vision and cross-modal
 widths; depth = layers per tower, N = cross-modal layers (bridgetower.md §1.4 for the sizes).
@@ -21,7 +27,7 @@ from .backend import array_module
 from .bridge import cross_modal_layer, link_tower, to_cross_space
 from .heads import contrastive_embedding, pooler
 from .ops import additive_mask, layer_norm
-from .text import bert_attention, bert_ffn, bert_layer, text_embed
+from .text import bert_layer, text_embed
 from .vision import vision_block, vision_embed
 
 
@@ -49,14 +55,19 @@ class Trace:
     cross_self_attentions: list = field(default_factory=list)
     cross_attentions: list = field(default_factory=list)
 
-    def towers(self, t, v, t_probs=None, v_probs=None):
-        """One tower layer (or the embeddings, without attention): text [B, T, Dt], image [B, L, Dv]."""
+    def text_layer(self, t, probs=None):
+        """One RoBERTa layer's output [B, T, Dt] and attention (or the embeddings, without)."""
+        self._tower(self.text_hidden, self.text_attentions, t, probs)
+
+    def image_layer(self, v, probs=None):
+        """One ViT block's output [B, L, Dv] and attention (or ln_pre's output, without)."""
+        self._tower(self.image_hidden, self.vision_attentions, v, probs)
+
+    def _tower(self, hidden, attentions, x, probs):
         if self.keep_hidden:
-            self.text_hidden.append(t)
-            self.image_hidden.append(v)
-        if self.keep_attentions and t_probs is not None:
-            self.text_attentions.append(t_probs)
-            self.vision_attentions.append(v_probs)
+            hidden.append(x)
+        if self.keep_attentions and probs is not None:
+            attentions.append(probs)
 
     def cross(self, x, y, self_probs, cross_probs):
         """One cross-modal layer: outputs (text, image), self- and cross-attention (text, image)."""
@@ -76,52 +87,13 @@ def bridgetower(p, cfg, input_ids, attention_mask, pixel_values, interpolate_pos
     and, for the contrastive head, text_last [B, T, Dt] and image_last [B, L, Dv] (the last
     layer of each tower). `trace` (a Trace) collects hidden states and attention maps.
     """
-    tc, vc, eps = cfg.text_config, cfg.vision_config, cfg.layer_norm_eps
-    trace = trace or Trace()
-    text_layers = p["text_model"]["encoder"]["layer"]
-    vision_blocks = p["vision_model"]["visual"]["transformer"]["resblocks"]
-    mask = additive_mask(attention_mask)  # [B, 1, 1, T], or None when nothing is padded
-
-    t = text_embed(p["text_model"]["embeddings"], input_ids, tc)  # [B, T] -> [B, T, Dt]
-    v = vision_embed(p["vision_model"]["visual"], pixel_values, vc, interpolate_pos_encoding)  # [B, 3, H, W] -> [B, L, Dv]
-    trace.towers(t, v)
-    first = cfg.first_bridged_layer  # depth − N: the tower layer that feeds cross-modal layer 0
-    for i in range(cfg.depth):
-        t, t_probs = bert_layer(text_layers[i], t, tc, mask)  # [B, T, Dt]
-        v, v_probs = vision_block(vision_blocks[i], v, vc)  # [B, L, Dv]; the same layer index in both towers
-        trace.towers(t, v, t_probs, v_probs)
-        if i < first:
-            continue  # below the bridges the towers run alone
-        # BEGIN SOLUTION
-        l = i - first  # the cross-modal layer this tower layer feeds
-        h_text = to_cross_space(p, cfg, "text", t, l)  # [B, T, Dt] -> [B, T, D]
-        h_image = to_cross_space(p, cfg, "image", v, l)  # [B, L, Dv] -> [B, L, D]
-        if l == 0:  # the first cross-modal layer: nothing to bridge with yet
-            x_in = layer_norm(h_text, p["cross_modal_text_layernorm"], eps)
-            y_in = layer_norm(h_image, p["cross_modal_image_layernorm"], eps)
-        else:  # link tower l − 1 joins cross-modal layer l − 1's output to layer l's input
-            x_in = link_tower(p["cross_modal_text_link_tower"][l - 1], h_text, x, cfg.link_tower_type, eps)
-            y_in = link_tower(p["cross_modal_image_link_tower"][l - 1], h_image, y, cfg.link_tower_type, eps)
-        # subtle: both streams read the *inputs* of this layer; the image does not see the new text.
-        x, x_self, x_cross = cross_modal_layer(p["cross_modal_text_layers"][l], x_in, y_in, tc, mask, None)
-        y, y_self, y_cross = cross_modal_layer(p["cross_modal_image_layers"][l], y_in, x_in, tc, None, mask)
-        # END SOLUTION
-        trace.cross(x, y, (x_self, y_self), (x_cross, y_cross))  # [B, T, D], [B, L, D]
-
-    xp = array_module(x)
-    pooled = xp.concatenate([pooler(p["cross_modal_text_pooler"], x),
-                             pooler(p["cross_modal_image_pooler"], y)], axis=-1)  # 2 × [B, D] -> [B, 2D]
-    return {"text_features": x, "image_features": y, "pooler_output": pooled, "text_last": t, "image_last": v}
+    text = text_bridged(p, cfg, input_ids, attention_mask, trace)  # N × [B, T, D]
+    image = image_bridged(p, cfg, pixel_values, interpolate_pos_encoding, trace)  # N × [B, L, D]
+    feats = cross_modal(p, cfg, text, image, attention_mask, "all", trace)
+    return {**feats, "text_last": text.last, "image_last": image.last}
 
 
-# ---- the same pass in two phases: each tower once per input, the cross-modal stack once per pair ------
-#
-# `bridgetower` above runs the towers in lockstep with the cross-modal stack, the way the paper draws
-# it. Nothing in a tower depends on the other modality, though, so the same numbers come out of two
-# phases: run each tower alone and keep what it hands the bridges (`text_bridged`, `image_bridged`),
-# then run the cross-modal stack on pairs of those (`cross_modal`). One image scored against eight
-# texts then runs the 12-layer vision tower once, not eight times: only the cross-modal layers run
-# per pair. tests/test_pairs.py checks the two forms agree.
+# ---- the towers: each alone, keeping what feeds the bridges ------------------------------------
 
 
 @dataclass
@@ -137,100 +109,85 @@ class Bridged:
     last: object
 
     def pick(self, rows):
-        """The rows of these inputs that a batch of pairs reads, e.g. [0, 0, 0] for one input in three pairs."""
+        """The rows a batch of pairs reads, e.g. [0, 0, 0] for one input in three pairs: a Bridged of len(rows)."""
         return Bridged([s[rows] for s in self.states], self.last[rows])
 
 
-def text_bridged(p, cfg, input_ids, attention_mask):
-    """The text tower alone, keeping what feeds the bridges.  [B, T] ids -> Bridged (states [B, T, D])"""
-    tc, first = cfg.text_config, cfg.first_bridged_layer
-    mask = additive_mask(attention_mask)
-    t = text_embed(p["text_model"]["embeddings"], input_ids, tc)
+def text_bridged(p, cfg, input_ids, attention_mask, trace=None):
+    """The text tower, keeping what feeds the bridges.  [B, T] ids -> Bridged (states N × [B, T, D])"""
+    tc, first, trace = cfg.text_config, cfg.first_bridged_layer, trace or Trace()
+    mask = additive_mask(attention_mask)  # [B, 1, 1, T], or None when nothing is padded
+    t = text_embed(p["text_model"]["embeddings"], input_ids, tc)  # [B, T] -> [B, T, Dt]
+    trace.text_layer(t)
     states = []
     for i, layer in enumerate(p["text_model"]["encoder"]["layer"]):
-        t, _ = bert_layer(layer, t, tc, mask)
-        if i >= first:
-            states.append(to_cross_space(p, cfg, "text", t, i - first))  # [B, T, D]
+        t, probs = bert_layer(layer, t, tc, mask)  # [B, T, Dt]
+        trace.text_layer(t, probs)
+        if i >= first:  # tower layer i feeds cross-modal layer i − first
+            states.append(to_cross_space(p, cfg, "text", t, i - first))  # [B, T, Dt] -> [B, T, D]
     return Bridged(states, t)
 
 
-def image_bridged(p, cfg, pixel_values, interpolate_pos_encoding=False):
-    """The vision tower alone, keeping what feeds the bridges.  [B, 3, H, W] -> Bridged (states [B, L, D])"""
-    vc, first = cfg.vision_config, cfg.first_bridged_layer
+def image_bridged(p, cfg, pixel_values, interpolate_pos_encoding=False, trace=None):
+    """The vision tower, keeping what feeds the bridges.  [B, 3, H, W] -> Bridged (states N × [B, L, D])"""
+    vc, first, trace = cfg.vision_config, cfg.first_bridged_layer, trace or Trace()
     visual = p["vision_model"]["visual"]
-    v = vision_embed(visual, pixel_values, vc, interpolate_pos_encoding)
+    v = vision_embed(visual, pixel_values, vc, interpolate_pos_encoding)  # [B, 3, H, W] -> [B, L, Dv]
+    trace.image_layer(v)
     states = []
     for i, block in enumerate(visual["transformer"]["resblocks"]):
-        v, _ = vision_block(block, v, vc)
-        if i >= first:
-            states.append(to_cross_space(p, cfg, "image", v, i - first))  # [B, L, D]
+        v, probs = vision_block(block, v, vc)  # [B, L, Dv]
+        trace.image_layer(v, probs)
+        if i >= first:  # tower layer i feeds cross-modal layer i − first
+            states.append(to_cross_space(p, cfg, "image", v, i - first))  # [B, L, Dv] -> [B, L, D]
     return Bridged(states, v)
 
 
-# What a head reads from the last cross-modal layer: everything, only the first row of each stream
-# (the poolers: ITM and the contrastive head), or only the text stream (MLM).
+# ---- the cross-modal stack ----------------------------------------------------------------------
+
+# What a head reads of the last cross-modal layer: everything; position 0 of each stream (the
+# poolers: ITM and the contrastive head); or the text stream (MLM). The rest is never computed.
 READS = ("all", "first", "text")
 
 
-def cross_modal(p, cfg, text, image, attention_mask, read="all"):
-    """The cross-modal stack and poolers on pairs: row k of `text` with row k of `image`.
-
-    text, image: Bridged of the same batch size P (Bridged.pick makes pairs); attention_mask [P, T].
-    read: "all", or "first" / "text" to skip, in the last layer, what the head never reads
-    ("first": only position 0 of each stream, what the poolers read; "text": no image stream, no
-    poolers). Returns text_features [P, T, D] (position 0 only: [P, 1, D], for "first"),
-    image_features [P, L, D] ([P, 1, D]; None for "text"), pooler_output [P, 2D] (None for "text").
-    """
+def _rows_read(read, last):
+    """How many rows of a cross-modal layer's (text, image) output are read: None (all) or 1 (position 0)."""
     if read not in READS:
         raise ValueError(f"read must be one of {READS}, got {read!r}")
-    tc, eps, N = cfg.text_config, cfg.layer_norm_eps, cfg.num_hidden_layers
-    mask = additive_mask(attention_mask)  # [P, 1, 1, T], or None
+    if not last or read == "all":
+        return None, None
+    return (1 if read == "first" else None), 1  # "text": the MLM head reads every text row
+
+
+def cross_modal(p, cfg, text, image, attention_mask, read="all", trace=None):
+    """The cross-modal stack and the poolers, on pairs: row k of `text` with row k of `image`.
+
+    text, image: Bridged of the same batch size B (Bridged.pick makes pairs); attention_mask [B, T].
+    read: "all", or what the head reads of the last layer ("first": position 0 of each stream;
+    "text": the text stream), whose other rows that layer leaves out (cross_modal_layer's `rows`).
+    Returns text_features [B, T, D], image_features [B, L, D] (position 0 alone, [B, 1, D], where
+    `read` leaves out the rest), pooler_output [B, 2D].
+    """
+    tc, eps, N, trace = cfg.text_config, cfg.layer_norm_eps, cfg.num_hidden_layers, trace or Trace()
+    mask = additive_mask(attention_mask)  # [B, 1, 1, T], or None when nothing is padded
     for l in range(N):
-        h_text, h_image = text.states[l], image.states[l]
-        if l == 0:
+        h_text, h_image = text.states[l], image.states[l]  # [B, T, D], [B, L, D]
+        x_rows, y_rows = _rows_read(read, l == N - 1)  # None: every row; 1: position 0 alone
+        # BEGIN SOLUTION
+        if l == 0:  # the first cross-modal layer: nothing to bridge with yet
             x_in = layer_norm(h_text, p["cross_modal_text_layernorm"], eps)
             y_in = layer_norm(h_image, p["cross_modal_image_layernorm"], eps)
-        else:
+        else:  # link tower l − 1 joins cross-modal layer l − 1's output to layer l's input
             x_in = link_tower(p["cross_modal_text_link_tower"][l - 1], h_text, x, cfg.link_tower_type, eps)
             y_in = link_tower(p["cross_modal_image_link_tower"][l - 1], h_image, y, cfg.link_tower_type, eps)
-        if read != "all" and l == N - 1:  # the last layer: only what the head reads (_last_layer)
-            return _last_layer(p, cfg, x_in, y_in, mask, read)
-        x, _, _ = cross_modal_layer(p["cross_modal_text_layers"][l], x_in, y_in, tc, mask, None)
-        y, _, _ = cross_modal_layer(p["cross_modal_image_layers"][l], y_in, x_in, tc, None, mask)
-    return _pooled(p, x, y)
-
-
-def _last_layer(p, cfg, x_in, y_in, mask, read):
-    """The last cross-modal layer, computing only the rows `read` asks for (cross_modal).
-
-    A row that is never read is never computed: "text" leaves out the image stream; "first" runs
-    each stream with its position 0 alone as queries (keys and values still every position).
-    """
-    if read == "text":  # MLM: the text stream only
-        x, _, _ = cross_modal_layer(p["cross_modal_text_layers"][-1], x_in, y_in, cfg.text_config, mask, None)
-        return {"text_features": x, "image_features": None, "pooler_output": None}
-    x = _first_position(p["cross_modal_text_layers"][-1], x_in, y_in, cfg.text_config, mask, None)  # [P, 1, D]
-    y = _first_position(p["cross_modal_image_layers"][-1], y_in, x_in, cfg.text_config, None, mask)
-    return _pooled(p, x, y)
-
-
-def _first_position(p, x, other, cfg, self_mask, cross_mask):
-    """bridge.cross_modal_layer's output at position 0 alone.  [B, S, D] -> [B, 1, D]
-
-    Its three blocks with only x[:, :1] as queries: keys and values are still every position of x
-    (self-attention) and of `other` (cross-attention), so row 0 is the full layer's row 0.
-    """
-    H, eps = cfg.num_attention_heads, cfg.layer_norm_eps
-    a, _ = bert_attention(p["attention"], x[:, :1], x, H, eps, self_mask)  # [B, 1, D]
-    c, _ = bert_attention(p["crossattention"], a, other, H, eps, cross_mask)  # [B, 1, D]
-    return bert_ffn(p, c, eps)
-
-
-def _pooled(p, x, y):
-    """The two poolers on the last layer's streams, concatenated: pooler_output [P, 2D]."""
+        # subtle: both streams read the *inputs* of this layer; the image does not see the new text.
+        x, x_self, x_cross = cross_modal_layer(p["cross_modal_text_layers"][l], x_in, y_in, tc, mask, None, x_rows)
+        y, y_self, y_cross = cross_modal_layer(p["cross_modal_image_layers"][l], y_in, x_in, tc, None, mask, y_rows)
+        # END SOLUTION
+        trace.cross(x, y, (x_self, y_self), (x_cross, y_cross))  # [B, T, D], [B, L, D]
     xp = array_module(x)
     pooled = xp.concatenate([pooler(p["cross_modal_text_pooler"], x),
-                             pooler(p["cross_modal_image_pooler"], y)], axis=-1)  # 2 × [P, D] -> [P, 2D]
+                             pooler(p["cross_modal_image_pooler"], y)], axis=-1)  # 2 × [B, D] -> [B, 2D]
     return {"text_features": x, "image_features": y, "pooler_output": pooled}
 
 

@@ -21,8 +21,8 @@ import numpy as np
 from .backend import array_module, is_cupy, to_device, to_numpy
 from .config import BridgeTowerConfig, ConfigError
 from .heads import contrastive_loss, itm_logits, mlm_logits
-from .model import (Bridged, Trace, bridgetower, cross_embedding, cross_modal, image_bridged, image_embedding,
-                    text_bridged, text_embedding, text_tower, vision_tower)
+from .model import (Trace, cross_embedding, cross_modal, image_bridged, image_embedding, text_bridged,
+                    text_embedding, text_tower, vision_tower)
 from .ops import cross_entropy, softmax
 from .weights import (WeightsError, check_weights, expected_shapes, head_shapes, heads_in, read_checkpoint, to_flat,
                       to_tree, write_checkpoint)
@@ -238,17 +238,13 @@ class BridgeTowerModel:
                   output_hidden_states, output_attentions):
         input_ids, attention_mask, pixel_values = check_inputs(
             self.config, input_ids, attention_mask, pixel_values, interpolate_pos_encoding)
-        if not (output_hidden_states or output_attentions):
-            # The two-phase form of the same pass (model.cross_modal), which skips in the last layer
-            # the rows this head never reads; bridgetower below keeps every layer's states on the way.
-            text = text_bridged(self.params, self.config, self._here(input_ids), self._here(attention_mask))
-            image = image_bridged(self.params, self.config, self._here(pixel_values), interpolate_pos_encoding)
-            feats = cross_modal(self.params, self.config, text, image, self._here(attention_mask), self.reads)
-            feats.update(text_last=text.last, image_last=image.last)
-            return feats, {}
         trace = Trace(keep_hidden=output_hidden_states, keep_attentions=output_attentions)
-        feats = bridgetower(self.params, self.config, self._here(input_ids), self._here(attention_mask),
-                            self._here(pixel_values), interpolate_pos_encoding, trace)
+        # The last layer computes only the rows the head reads, unless every row's states are asked for.
+        read = "all" if output_hidden_states or output_attentions else self.reads
+        text = text_bridged(self.params, self.config, self._here(input_ids), self._here(attention_mask), trace)
+        image = image_bridged(self.params, self.config, self._here(pixel_values), interpolate_pos_encoding, trace)
+        feats = cross_modal(self.params, self.config, text, image, self._here(attention_mask), read, trace)
+        feats.update(text_last=text.last, image_last=image.last)
         extras = {}
         if output_hidden_states:
             extras["hidden_states"] = (tuple(trace.text_hidden), tuple(trace.image_hidden), tuple(trace.cross_hidden))

@@ -229,7 +229,7 @@ def source_without_solutions(fn):
     from minibridge.assignments.components import component_of
 
     lines, start = inspect.getsourcelines(fn)
-    module = fn.__module__.rsplit(".", 1)[-1]
+    module = fn.__module__.removeprefix("minibridge.")
     component = component_of(f"{module}.{fn.__name__}")
     name = component.name if component else "?"
     out, inside = [], False

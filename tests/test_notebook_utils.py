@@ -180,7 +180,7 @@ def test_shown_source_never_holds_a_solution():
 
     for component in COMPONENTS:
         for covered in component.covers:
-            module, name = covered.split(".")
+            module, name = covered.rsplit(".", 1)
             fn = getattr(importlib.import_module(f"minibridge.{module}"), name)
             shown = nu.source_without_solutions(fn)
             inside, outside = _solution_regions(fn)

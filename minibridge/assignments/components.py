@@ -935,7 +935,9 @@ COMPONENTS = (
                                            'queries and `other` as keys and values, with cross_mask (the other '
                                            'stream\'s keys); then bert_ffn. Graded on both streams: (self_mask, '
                                            'cross_mask) is (text mask, None) for the text stream and (None, text '
-                                           'mask) for the image stream.'},
+                                           'mask) for the image stream. `queries` (given) is x, or its first `rows` '
+                                           'positions: the self-attention\'s queries; its keys and values are all '
+                                           'of x.'},
               _CROSS_MODAL_CASES, _CROSS_MODAL_SYMPTOMS),
     Component("heads", ("heads.pooler", "heads.itm_logits", "heads.mlm_logits", "heads.contrastive_embedding"),
               ("linear", "layer_norm", "gelu"), LAYER_TOL,
@@ -955,7 +957,7 @@ COMPONENTS = (
                                               'row of length 1, ops.l2_normalize). Graded on each of the three '
                                               'heads, on its stored input.'},
               symptoms=_HEADS_SYMPTOMS, on_error=(_MATMUL_SHAPES,)),
-    Component("bridgetower", ("bridge.to_cross_space", "model.bridgetower"),
+    Component("bridgetower", ("bridge.to_cross_space", "model.cross_modal"),
               ("patchify", "vision_block", "text_embed", "bert_attention", "link_tower", "cross_modal_layer", "heads",
                "linear", "layer_norm"), MODEL_TOL, f"{_HF}: BridgeTowerModel, via tests/reference.py",
               "the full forward pass: towers, bridges, cross-modal stack, poolers", _bridgetower,
@@ -965,13 +967,14 @@ COMPONENTS = (
                                         'cfg.share_cross_modal_transformer_layers); then + row TOKEN_TYPE[side] '
                                         '(text 0, image 1) of p["token_type_embeddings"]["weight"] [2, D]. Graded '
                                         'through the full model.',
-               "model.bridgetower": "The cross-modal part of one step of the loop (the diagram at the top of "
-                                    "model.py): tower layer i feeds cross-modal layer l = i - first. Cross-modal "
-                                    "layer 0 reads LN(to_cross_space(...)) (cross_modal_{text,image}_layernorm), "
-                                    "layer l > 0 link tower l − 1 of it and layer l − 1's output; both streams read "
-                                    "this layer's inputs; (self_mask, cross_mask) is (mask, None) for the text "
-                                    "stream, (None, mask) for the image stream. Graded: text_features, "
-                                    "image_features and pooler_output of a padded batch."}),
+               "model.cross_modal": "One step of the cross-modal loop (the diagram at the top of model.py): "
+                                    "h_text, h_image are tower layer first + l in the cross-modal space. Cross-modal "
+                                    "layer 0 reads LN(h) (cross_modal_{text,image}_layernorm), layer l > 0 link "
+                                    "tower l − 1 of h and layer l − 1's output; both streams read this layer's "
+                                    "inputs; (self_mask, cross_mask) is (mask, None) for the text stream, (None, "
+                                    "mask) for the image stream; pass x_rows / y_rows on as cross_modal_layer's "
+                                    "rows (the last layer computes only what the head reads). Graded: "
+                                    "text_features, image_features and pooler_output of a padded batch."}),
 )
 
 # The backward pass (week 5): each gradient after the forward it differentiates.
