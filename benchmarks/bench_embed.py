@@ -1,7 +1,7 @@
 """Benchmark: `minibridge embed` (the streaming job) against a loop over transformers, side by side.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_embed.py --model FOLDER \
-        [--images 16] [--texts 96] [--batch-size 8] [--rounds 1]
+        [--images 16] [--texts 96] [--batch-size 8] [--rounds 1] [--threads N]
 
 FOLDER: a checkpoint with the contrastive (ITC) head, e.g. a random base one made by
 `minibridge random-checkpoint /tmp/base --size base --tokenizer path/to/roberta-base` (timing only:
@@ -18,8 +18,12 @@ Each measurement runs in a fresh process, the two libraries alternating:
                 tower alone is written out from its contrastive forward (_transformers_features):
                 vision tower, forward_post, the image transform + token type, itc_image_head,
                 normalise; or RoBERTa's last layer, itc_text_head, normalise.
-Reported: items/s (median over the rounds), the peak RSS of each process, and the largest
-difference between the two libraries' vectors, which checks that the loop computes the same thing.
+Reported: items/s (median over the rounds), the peak RSS of each process (minibridge's counts the
+memory-mapped weight pages it has read: file cache, not allocations), and the largest difference
+between the two libraries' vectors, which checks that the loop computes the same thing.
+--threads N sets OPENBLAS_NUM_THREADS / OMP_NUM_THREADS and torch's threads in the workers: on a
+machine whose cores other work keeps busy, OpenBLAS's spinning threads can slow NumPy several-fold,
+and one thread each gives steadier figures.
 """
 
 import argparse
@@ -86,6 +90,8 @@ def transformers_worker(model, kind, source, batch_size, out):
     import torch
     import transformers
 
+    if os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     processor = transformers.BridgeTowerProcessor.from_pretrained(model)
     net = transformers.BridgeTowerForContrastiveLearning.from_pretrained(model).eval()
     if kind == "image":
@@ -111,13 +117,15 @@ def transformers_worker(model, kind, source, batch_size, out):
 WORKERS = {"minibridge": minibridge_worker, "transformers": transformers_worker}
 
 
-def _run(lib, model, kind, source, batch_size):
+def _run(lib, model, kind, source, batch_size, threads):
     """One measurement in a fresh process: its figures, and the vectors it made."""
+    env = dict(os.environ, **({"OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+                              if threads else {}))
     out = Path(tempfile.mkdtemp(prefix=f"bench-embed-{lib}-"))
     try:
         cmd = [sys.executable, __file__, "--worker", lib, "--kind", kind, "--source", str(source), "--model",
                str(model), "--batch-size", str(batch_size), "--out", str(out)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if r.returncode != 0:
             raise SystemExit(f"{lib} {kind} worker failed:\n{r.stderr[-3000:]}")
         import numpy as np
@@ -162,6 +170,7 @@ def main():
     parser.add_argument("--texts", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="BLAS / torch threads per worker (default: each library's own)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
@@ -174,7 +183,8 @@ def main():
     import numpy as np
 
     print(f"embedding throughput, {args.model}, batch {args.batch_size}, {args.rounds} round(s); "
-          f"{os.cpu_count()} cores; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}", flush=True)
+          f"{os.cpu_count()} cores, threads {args.threads or 'default'}; "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
         images, texts = make_inputs(Path(tmp), args.images, args.texts)
         rows = []
@@ -183,7 +193,7 @@ def main():
             vectors = {}
             for r in range(args.rounds):
                 for lib in (("minibridge", "transformers") if r % 2 == 0 else ("transformers", "minibridge")):
-                    result, vectors[lib] = _run(lib, args.model, kind, source, args.batch_size)
+                    result, vectors[lib] = _run(lib, args.model, kind, source, args.batch_size, args.threads)
                     figures[lib].append(result)
                     print(f"  {kind}s, {lib}: {n / result['seconds']:.2f}/s, peak {result['peak_mb']:.0f} MB",
                           flush=True)
