@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import array_module, is_cupy, to_device, to_numpy
+from .backend import array_module, is_cupy, keep_freed_memory, to_device, to_numpy
 from .config import BridgeTowerConfig, ConfigError
 from .heads import contrastive_loss, itm_logits, mlm_logits
 from .model import (Trace, cross_embedding, cross_modal, image_bridged, image_embedding, text_bridged,
@@ -122,6 +122,8 @@ class BridgeTowerModel:
             tree["mlm_score"]["decoder"] = {"weight": tree["text_model"]["embeddings"]["word_embeddings"]["weight"]}
         model = cls(config, tree)
         model.source_config = _config_dict(checkpoint.folder / "config.json")
+        if device == "cpu":
+            keep_freed_memory()  # its forward passes reuse the large arrays they free (backend.py)
         return model.to(device) if device != "cpu" else model
 
     @classmethod

@@ -1,6 +1,9 @@
 """The primitives against their mathematical definitions (exact math.erf, float64 formulas)."""
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -101,3 +104,36 @@ def test_cross_entropy_ignores_minus_100():
 def test_l2_normalize():
     x = np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float32)
     np.testing.assert_allclose(ops.l2_normalize(x), [[0.6, 0.8], [0.0, 0.0]])
+
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+from minibridge.backend import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else False
+a = np.ones((8, 12, 325, 325), np.float32)  # 40 MB: the attention scores of the base model at batch 8
+(a * 2).sum()  # one array of that size made and freed
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    (a * 2).sum()  # made and freed again: fresh pages from the kernel, or the freed block again
+print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's (Linux)")
+def test_freed_large_arrays_are_reused_not_faulted_in_again():
+    """keep_freed_memory: a 40 MB array made after one of its size was freed reuses that block (few page
+    faults) instead of fresh pages (about one fault per 4 KB page, or per 2 MB huge page, 20 or more)."""
+    def faults(mode, **env):
+        r = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, **env})
+        assert r.returncode == 0, r.stderr
+        kept, n = r.stdout.split()
+        return kept == "True", float(n)
+
+    kept, with_keep = faults("keep")
+    _, without = faults("plain")
+    assert kept, "keep_freed_memory() returned False on Linux"
+    assert with_keep <= 5 < 20 <= without, f"page faults per 40 MB array: kept {with_keep}, plain {without}"
+    kept, opted_out = faults("keep", MINIBRIDGE_KEEP_FREED_MEMORY="0")
+    assert not kept and opted_out >= 20, f"MINIBRIDGE_KEEP_FREED_MEMORY=0: kept {kept}, {opted_out} faults per array"
