@@ -41,14 +41,16 @@ _EXPORTS = {
     "HubError": "hub",
     "ConvertError": "convert",
     "AdamW": "optim",
+    "Index": "index",
 }
 
 __all__ = ["infer", "InferResult", *_EXPORTS]
 
 
 # modules reachable as attributes (mb.tokenizer, mb.ops, ...), also imported on first use
-_MODULES = {"assignments", "backend", "backward", "bridge", "config", "convert", "fetch", "finetune", "heads", "hub", "image_processing", "model",
-            "modeling", "ops", "optim", "processing", "text", "tokenizer", "unicode_classes", "vision", "weights"}
+_MODULES = {"assignments", "backend", "backward", "bridge", "config", "convert", "embedding", "fetch", "finetune", "heads",
+            "hub", "image_processing", "index", "model", "modeling", "ops", "optim", "processing", "retrieval", "scale",
+            "text", "tokenizer", "unicode_classes", "vision", "weights"}
 
 
 def __getattr__(name):

@@ -13,7 +13,8 @@ PACKAGE = Path(minibridge.__file__).resolve().parent
 # What `ls minibridge/` may show: the library's modules, the assignment tooling and its data.
 LIBRARY = {"__init__.py", "__main__.py", "backend.py", "ops.py", "vision.py", "text.py", "bridge.py", "heads.py",
            "model.py", "tokenizer.py", "unicode_classes.py", "image_processing.py", "processing.py", "config.py",
-           "weights.py", "hub.py", "fetch.py", "convert.py", "modeling.py", "optim.py", "infer.py", "finetune.py", "assignments", "backward"}
+           "weights.py", "hub.py", "fetch.py", "convert.py", "modeling.py", "optim.py", "infer.py", "finetune.py", "assignments", "backward",
+           "index.py", "embedding.py", "retrieval.py", "scale.py"}
 
 
 def test_the_package_lists_only_library_modules():
