@@ -117,12 +117,27 @@ class Index:
             scores = (q @ shard.T) / np.maximum(norms, 1e-12)  # [Q, C] @ [C, S] -> [Q, S]
             rows = np.broadcast_to(np.arange(start, start + len(shard)), scores.shape)
             if scores.shape[1] > k:  # only this shard's k best can enter the top k
-                keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # [Q, k]
+                keep = _top_columns(scores, k)  # [Q, k]
                 scores, rows = np.take_along_axis(scores, keep, 1), np.take_along_axis(rows, keep, 1)
             best_scores, best_rows = _best(np.concatenate([best_scores, scores], 1),
                                            np.concatenate([best_rows, rows], 1), k)
             start += len(shard)
         return Hits(best_scores, best_rows, [[self.ids[r] for r in row] for row in best_rows.tolist()])
+
+
+def _top_columns(scores, k):
+    """The k best columns of each row of scores [Q, S] (S > k), as [Q, k] column numbers: the k
+    highest scores, and on a tie at the k-th score the lowest columns (those a full sort keeps).
+
+    subtle: np.argpartition alone picks *any* of the tied columns, and a collection of copies (the
+    same photo twice has the same vector) ties; the search would then depend on the shard size.
+    """
+    scores = np.where(np.isnan(scores), -np.inf, scores)  # a NaN row (a broken vector) ranks last
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1:k]  # [Q, 1] the k-th highest score
+    above, tied = scores > kth, scores == kth  # [Q, S] each
+    wanted = k - above.sum(1, keepdims=True)  # [Q, 1] how many of the tied columns enter
+    take = above | (tied & (np.cumsum(tied, axis=1) <= wanted))  # [Q, S], k True in each row
+    return np.nonzero(take)[1].reshape(len(scores), k)  # the columns, in increasing order
 
 
 def _best(scores, rows, k):

@@ -92,6 +92,19 @@ def test_search_finds_the_planted_rows(tmp_path):
     assert same.search(np.ones(DIM), k=3).rows.tolist() == [[0, 1, 2]]  # equal scores: row order
 
 
+def test_equal_scores_keep_row_order_within_a_shard(tmp_path):
+    """A collection of copies (the same photo twice gives the same vector): ties at the k-th score
+    must go to the lowest rows, as a full sort would, whatever the shard size."""
+    rng = np.random.default_rng(2)
+    distinct = rng.normal(size=(3, DIM)).astype(np.float32)
+    vectors = distinct[rng.integers(0, 3, 100)]  # [100, C]: each row a copy of one of three vectors
+    queries = np.concatenate([distinct, rng.normal(size=(2, DIM)).astype(np.float32)])
+    index = write(tmp_path / "i", vectors, shard_size=64, batch_size=4)
+    for k in (1, 5, 20, 40, 100):
+        scores, rows = brute_force(vectors, queries, k)
+        assert index.search(queries, k).rows.tolist() == rows.tolist(), f"k = {k}"
+
+
 def test_search_refuses_a_wrong_query(tmp_path):
     index = write(tmp_path / "i", np.ones((4, DIM), np.float32))
     with pytest.raises(ValueError, match=r"query vectors must be \[C\] or \[Q, C\] with C = 8 \(the index's "
