@@ -163,8 +163,9 @@ def _as_queries(queries, dim):
 class ShardedVectors:
     """[N, C] float32 rows kept in memory-mapped shards of `shard_size` rows, read like one array.
 
-    vectors[i], vectors[a:b], vectors[[i, j]] and vectors[rows, cols] read only the rows asked for;
-    np.asarray(vectors) copies all of them into memory. `shards` are the np.memmap arrays themselves.
+    vectors[i], vectors[a:b], vectors[[i, j]], vectors[mask] and vectors[rows, cols] read only the
+    rows asked for from the files, into a new in-memory array (as NumPy's fancy indexing does);
+    np.asarray(vectors) reads them all. `shards` are the np.memmap arrays themselves.
     """
 
     def __init__(self, shards, shard_size, dim):
@@ -180,29 +181,52 @@ class ShardedVectors:
                 f"of {self.shard_size} rows)")
 
     def __array__(self, dtype=None, copy=None):
-        whole = np.concatenate(self.shards) if self.shards else np.empty(self.shape, np.float32)  # [N, C], in RAM
-        return whole if dtype is None else whole.astype(dtype)
+        if copy is False:  # NumPy 2's np.asarray(x, copy=False): "never copy"
+            raise ValueError(f"the rows are in {len(self.shards)} shard files: reading them as one array copies "
+                             "them (leave out copy=False, or read one shard: vectors.shards[i])")
+        whole = self._span(0, len(self))  # [N, C], in RAM
+        return whole if dtype is None else whole.astype(dtype, copy=False)
 
     def __getitem__(self, key):
-        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
-        if isinstance(rows, (int, np.integer)):
-            r = _row(rows, len(self))
-            return self.shards[r // self.shard_size][r % self.shard_size][cols]  # [C]
-        if isinstance(rows, slice):
-            rows = np.arange(len(self))[rows]
-        rows = np.asarray(rows)
-        if rows.dtype == bool:
-            rows = np.flatnonzero(rows)
-        picked = [self.shards[r // self.shard_size][r % self.shard_size] for r in
-                  (_row(int(r), len(self)) for r in rows.reshape(-1))]
-        out = np.stack(picked) if picked else np.empty((0, self.shape[1]), np.float32)  # [n, C]
-        return out.reshape(rows.shape + (self.shape[1],))[..., cols]
+        rows, *cols = key if isinstance(key, tuple) else (key,)
+        if len(cols) > 1:
+            raise IndexError(f"the vectors have 2 dimensions (rows, columns), got {len(key)} indices")
+        if isinstance(rows, slice) and rows.indices(len(self))[2] == 1:
+            out = self._span(*rows.indices(len(self))[:2])  # [n, C]: whole runs of each shard
+        elif isinstance(rows, (int, np.integer)):
+            out = self._take(np.array([rows]))[0]  # [C]
+        else:
+            rows = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else np.asarray(rows)
+            if rows.dtype == bool:
+                if rows.shape != (len(self),):
+                    raise IndexError(f"a boolean mask of the rows needs {len(self)} entries, got {rows.size}")
+                rows = np.flatnonzero(rows)
+            out = self._take(rows.reshape(-1)).reshape(rows.shape + (self.shape[1],))  # [..., C]
+        return out[..., cols[0]] if cols else out
 
+    def _span(self, start, stop):
+        """Rows start:stop as a new array [stop - start, C], copied a run of each shard at a time."""
+        parts = [np.empty((0, self.shape[1]), np.float32)]
+        for first in range(start - start % self.shard_size, stop, self.shard_size):  # each shard's first row
+            parts.append(self.shards[first // self.shard_size][max(start - first, 0):stop - first])
+        return np.concatenate(parts)
 
-def _row(r, n):
-    if not -n <= r < n:
-        raise IndexError(f"row {r} is out of range for an index of {n} rows")
-    return r % n
+    def _take(self, rows):
+        """Rows by number (negative: from the end) → a new array [len(rows), C], a shard at a time."""
+        rows = rows.astype(np.int64) if rows.size == 0 else rows  # (np.asarray([]) is float)
+        if not np.issubdtype(rows.dtype, np.integer):
+            raise IndexError(f"rows are chosen by integers, slices or a boolean mask, got {rows.dtype} values")
+        n = len(self)
+        outside = (rows < -n) | (rows >= n)
+        if outside.any():
+            raise IndexError(f"row {rows[outside][0]} is out of range for an index of {n} rows")
+        rows = np.where(rows < 0, rows + n, rows)
+        out = np.empty((len(rows), self.shape[1]), dtype=np.float32)  # [n, C]
+        shard_of = rows // self.shard_size
+        for s in np.unique(shard_of):
+            mine = shard_of == s
+            out[mine] = self.shards[s][rows[mine] - s * self.shard_size]
+        return out
 
 
 def read_manifest(folder):

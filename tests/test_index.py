@@ -162,6 +162,40 @@ def test_resume_keeps_the_listed_shards_and_refuses_another_run(tmp_path):
     assert again.inputs_done == 8 and not (folder / "vectors-00001.npy.partial").exists()
 
 
+def test_reading_rows_copies_only_the_rows_asked_for(tmp_path):
+    """Slices, lists and masks read like NumPy's, each read a new in-memory array, and memory holds
+    the rows read, not one entry per row of the index."""
+    import tracemalloc
+
+    vectors = np.random.default_rng(3).normal(size=(18, DIM)).astype(np.float32)
+    index = write(tmp_path / "i", vectors)  # shards of 8, 8 and 2 rows
+    mask = np.arange(18) % 3 == 0
+    for key in [5, -1, slice(None), slice(5, 12), slice(-5, None), slice(12, 5), slice(None, None, 3),
+                slice(16, 2, -4), [17, 0, -1], [], mask, (slice(2, 11), 1), (slice(None),), ([[1, 9], [16, 0]], 3)]:
+        got = index.vectors[key]
+        np.testing.assert_array_equal(got, vectors[key], err_msg=f"vectors[{key!r}]")
+        assert type(got) is np.ndarray and got.dtype == np.float32 and got.flags.writeable, key
+    with pytest.raises(IndexError, match="row -19 is out of range for an index of 18 rows"):
+        index.vectors[[0, -19]]
+    with pytest.raises(IndexError, match=r"a boolean mask of the rows needs 18 entries, got 4"):
+        index.vectors[mask[:4]]
+    with pytest.raises(ValueError, match="the rows are in 3 shard files: reading them as one array copies them"):
+        np.asarray(index.vectors, copy=False)
+    assert np.asarray(index.vectors, dtype=np.float64).dtype == np.float64
+
+    # 10 million rows of 8 floats (320 MB if they were real) that take no memory: broadcast views
+    huge = ShardedVectors([np.broadcast_to(np.float32(s), (10 ** 6, DIM)) for s in range(10)], 10 ** 6, DIM)
+    tracemalloc.start()
+    try:
+        few = huge[4_999_998:5_000_002]  # across the boundary of shards 4 and 5
+        many = huge[:30_000]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert few[:, 0].tolist() == [4, 4, 5, 5] and many.shape == (30_000, DIM)
+    assert peak < 2 * many.nbytes, f"{peak / 1e6:.1f} MB traced to read {many.nbytes / 1e6:.1f} MB of rows"
+
+
 def test_sharded_vectors_of_no_rows():
     empty = ShardedVectors([], 8, DIM)
     assert np.asarray(empty).shape == (0, DIM) and empty[[]].shape == (0, DIM)
