@@ -73,6 +73,7 @@ def retrieve(index, query, k=10, rerank=None, model=None, revision=None, batch_s
         raise ValueError(f"{index.folder} holds no vectors yet (every input skipped, or the run stopped early)")
     k = positive(k, "k")
     rerank = None if rerank is None else positive(rerank, "rerank")
+    _check_query_kind(index, query)
     model, revision, notes = _model_of(index, model, revision)
     query_kind = "text" if index.kind == "image" else "image"
     preprocessing = index.manifest["preprocessing"]
@@ -103,6 +104,21 @@ def retrieve(index, query, k=10, rerank=None, model=None, revision=None, batch_s
     return Retrieved(str(index.folder), index.kind, str(query), str(model), rows.tolist(),
                      [index.ids[r] for r in rows.tolist()], cosine.tolist(), None if itm is None else itm[:k].tolist(),
                      rerank, tuple(notes))
+
+
+def _check_query_kind(index, query):
+    """Refuse a query of the kind the index holds: images are searched with a text, texts with an image."""
+    from .embedding import _is_file
+    from .fetch import is_url
+
+    names_image = isinstance(query, (str, Path)) and (is_url(str(query)) or _is_file(Path(query)))
+    if index.kind == "image" and names_image:  # subtle: it would be embedded as the text "cat.jpg"
+        raise ValueError(f"{index.folder} holds images, so the query must be a text to look for; got {query}, which "
+                         "names an image (a file or URL). An image query searches an index of texts "
+                         "(`minibridge embed --text ... --out INDEX_DIR`)")
+    if index.kind == "text" and isinstance(query, (str, Path)) and not names_image:
+        raise FileNotFoundError(f"no image file at {query}: {index.folder} holds texts, so the query must be an "
+                                "image (a file or an http(s) URL)")
 
 
 def _model_of(index, model, revision):
@@ -139,11 +155,14 @@ def _itm_scores(index, query, rows, model, revision, batch_size, truncation):
 
 
 def _image_path(index, image_id):
-    """An image id as a path to read now: as it is when it exists (or is a URL), else relative to the
-    folder the index was made in."""
+    """An image id as a path to read now: a URL or an absolute path as it is; a relative path from the
+    folder the index was made in (base_dir), or, where nothing is there (the photos moved with the
+    index), from this folder."""
     from .fetch import is_url
 
-    if is_url(image_id) or Path(image_id).exists() or Path(image_id).is_absolute():
+    if is_url(image_id) or Path(image_id).is_absolute():
         return image_id
-    return str(Path(index.manifest["base_dir"]) / image_id)
+    # subtle: base_dir first; the same relative name here may be another photo
+    made_in = Path(index.manifest["base_dir"]) / image_id
+    return str(made_in) if made_in.exists() or not Path(image_id).exists() else image_id
 

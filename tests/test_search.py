@@ -121,3 +121,31 @@ def test_search_errors_name_the_input(setup, tmp_path):
     r = cli("search", root / "texts.index", tmp_path / "missing.jpg")
     assert r.returncode == 1 and f"no image file at {tmp_path / 'missing.jpg'}" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_query_of_the_kind_the_index_holds_is_refused(setup):
+    root, checkpoint, photos = setup[:3]
+    for query in (photos[0], "https://example.com/cat.jpg"):  # an image, for an index of images
+        with pytest.raises(ValueError, match="holds images, so the query must be a text to look for; got "
+                                             f"{query}, which names an image"):
+            retrieve(root / "images.index", query)
+    r = cli("search", root / "texts.index", "two cats")  # a text, for an index of texts
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert (f"no image file at two cats: {root / 'texts.index'} holds texts, so the query must be an image "
+            "(a file or an http(s) URL)") in r.stderr, r.stderr
+
+
+def test_relative_ids_are_read_where_the_index_was_made(setup, tmp_path, monkeypatch):
+    """An index of relative paths, re-ranked from another folder that has other photos under the
+    same names: the ITM head must score the indexed photos, not those."""
+    checkpoint = setup[1]
+    made, elsewhere = tmp_path / "made", tmp_path / "elsewhere"
+    make_photos(made / "photos", 4, distinct=4, seed=1)
+    make_photos(elsewhere / "photos", 4, distinct=4, seed=2)  # the same names, other pictures
+    monkeypatch.chdir(made)
+    embed_collection(["photos"], "image", model=checkpoint, out=made / "i", progress=False)
+    here = retrieve(made / "i", QUERY, k=4, rerank=4)
+    assert here.ids[0].startswith("photos")  # relative, as given
+    monkeypatch.chdir(elsewhere)
+    there = retrieve(made / "i", QUERY, k=4, rerank=4)
+    assert (there.ids, there.itm) == (here.ids, here.itm)
