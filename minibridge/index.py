@@ -381,6 +381,9 @@ def _check_same_run(folder, manifest, header):
                 why = (f"the inputs differ: it was made from {theirs['count']} inputs and this run names "
                        f"{mine['count']}" + ("" if theirs["count"] != mine["count"] else " (the same number, but "
                                               "other names or another order)"))
+                if header.get("base_dir") != manifest.get("base_dir"):
+                    why += (f"; relative paths are read from the folder a run starts in: the index was made in "
+                            f"{manifest.get('base_dir')}, this run is in {header.get('base_dir')}")
             else:
                 why = f"it was made with {key} = {_short(theirs)}, and this run has {key} = {_short(mine)}"
             raise IndexFormatError(f"cannot resume {folder}: {why}. Resume with the same model, settings and inputs, "

@@ -92,6 +92,17 @@ def test_search_finds_the_planted_rows(tmp_path):
     assert same.search(np.ones(DIM), k=3).rows.tolist() == [[0, 1, 2]]  # equal scores: row order
 
 
+def test_resume_from_another_folder_says_where_the_index_was_made(tmp_path):
+    """Relative input paths are kept as given, so from another folder the same command names other
+    inputs; the refusal should say so, not leave the user to guess."""
+    IndexWriter(tmp_path / "i", header(base_dir="/home/me/photos"))
+    moved = header(base_dir="/home/me", inputs={"count": 20, "sha256": "t"})
+    with pytest.raises(IndexFormatError, match=r"other names or another order\); relative paths are read from the "
+                                               r"folder a run starts in: the index was made in /home/me/photos, "
+                                               r"this run is in /home/me\."):
+        IndexWriter(tmp_path / "i", moved, resume=True)
+
+
 def test_equal_scores_keep_row_order_within_a_shard(tmp_path):
     """A collection of copies (the same photo twice gives the same vector): ties at the k-th score
     must go to the lowest rows, as a full sort would, whatever the shard size."""
