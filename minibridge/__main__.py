@@ -199,6 +199,14 @@ def _embed(args):
     except ExtraNeeded as e:  # an optional dependency: say what to install, without a traceback
         print(f"minibridge embed: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # main() makes it exit 130; say first what is kept and how to go on
+        if index and (Path(args.out) / "manifest.json").is_file():
+            from .index import read_manifest
+
+            m = read_manifest(args.out)
+            print(f"minibridge embed: interrupted; {args.out} keeps the {m['inputs_done']} inputs done of "
+                  f"{m['inputs']['count']}: run the same command with --resume to continue", file=sys.stderr)
+        raise
 
 
 def _embed_index(args):

@@ -157,6 +157,30 @@ def test_killed_run_resumed_gives_the_uninterrupted_index(photos, checkpoint, un
     _same_index(out, uninterrupted[0])
 
 
+def test_interrupted_run_says_how_to_continue(checkpoint, tmp_path, monkeypatch, capsys):
+    """^C (KeyboardInterrupt) during the second batch: exit 130, and a line that says --resume continues."""
+    from minibridge import __main__
+    from minibridge.embedding import Embedder
+
+    make_photos(tmp_path / "p", 5)
+    embed, calls = Embedder.embed, []
+
+    def interrupted_on_the_second_batch(self, loaded):
+        calls.append(len(loaded))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return embed(self, loaded)
+
+    monkeypatch.setattr(Embedder, "embed", interrupted_on_the_second_batch)
+    out = tmp_path / "i"
+    status = __main__.main(["embed", "--model", str(checkpoint), "--image", str(tmp_path / "p"), "--out", str(out),
+                            "--batch-size", "2", "--shard-size", "2", "--no-progress"])
+    assert status == 130 and len(Index.open(out)) == 2
+    err = capsys.readouterr().err
+    assert f"minibridge embed: interrupted; {out} keeps the 2 inputs done of 5: run the same command with --resume " \
+           "to continue" in err, err
+
+
 def test_resume_refuses_an_index_of_other_inputs_or_another_model(photos, checkpoint, uninterrupted, tmp_path):
     other = make_checkpoint(tmp_path / "other", seed=1)
     photo = photos[1][0]
