@@ -212,6 +212,7 @@ def _embed(args):
 def _embed_index(args):
     from .embedding import embed_collection
 
+    _print_names_as_bytes()
     options = dict(kind="image" if args.image else "text", model=args.model, out=args.out,
                    batch_size=args.batch_size, shard_size=args.shard_size, resume=args.resume, revision=args.revision,
                    truncation=args.truncation, max_length=args.max_length, column=args.column,
@@ -256,10 +257,19 @@ def _embed_array(args):
 def _search(args):
     from .retrieval import retrieve
 
+    _print_names_as_bytes()
     found = retrieve(args.index, args.query, k=args.k, rerank=args.rerank, model=args.model, revision=args.revision,
                      batch_size=args.batch_size)
     print(found.to_json() if args.json else found)
     return 0
+
+
+def _print_names_as_bytes():
+    """Let print() write a file name that is not UTF-8 ("caf\\udce9.jpg", as Python reads b"caf\\xe9.jpg")
+    with its own bytes, as ls does, rather than fail after the work is done (stdout is strict under
+    most UTF-8 locales)."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
 
 
 def _random_checkpoint(args):

@@ -330,7 +330,8 @@ class IndexWriter:
         """Commit the last (short) shard and mark the index complete; `total` inputs were read."""
         self._commit(total, complete=True)
         lines = ["input\treason"] + [f"{_one_line(s['id'])}\t{s['reason']}" for s in self.manifest["skipped"]]
-        _write_atomically(self.folder / SKIPPED, lambda f: f.write(("\n".join(lines) + "\n").encode("utf-8")))
+        text = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")  # a file name's own bytes, as ls shows
+        _write_atomically(self.folder / SKIPPED, lambda f: f.write(text))
 
     def _commit(self, inputs_done, complete=False):
         """Write the filled rows as the next shard (if any), then the manifest that lists it."""
@@ -338,7 +339,7 @@ class IndexWriter:
         if self.filled:
             number = len(shards)
             entry = {"vectors": f"vectors-{number:05d}.npy", "ids": f"ids-{number:05d}.json", "rows": self.filled}
-            ids_json = json.dumps(self.buffer_ids, ensure_ascii=False).encode("utf-8")
+            ids_json = json_text(self.buffer_ids).encode("utf-8")
             _write_atomically(self.folder / entry["ids"], lambda f: f.write(ids_json))
             _write_atomically(self.folder / entry["vectors"], lambda f: np.save(f, self.buffer[:self.filled]))
             shards.append(entry)
@@ -351,8 +352,22 @@ class IndexWriter:
         self._write_manifest()  # subtle: last, so the shard it names is already whole on disk
 
     def _write_manifest(self):
-        text = json.dumps(self.manifest, indent=1, ensure_ascii=False).encode("utf-8")
+        text = json_text(self.manifest, indent=1).encode("utf-8")
         _write_atomically(self.folder / MANIFEST, lambda f: f.write(text))
+
+
+def json_text(value, indent=None):
+    """value as JSON text that UTF-8 can encode (non-ASCII letters kept as they are).
+
+    subtle: a file name that is not UTF-8 (b"caf\\xe9.jpg": Linux keeps bytes, Python reads them as
+    the lone surrogate "caf\\udce9.jpg") has no UTF-8 form; then everything non-ASCII is written as
+    JSON's \\u escapes, which json.loads reads back to the same name, which open() takes."""
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, indent=indent)
+    return text
 
 
 def _one_line(text):

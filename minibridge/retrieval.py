@@ -10,14 +10,13 @@ image and text together through the cross-modal layers, re-scores the top K; the
 by its match probability softmax(logits)[:, 1].
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .embedding import Embedder, positive
-from .index import Index
+from .index import Index, json_text
 
 
 @dataclass
@@ -56,7 +55,7 @@ class Retrieved:
                 "rerank": self.rerank, "results": results, "notes": list(self.notes)}
 
     def to_json(self):
-        return json.dumps(self.to_dict(), ensure_ascii=False, indent=2)
+        return json_text(self.to_dict(), indent=2)  # (a file name that is not UTF-8 as \u escapes)
 
 
 def retrieve(index, query, k=10, rerank=None, model=None, revision=None, batch_size=8):

@@ -203,6 +203,33 @@ def test_a_finished_index_resumed_does_nothing(photos, checkpoint, uninterrupted
     assert (uninterrupted[0] / "manifest.json").read_text() == before
 
 
+def test_file_names_that_are_not_utf8(checkpoint, tmp_path):
+    """Old cameras and zip files leave Latin-1 names (b"caf\\xe9.jpg"); Linux keeps the bytes and Python
+    reads them as lone surrogates ("caf\\udce9.jpg"). They are embedded, listed and read back by name."""
+    folder = tmp_path / "p"
+    first, second = make_photos(folder, 2, distinct=1)  # two copies of one photo
+    latin = os.fsdecode(bytes(folder) + b"/caf\xe9.jpg")
+    os.rename(second, latin)
+    (folder / os.fsdecode(b"d\xe9j\xe0 vu.jpg")).write_bytes(b"")  # and one that is skipped
+    out = tmp_path / "i"
+    # PYTHONIOENCODING=utf-8: stdout strict, as under most UTF-8 locales (C.UTF-8 lets surrogates through)
+    r = cli("embed", "--model", checkpoint, "--image", folder, "--out", out, "--no-progress",
+            env={"PYTHONIOENCODING": "utf-8"}, errors="surrogateescape")
+    assert r.returncode == 3, r.stderr  # complete, one input skipped
+    index = Index.open(out)
+    assert index.ids == [latin, str(first)]  # sorted by name: "c" before "i"
+    assert_close(index.vectors[0], index.vectors[1], "two copies of one photo", tol=PARITY_TOL)
+    [(skipped, reason)] = index.skipped
+    assert os.fsencode(skipped) == bytes(folder) + b"/d\xe9j\xe0 vu.jpg" and "cannot read" in reason
+    assert os.fsencode(skipped) in (out / "skipped.tsv").read_bytes()  # the name's own bytes
+    assert f"the first: {skipped}: cannot read" in r.stdout  # printed with its own bytes too
+    if (ROBERTA / "vocab.json").is_file():  # search prints the ids: as a table, and as JSON with \\u escapes
+        r = cli("search", out, "a cat", env={"PYTHONIOENCODING": "utf-8"}, errors="surrogateescape")
+        assert r.returncode == 0 and latin in r.stdout, r.stderr
+        r = cli("search", out, "a cat", "--json", env={"PYTHONIOENCODING": "utf-8"})
+        assert r.returncode == 0 and {x["id"] for x in json.loads(r.stdout)["results"]} == set(index.ids), r.stderr
+
+
 # ---- inputs: folders, globs, text files, tables ---------------------------------------------------
 
 
