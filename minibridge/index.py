@@ -29,6 +29,11 @@ VERSION = 1
 MANIFEST, SKIPPED = "manifest.json", "skipped.tsv"
 PARTIAL = ".partial"  # suffix of a file being written
 
+# The manifest's fields that a reader uses, with their JSON types (the rest is what made the vectors).
+FIELDS = {"kind": str, "model": str, "dim": int, "shard_size": int, "rows": int, "inputs": dict, "inputs_done": int,
+          "complete": bool, "shards": list, "skipped": list}
+JSON_TYPES = {str: "a string", int: "an integer", dict: "an object", bool: "true or false", list: "a list"}
+
 # What must agree for `--resume` to continue an index: the rest of the header may change (a model
 # folder that moved keeps its config; progress counters grow).
 IDENTITY = ("kind", "model", "revision", "config_sha256", "preprocessing", "dim", "batch_size", "shard_size",
@@ -242,6 +247,10 @@ def read_manifest(folder):
     if manifest.get("version") != VERSION:
         raise IndexFormatError(f"{path} has version {manifest.get('version')!r}; this minibridge reads "
                                f"version {VERSION}")
+    wrong = [key for key, kind in FIELDS.items() if not isinstance(manifest.get(key), kind)]
+    if wrong:  # (only an edit by hand does this: the writer replaces the manifest whole)
+        raise IndexFormatError(f"{path}: expected " + ", ".join(f'"{k}" as {JSON_TYPES[FIELDS[k]]}' for k in wrong)
+                               + "; found " + ", ".join(_short(manifest.get(k)) for k in wrong))
     return manifest
 
 

@@ -135,6 +135,12 @@ def test_open_names_what_is_wrong(tmp_path):
     with pytest.raises(IndexFormatError, match='is not a minibridge index manifest'):
         Index.open(tmp_path / "other")
     write(tmp_path / "i", np.ones((12, DIM), np.float32))
+    manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    (tmp_path / "edited").mkdir()
+    (tmp_path / "edited" / "manifest.json").write_text(json.dumps({**manifest, "shards": None, "dim": None}))
+    with pytest.raises(IndexFormatError, match=r"edited/manifest.json: expected \"dim\" as an integer, \"shards\" "
+                                               r"as a list; found null, null"):
+        Index.open(tmp_path / "edited")
     np.save(tmp_path / "i" / "vectors-00001.npy", np.ones((3, DIM), np.float32))  # shortened by hand
     with pytest.raises(IndexFormatError, match=r"vectors-00001.npy: expected \[4, 8\] float32 as the manifest "
                                                r"says, found \[3, 8\] float32"):
