@@ -21,7 +21,7 @@ import numpy as np
 from .backend import array_module, is_cupy, keep_freed_memory, to_device, to_numpy
 from .config import BridgeTowerConfig, ConfigError
 from .heads import contrastive_loss, itm_logits, mlm_logits
-from .model import (Trace, cross_embedding, cross_modal, image_bridged, image_embedding, text_bridged,
+from .model import (Bridged, Trace, cross_embedding, cross_modal, image_bridged, image_embedding, text_bridged,
                     text_embedding, text_tower, vision_tower)
 from .ops import cross_entropy, softmax
 from .weights import (WeightsError, check_weights, expected_shapes, head_shapes, heads_in, read_checkpoint, to_flat,
@@ -209,10 +209,12 @@ class BridgeTowerModel:
     def forward_pairs(self, text, image, attention_mask, text_rows=None, image_rows=None):
         """The head's output for pairs of already encoded texts and images (encode_text, encode_image).
 
-        text: Bridged of Nt texts, attention_mask their mask [Nt, T]; image: Bridged of Ni images.
-        Pair k joins text text_rows[k] with image image_rows[k] (None: row k of each, so Nt = Ni).
+        text: Bridged of Nt texts, attention_mask their mask [Nt, T] (None: no padding); image: Bridged of
+        Ni images. Pair k joins text text_rows[k] with image image_rows[k] (None: row k of each, so Nt = Ni).
         Only the cross-modal layers run here, once per pair. Equal to forward on the same pairs.
         """
+        attention_mask, text_rows, image_rows = check_pairs(self.config, text, image, attention_mask, text_rows,
+                                                            image_rows)
         attention_mask = self._here(attention_mask)
         if text_rows is not None:
             text, attention_mask = text.pick(self._here(text_rows)), attention_mask[self._here(text_rows)]
@@ -358,24 +360,25 @@ class BridgeTowerForImageAndTextRetrieval(BridgeTowerModel):
         return ImageTextMatchingOutput(logits=itm_logits(self.params["itm_score"], feats["pooler_output"]),  # [B, 2]
                                        **extras)
 
-    def score_pairs(self, input_ids=None, attention_mask=None, pixel_values=None, batch_size=32):
+    def score_pairs(self, input_ids=None, attention_mask=None, pixel_values=None, batch_size=32,
+                    interpolate_pos_encoding=False):
         """Every image against every text: the match probability softmax(logits)[1], [images, texts].
 
         input_ids [N, T] (attention_mask [N, T]) and pixel_values [I, 3, H, W]: each tower runs once
         per text and once per image; the cross-modal layers run once per pair, batch_size pairs at a
-        time (memory stays that of batch_size pairs and the encoded inputs).
+        time (memory stays that of batch_size pairs and the encoded inputs). interpolate_pos_encoding
+        as in forward.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         text = self.encode_text(input_ids, attention_mask)
-        mask = attention_mask if attention_mask is not None else np.ones(np.shape(input_ids), dtype=np.int64)
-        image = self.encode_image(pixel_values)
+        image = self.encode_image(pixel_values, interpolate_pos_encoding)
         n_images, n_texts = image.last.shape[0], text.last.shape[0]
         image_rows, text_rows = np.divmod(np.arange(n_images * n_texts), n_texts)  # pair k: (k // N, k % N)
         scores = []
         for start in range(0, n_images * n_texts, batch_size):
             rows = slice(start, start + batch_size)
-            logits = self.forward_pairs(text, image, mask, text_rows[rows], image_rows[rows]).logits  # [b, 2]
+            logits = self.forward_pairs(text, image, attention_mask, text_rows[rows], image_rows[rows]).logits  # [b, 2]
             scores.append(to_numpy(softmax(logits))[:, 1])
         return np.concatenate(scores).reshape(n_images, n_texts)
 
@@ -513,6 +516,49 @@ def check_inputs(cfg, input_ids, attention_mask, pixel_values, interpolate_pos_e
         raise ValueError(f"text and image batches differ: {input_ids.shape[0]} texts but "
                          f"{pixel_values.shape[0]} images")
     return input_ids, attention_mask, pixel_values
+
+
+def check_pairs(cfg, text, image, attention_mask, text_rows, image_rows):
+    """Validated (attention_mask [Nt, T], text_rows, image_rows) for forward_pairs: text and image are
+    encode_text's and encode_image's model.Bridged for this architecture; rows are None or 1-D integer
+    indices into them."""
+    for side, encoded in (("text", text), ("image", image)):
+        if not isinstance(encoded, Bridged):
+            raise TypeError(f"{side} must be what encode_{side} returns (a model.Bridged), "
+                            f"got {type(encoded).__name__}")
+        tower = (cfg.text_config if side == "text" else cfg.vision_config).hidden_size
+        got = (len(encoded.states), encoded.states[0].shape[-1] if encoded.states else None, encoded.last.shape[-1])
+        if got != (cfg.num_hidden_layers, cfg.hidden_size, tower):
+            raise ValueError(f"{side} was encoded by another architecture: {got[0]} bridge input(s) of width {got[1]} "
+                             f"from a tower of width {got[2]}; this model reads {cfg.num_hidden_layers} of width "
+                             f"{cfg.hidden_size} from a tower of width {tower}. Use this model's encode_{side}")
+    n_texts, T = text.last.shape[:2]
+    if attention_mask is None:
+        attention_mask = np.ones((n_texts, T), dtype=np.int64)
+    attention_mask = _as_array(attention_mask, "attention_mask")
+    if tuple(attention_mask.shape) != (n_texts, T):
+        raise ValueError(f"attention_mask must be the encoded texts' mask, shape {(n_texts, T)}, "
+                         f"got {tuple(attention_mask.shape)}")
+    bad = (attention_mask != 0) & (attention_mask != 1)
+    if bool(bad.any()):
+        raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (token), found {attention_mask[bad][0]}")
+    return (attention_mask, _check_rows(text_rows, n_texts, "text_rows", "texts"),
+            _check_rows(image_rows, image.last.shape[0], "image_rows", "images"))
+
+
+def _check_rows(rows, n, name, what):
+    """None, or 1-D integer indices in [0, n): which encoded input each pair reads."""
+    if rows is None:
+        return None
+    rows = _as_array(rows, name)
+    if rows.ndim != 1 or rows.shape[0] == 0:
+        raise ValueError(f"{name} must be 1-D [pairs], one index per pair, got shape {tuple(rows.shape)}")
+    if rows.dtype.kind not in "iu":  # subtle: booleans would select rows as a mask, floats are no index
+        raise TypeError(f"{name} must be integer indices of the {n} encoded {what}, got dtype {rows.dtype}")
+    lo, hi = int(rows.min()), int(rows.max())
+    if lo < 0 or hi >= n:  # subtle: NumPy would count -1 from the end
+        raise ValueError(f"{name} holds {lo if lo < 0 else hi}, outside the {n} encoded {what} (0 to {n - 1})")
+    return rows
 
 
 def check_text(tc, input_ids, attention_mask):

@@ -14,7 +14,7 @@ from minibridge import model as M
 from minibridge.config import TINY, BridgeTowerConfig, derived
 from minibridge.weights import random_weights, save_random_checkpoint, to_tree
 
-from helpers import assert_close
+from helpers import HEAD_CLASSES, assert_close, mine_by_reference_name
 
 # The same float32 products on the same rows; where the last layer computes position 0 alone it
 # multiplies a [B, 1, D] block instead of [B, S, D], which BLAS may sum in another order:
@@ -98,16 +98,39 @@ def test_one_image_runs_the_vision_tower_once(folder, monkeypatch):
     assert_close(scores[0], one_batch, "1 image × 8 texts vs the repeated image in one batch", SAME_PASS_TOL)
 
 
-@pytest.mark.parametrize("head", ["itm", "mlm", "itc"])
+@pytest.mark.parametrize("head", ["model", "itm", "mlm", "itc"])
 def test_forward_pairs_equals_forward_on_the_same_pairs(folder, head):
-    cls = {"itm": mb.BridgeTowerForImageAndTextRetrieval, "mlm": mb.BridgeTowerForMaskedLM,
-           "itc": mb.BridgeTowerForContrastiveLearning}[head]
-    model = cls.from_pretrained(folder)
+    """Every output field (the backbone's features too), on a padded text in pairs with repeats."""
+    model = HEAD_CLASSES[head].from_pretrained(folder)
     cfg, _, ids, mask, pixels = setup({}, batch=3, seed=4)
     text_rows, image_rows = np.array([0, 1, 2, 0, 1]), np.array([0, 0, 1, 2, 2])  # repeats on both sides
     out = model.forward_pairs(model.encode_text(ids, mask), model.encode_image(pixels), mask, text_rows, image_rows)
     ref = model(input_ids=ids[text_rows], attention_mask=mask[text_rows], pixel_values=pixels[image_rows])
-    assert_close(out.logits, ref.logits, f"{head} logits of 5 pairs", SAME_PASS_TOL)
+    mine, theirs = mine_by_reference_name(out), mine_by_reference_name(ref)
+    assert sorted(mine) == sorted(theirs)
+    for name in theirs:
+        assert_close(mine[name], theirs[name], f"{head} {name} of 5 pairs", SAME_PASS_TOL)
+
+
+def test_forward_pairs_without_a_mask_reads_every_token(folder):
+    """attention_mask=None means no padding, as in forward (before: IndexError from inside, with rows)."""
+    model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
+    cfg, _, ids, _, pixels = setup({}, batch=3, seed=5)
+    out = model.forward_pairs(model.encode_text(ids), model.encode_image(pixels[:1]), None, [2, 0], [0, 0])
+    ref = model(input_ids=ids[[2, 0]], pixel_values=pixels[[0, 0]])
+    assert_close(out.logits, ref.logits, "logits of 2 pairs without a mask", SAME_PASS_TOL)
+
+
+def test_score_pairs_takes_images_of_another_size(folder):
+    """score_pairs passes interpolate_pos_encoding on, as forward does (before: it had no such argument,
+    and the error for a 16x16 image told the user to pass it)."""
+    model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
+    cfg, _, ids, mask, _ = setup({}, batch=2, seed=6)
+    pixels = np.random.default_rng(6).standard_normal((2, 3, 16, 16)).astype(np.float32)  # 12 is the model's size
+    got = model.score_pairs(ids, mask, pixels, interpolate_pos_encoding=True)
+    for i in range(2):
+        ref = model(input_ids=ids, attention_mask=mask, pixel_values=pixels[[i, i]], interpolate_pos_encoding=True)
+        assert_close(got[i], _scores(ref.logits), f"image {i} (16x16) against 2 texts", SAME_PASS_TOL)
 
 
 def test_pairs_of_unequal_counts_are_refused(folder):
@@ -117,3 +140,65 @@ def test_pairs_of_unequal_counts_are_refused(folder):
         model.forward_pairs(model.encode_text(ids, mask), model.encode_image(pixels[:2]), mask)
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         model.score_pairs(ids, mask, pixels, batch_size=0)
+
+
+def _pairing(folder):
+    """A model, 3 encoded texts (one padded), 2 encoded images, their mask, and a 1-cross-layer model's encodings."""
+    model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
+    cfg, _, ids, mask, pixels = setup({}, batch=3, seed=7)
+    other = mb.BridgeTowerForImageAndTextRetrieval(*_one_cross_layer())
+    return model, model.encode_text(ids, mask), model.encode_image(pixels[:2]), mask, other.encode_text(ids, mask)
+
+
+def _one_cross_layer():
+    cfg = BridgeTowerConfig.from_dict(derived(TINY, num_hidden_layers=1))
+    return cfg, to_tree(random_weights(cfg, ("itm",), 8))
+
+
+# Each case: (forward_pairs' arguments, from the encoded texts / images, their mask and texts encoded by a
+# 1-cross-layer model), the error, and what its message must say (the field, what was expected, what came).
+HOSTILE_PAIRS = {
+    "text row out of range": (lambda t, i, m, o: (t, i, m, [0, 5], [0, 1]), ValueError,
+                              r"text_rows holds 5, outside the 3 encoded texts \(0 to 2\)"),
+    "negative image row": (lambda t, i, m, o: (t, i, m, [0, 1], [-1, 0]), ValueError,
+                           r"image_rows holds -1, outside the 2 encoded images \(0 to 1\)"),
+    "float rows": (lambda t, i, m, o: (t, i, m, [0.0, 1.0], [0, 1]), TypeError,
+                   r"text_rows must be integer indices of the 3 encoded texts, got dtype float64"),
+    "boolean rows (a mask, not indices)": (lambda t, i, m, o: (t, i, m, [True, False, True], [0, 1]), TypeError,
+                                           r"text_rows must be integer indices of the 3 encoded texts, got dtype bool"),
+    "2-D rows": (lambda t, i, m, o: (t, i, m, [[0, 1]], [[0, 1]]), ValueError,
+                 r"text_rows must be 1-D \[pairs\], one index per pair, got shape \(1, 2\)"),
+    "no rows at all": (lambda t, i, m, o: (t, i, m, [], []), ValueError,
+                       r"text_rows must be 1-D \[pairs\], one index per pair, got shape \(0,\)"),
+    "mask of fewer tokens": (lambda t, i, m, o: (t, i, m[:, :5], [0, 1], [0, 1]), ValueError,
+                             r"attention_mask must be the encoded texts' mask, shape \(3, 7\), got \(3, 5\)"),
+    "mask of other values": (lambda t, i, m, o: (t, i, m * 2, [0, 1], [0, 1]), ValueError,
+                             r"attention_mask must hold only 0 \(padding\) and 1 \(token\), found 2"),
+    "token ids instead of encoded texts": (lambda t, i, m, o: (np.zeros((3, 7), np.int64), i, m, [0, 1], [0, 1]),
+                                           TypeError, r"text must be what encode_text returns \(a model.Bridged\), "
+                                                      r"got ndarray"),
+    "texts encoded by another architecture": (
+        lambda t, i, m, o: (o, i, m, [0, 1], [0, 1]), ValueError,
+        r"text was encoded by another architecture: 1 bridge input\(s\) of width 128 .* this model reads 2 of width "
+        r"128 .*encode_text"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_PAIRS)
+def test_forward_pairs_refuses_what_it_cannot_pair(folder, case):
+    """Before: IndexError or a broadcasting error from inside model.py, or silently other pairs (a negative
+    row counted from the end, booleans taken as a mask, a mask of 2s taken as 1s, a Bridged of another
+    architecture read in part)."""
+    model, text, image, mask, other_text = _pairing(folder)
+    arguments, error, message = HOSTILE_PAIRS[case]
+    with pytest.raises(error, match=message):
+        model.forward_pairs(*arguments(text, image, mask, other_text))
+
+
+def test_a_smaller_model_refuses_encodings_of_a_larger_one(folder):
+    """Before: a 1-cross-layer model read the first of the 2 bridge inputs it was given and scored the pair."""
+    model, text, image, mask, _ = _pairing(folder)
+    small = mb.BridgeTowerForImageAndTextRetrieval(*_one_cross_layer())
+    with pytest.raises(ValueError, match=r"text was encoded by another architecture: 2 bridge input\(s\) .* this "
+                                         r"model reads 1 "):
+        small.forward_pairs(text, image, mask, [0, 1], [0, 1])
