@@ -202,3 +202,24 @@ def test_a_smaller_model_refuses_encodings_of_a_larger_one(folder):
     with pytest.raises(ValueError, match=r"text was encoded by another architecture: 2 bridge input\(s\) .* this "
                                          r"model reads 1 "):
         small.forward_pairs(text, image, mask, [0, 1], [0, 1])
+
+
+@pytest.mark.parametrize("head", ["itm", "mlm", "itc"])
+@pytest.mark.parametrize("asked", ["output_hidden_states", "output_attentions"])
+def test_asking_for_states_gets_every_row_of_the_last_layer(folder, head, asked):
+    """A head reads part of the last cross-modal layer, but hidden states or attention maps asked for are
+    whole: equal to the backbone's (which reads every row), and the head's output is unchanged. (The
+    parity fixtures record hidden states for the backbone alone.)"""
+    cfg, _, ids, mask, pixels = setup({}, batch=3, seed=9)
+    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+    model = HEAD_CLASSES[head].from_pretrained(folder)
+    out, plain = model(**inputs, **{asked: True}), model(**inputs)
+    backbone = mb.BridgeTowerModel.from_pretrained(folder)(**inputs, **{asked: True})
+    if asked == "output_hidden_states":
+        mine, theirs = out.hidden_states[2][-1], backbone.hidden_states[2][-1]  # the last layer's (text, image)
+    else:
+        mine = out.attentions[-1] + out.cross_attentions[-1]  # self- then cross-attention, (text, image) each
+        theirs = backbone.attentions[-1] + backbone.cross_attentions[-1]
+    for side, (a, b) in enumerate(zip(mine, theirs)):
+        assert_close(a, b, f"{head} {asked}: the last cross-modal layer's {side}", SAME_PASS_TOL)
+    assert_close(out.logits, plain.logits, f"{head} logits with {asked}", SAME_PASS_TOL)
