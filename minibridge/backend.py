@@ -11,7 +11,8 @@ There is no global "current backend" to forget to reset.
 
 It is also the one place of minibridge's speed techniques: `rowwise` (below), by which the primitives
 in ops.py, written as their formulas, run a block of rows at a time; and `keep_freed_memory`, by which
-the large arrays a layer frees are reused by the next instead of going back to the operating system.
+the large arrays a layer frees are reused by the next instead of going back to the operating system
+(until the call returns: `release_freed_memory`).
 """
 
 import ctypes
@@ -86,27 +87,38 @@ def to_device(tree, device):
 # 8: 40 MB; the MLP's hidden layer: 32 MB). glibc's malloc hands every block above 32 MB straight
 # back to the operating system when freed, and the next layer's array of that size then comes as
 # fresh pages, each zeroed by the kernel on first touch: 4 ms per 40 MB array, measured on a 2-core VM,
-# several times that when the machine is busy. Raising malloc's two thresholds keeps such blocks in
-# the process for the next layer. The peak memory is the same (the arrays are the same); what the
-# process holds between passes is at most those blocks. Only glibc (Linux) has mallopt; elsewhere, or
-# with MINIBRIDGE_KEEP_FREED_MEMORY=0, nothing changes.
+# several times that when the machine is busy. `keep_freed_memory` raises malloc's two thresholds so
+# that such blocks stay in the process for the next layer; `release_freed_memory` hands what is free
+# back to the operating system, and the model classes call it when a call returns (forward,
+# score_pairs, loss_and_grads, infer), so the memory a process holds between calls is what it held
+# before them. The peak is the same either way (the arrays are the same).
+# subtle: malloc's settings are the process's, not minibridge's: they apply to every library in it.
+# Only glibc (Linux) has mallopt; elsewhere, or with MINIBRIDGE_KEEP_FREED_MEMORY=0, nothing changes.
 
 KEEP_BYTES = 1 << 30  # blocks up to 1 GiB are reused, and up to 1 GiB of free memory is kept
-_kept = False
+_libc = None
 
 
 def keep_freed_memory():
     """Make glibc's malloc keep large freed blocks for reuse (once per process); True if it now does."""
-    global _kept
-    if _kept or os.environ.get("MINIBRIDGE_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
-        return _kept
+    global _libc
+    if _libc is not None or os.environ.get("MINIBRIDGE_KEEP_FREED_MEMORY", "1") == "0" \
+            or not sys.platform.startswith("linux"):
+        return _libc is not None
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (e.g. musl): its own rules apply
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
-    _kept = bool(libc.mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) and libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
-    return _kept
+    if libc.mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) and libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES):
+        _libc = libc
+    return _libc is not None
+
+
+def release_freed_memory():
+    """Hand the free memory malloc kept (keep_freed_memory) back to the operating system."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
 
 
 # ---- the speed technique: row blocks ----------------------------------------------------------

@@ -23,6 +23,7 @@ import numpy as np
 
 from .modeling import (BridgeTowerForContrastiveLearning, BridgeTowerForImageAndTextRetrieval,
                        BridgeTowerForMaskedLM, open_checkpoint)
+from .backend import release_freed_memory
 from .ops import softmax
 from .weights import random_mark
 
@@ -122,7 +123,7 @@ def infer(image, text, model=DEFAULT_MODEL, task=None, top_k=5, revision=None, d
         chunk_ids, mask = _pad([ids[t] for t in text_of], tok.pad_token_id)  # [nt, T]
         text_b = net.encode_text(input_ids=chunk_ids, attention_mask=mask)
         image_b = made.bridged(net, list(image_of))
-        logits = _numpy(net.forward_pairs(text_b, image_b, mask, np.array([text_of[t] for _, t in chunk]),
+        logits = _numpy(net.forward_pairs(text_b, image_b, np.array([text_of[t] for _, t in chunk]),
                                           np.array([image_of[i] for i, _ in chunk])).logits)
         if task == "itm":
             scores += softmax(logits)[:, 1].tolist()  # [b, 2] -> P(match)
@@ -134,6 +135,8 @@ def infer(image, text, model=DEFAULT_MODEL, task=None, top_k=5, revision=None, d
         result.filled, result.candidates = filled, candidates
     else:
         result.scores = scores
+    made = text_b = image_b = logits = None  # the last batch's arrays go before the memory is handed back
+    release_freed_memory()  # what the batches freed goes back to the system (backend.keep_freed_memory)
     return result
 
 

@@ -89,7 +89,7 @@ def bridgetower(p, cfg, input_ids, attention_mask, pixel_values, interpolate_pos
     """
     text = text_bridged(p, cfg, input_ids, attention_mask, trace)  # N × [B, T, D]
     image = image_bridged(p, cfg, pixel_values, interpolate_pos_encoding, trace)  # N × [B, L, D]
-    feats = cross_modal(p, cfg, text, image, attention_mask, "all", trace)
+    feats = cross_modal(p, cfg, text, image, "all", trace)
     return {**feats, "text_last": text.last, "image_last": image.last}
 
 
@@ -100,17 +100,17 @@ def bridgetower(p, cfg, input_ids, attention_mask, pixel_values, interpolate_pos
 class Bridged:
     """One tower's output, as the cross-modal stack reads it, for a batch of inputs of one modality.
 
+    side:   "text" or "image"
     states: N × [B, S, D]   tower layer first + l put into the cross-modal space (to_cross_space):
                             what cross-modal layer l reads from this side
     last:   [B, S, Dt|Dv]   the tower's last layer (the contrastive head reads it)
+    mask:   [B, T] 1/0      the texts' attention_mask (text only: the cross-modal layers mask padding too)
     """
 
+    side: str
     states: list
     last: object
-
-    def pick(self, rows):
-        """The rows a batch of pairs reads, e.g. [0, 0, 0] for one input in three pairs: a Bridged of len(rows)."""
-        return Bridged([s[rows] for s in self.states], self.last[rows])
+    mask: object = None
 
 
 def text_bridged(p, cfg, input_ids, attention_mask, trace=None):
@@ -123,9 +123,10 @@ def text_bridged(p, cfg, input_ids, attention_mask, trace=None):
     for i, layer in enumerate(p["text_model"]["encoder"]["layer"]):
         t, probs = bert_layer(layer, t, tc, mask)  # [B, T, Dt]
         trace.text_layer(t, probs)
+        del probs  # the attention map lives on only in a trace that keeps it
         if i >= first:  # tower layer i feeds cross-modal layer i − first
             states.append(to_cross_space(p, cfg, "text", t, i - first))  # [B, T, Dt] -> [B, T, D]
-    return Bridged(states, t)
+    return Bridged("text", states, t, attention_mask)
 
 
 def image_bridged(p, cfg, pixel_values, interpolate_pos_encoding=False, trace=None):
@@ -138,40 +139,45 @@ def image_bridged(p, cfg, pixel_values, interpolate_pos_encoding=False, trace=No
     for i, block in enumerate(visual["transformer"]["resblocks"]):
         v, probs = vision_block(block, v, vc)  # [B, L, Dv]
         trace.image_layer(v, probs)
+        del probs  # the attention map lives on only in a trace that keeps it
         if i >= first:  # tower layer i feeds cross-modal layer i − first
             states.append(to_cross_space(p, cfg, "image", v, i - first))  # [B, L, Dv] -> [B, L, D]
-    return Bridged(states, v)
+    return Bridged("image", states, v)
 
 
 # ---- the cross-modal stack ----------------------------------------------------------------------
 
-# What a head reads of the last cross-modal layer: everything; position 0 of each stream (the
-# poolers: ITM and the contrastive head); or the text stream (MLM). The rest is never computed.
+# What a head reads of the last cross-modal layer, whose other rows are never computed:
+#   "all"    every row of both streams
+#   "first"  position 0 of each stream (the poolers: ITM and the contrastive head)
+#   "text"   every row of the text stream, position 0 of the image stream (MLM; the poolers still run)
 READS = ("all", "first", "text")
 
 
 def _rows_read(read, last):
-    """How many rows of a cross-modal layer's (text, image) output are read: None (all) or 1 (position 0)."""
+    """The rows of a cross-modal layer's (text, image) output that are read: None (every row) or 1 (position 0)."""
     if read not in READS:
         raise ValueError(f"read must be one of {READS}, got {read!r}")
     if not last or read == "all":
         return None, None
-    return (1 if read == "first" else None), 1  # "text": the MLM head reads every text row
+    return (1 if read == "first" else None), 1
 
 
-def cross_modal(p, cfg, text, image, attention_mask, read="all", trace=None):
-    """The cross-modal stack and the poolers, on pairs: row k of `text` with row k of `image`.
+def cross_modal(p, cfg, text, image, read="all", trace=None, pairs=None):
+    """The cross-modal stack and the poolers: text row k with image row k, or the pairs asked for.
 
-    text, image: Bridged of the same batch size B (Bridged.pick makes pairs); attention_mask [B, T].
-    read: "all", or what the head reads of the last layer ("first": position 0 of each stream;
-    "text": the text stream), whose other rows that layer leaves out (cross_modal_layer's `rows`).
-    Returns text_features [B, T, D], image_features [B, L, D] (position 0 alone, [B, 1, D], where
-    `read` leaves out the rest), pooler_output [B, 2D].
+    text, image: Bridged (text_bridged, image_bridged) of B inputs each; or of any numbers, with
+    pairs = (text_rows, image_rows), two [P] integer arrays: pair k joins text text_rows[k] with
+    image image_rows[k]. read: one of READS. Returns text_features [P, T, D], image_features
+    [P, L, D] (the rows `read` leaves out of the last layer are not there: [P, 1, D]), pooler_output
+    [P, 2D]; a trace records those same rows.
     """
     tc, eps, N, trace = cfg.text_config, cfg.layer_norm_eps, cfg.num_hidden_layers, trace or Trace()
-    mask = additive_mask(attention_mask)  # [B, 1, 1, T], or None when nothing is padded
+    text_rows, image_rows = pairs if pairs is not None else (slice(None), slice(None))
+    mask = additive_mask(text.mask[text_rows])  # [P, 1, 1, T], or None when nothing is padded
     for l in range(N):
-        h_text, h_image = text.states[l], image.states[l]  # [B, T, D], [B, L, D]
+        # subtle: one layer's rows at a time; picking every layer's first would hold N copies at once
+        h_text, h_image = text.states[l][text_rows], image.states[l][image_rows]  # [P, T, D], [P, L, D]
         x_rows, y_rows = _rows_read(read, l == N - 1)  # None: every row; 1: position 0 alone
         # BEGIN SOLUTION
         if l == 0:  # the first cross-modal layer: nothing to bridge with yet
@@ -184,10 +190,11 @@ def cross_modal(p, cfg, text, image, attention_mask, read="all", trace=None):
         x, x_self, x_cross = cross_modal_layer(p["cross_modal_text_layers"][l], x_in, y_in, tc, mask, None, x_rows)
         y, y_self, y_cross = cross_modal_layer(p["cross_modal_image_layers"][l], y_in, x_in, tc, None, mask, y_rows)
         # END SOLUTION
-        trace.cross(x, y, (x_self, y_self), (x_cross, y_cross))  # [B, T, D], [B, L, D]
+        trace.cross(x, y, (x_self, y_self), (x_cross, y_cross))  # [P, T, D], [P, L, D]
+        del x_self, y_self, x_cross, y_cross  # the attention maps live on only in a trace that keeps them
     xp = array_module(x)
     pooled = xp.concatenate([pooler(p["cross_modal_text_pooler"], x),
-                             pooler(p["cross_modal_image_pooler"], y)], axis=-1)  # 2 × [B, D] -> [B, 2D]
+                             pooler(p["cross_modal_image_pooler"], y)], axis=-1)  # 2 × [P, D] -> [P, 2D]
     return {"text_features": x, "image_features": y, "pooler_output": pooled}
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import array_module, is_cupy, keep_freed_memory, to_device, to_numpy
+from .backend import array_module, is_cupy, keep_freed_memory, release_freed_memory, to_device, to_numpy
 from .config import BridgeTowerConfig, ConfigError
 from .heads import contrastive_loss, itm_logits, mlm_logits
 from .model import (Bridged, Trace, cross_embedding, cross_modal, image_bridged, image_embedding, text_bridged,
@@ -100,7 +100,9 @@ class BridgeTowerModel:
         Hub repo id such as "BridgeTower/bridgetower-base-itm-mlm", downloaded once (see hub.py).
 
         A folder with only pytorch_model.bin is converted to model.safetensors first, without torch.
-        device: "cpu" (NumPy, memory-mapped, nothing copied) or "cuda" (CuPy).
+        device: "cpu" (NumPy, memory-mapped, nothing copied) or "cuda" (CuPy). On the CPU under Linux
+        it also sets this process's malloc to keep large freed blocks for the next pass
+        (backend.keep_freed_memory; MINIBRIDGE_KEEP_FREED_MEMORY=0 opts out).
         """
         return cls.from_checkpoint(open_checkpoint(name_or_path, revision, cache_dir), device)
 
@@ -206,25 +208,19 @@ class BridgeTowerModel:
         pixel_values = check_pixels(self.config.vision_config, pixel_values, interpolate_pos_encoding)
         return image_bridged(self.params, self.config, self._here(pixel_values), interpolate_pos_encoding)
 
-    def forward_pairs(self, text, image, attention_mask, text_rows=None, image_rows=None):
+    def forward_pairs(self, text, image, text_rows=None, image_rows=None):
         """The head's output for pairs of already encoded texts and images (encode_text, encode_image).
 
-        text: Bridged of Nt texts, attention_mask their mask [Nt, T] (None: no padding); image: Bridged of
-        Ni images. Pair k joins text text_rows[k] with image image_rows[k] (None: row k of each, so Nt = Ni).
+        text: the Bridged of Nt texts (it holds their mask); image: the Bridged of Ni images. Pair k
+        joins text text_rows[k] with image image_rows[k] (None for both: row k of each, Nt = Ni).
         Only the cross-modal layers run here, once per pair. Equal to forward on the same pairs.
         """
-        attention_mask, text_rows, image_rows = check_pairs(self.config, text, image, attention_mask, text_rows,
-                                                            image_rows)
-        attention_mask = self._here(attention_mask)
-        if text_rows is not None:
-            text, attention_mask = text.pick(self._here(text_rows)), attention_mask[self._here(text_rows)]
-        if image_rows is not None:
-            image = image.pick(self._here(image_rows))
-        if text.last.shape[0] != image.last.shape[0]:
-            raise ValueError(f"got {text.last.shape[0]} texts and {image.last.shape[0]} images to pair; pass "
-                             "text_rows and image_rows of one length (pair k: text text_rows[k], image image_rows[k])")
-        feats = cross_modal(self.params, self.config, text, image, attention_mask, self.reads)
-        feats.update(text_last=text.last, image_last=image.last)
+        text_rows, image_rows = check_pairs(self.config, text, image, text_rows, image_rows)
+        pairs = None if text_rows is None else (self._here(text_rows), self._here(image_rows))
+        feats = cross_modal(self.params, self.config, text, image, self.reads, pairs=pairs)
+        rows = pairs or (slice(None), slice(None))
+        # the contrastive head reads position 0 of each tower's last layer: only that is picked for the pairs
+        feats.update(text_last=text.last[:, :1][rows[0]], image_last=image.last[:, :1][rows[1]])
         return self._output(feats, {})
 
     # -- shared plumbing --
@@ -247,7 +243,7 @@ class BridgeTowerModel:
         read = "all" if output_hidden_states or output_attentions else self.reads
         text = text_bridged(self.params, self.config, self._here(input_ids), self._here(attention_mask), trace)
         image = image_bridged(self.params, self.config, self._here(pixel_values), interpolate_pos_encoding, trace)
-        feats = cross_modal(self.params, self.config, text, image, self._here(attention_mask), read, trace)
+        feats = cross_modal(self.params, self.config, text, image, read, trace)
         feats.update(text_last=text.last, image_last=image.last)
         extras = {}
         if output_hidden_states:
@@ -378,8 +374,10 @@ class BridgeTowerForImageAndTextRetrieval(BridgeTowerModel):
         scores = []
         for start in range(0, n_images * n_texts, batch_size):
             rows = slice(start, start + batch_size)
-            logits = self.forward_pairs(text, image, attention_mask, text_rows[rows], image_rows[rows]).logits  # [b, 2]
+            logits = self.forward_pairs(text, image, text_rows[rows], image_rows[rows]).logits  # [b, 2]
             scores.append(to_numpy(softmax(logits))[:, 1])
+        del text, image
+        release_freed_memory()  # what the batches freed goes back to the system (backend.keep_freed_memory)
         return np.concatenate(scores).reshape(n_images, n_texts)
 
 
@@ -518,32 +516,38 @@ def check_inputs(cfg, input_ids, attention_mask, pixel_values, interpolate_pos_e
     return input_ids, attention_mask, pixel_values
 
 
-def check_pairs(cfg, text, image, attention_mask, text_rows, image_rows):
-    """Validated (attention_mask [Nt, T], text_rows, image_rows) for forward_pairs: text and image are
-    encode_text's and encode_image's model.Bridged for this architecture; rows are None or 1-D integer
-    indices into them."""
+def check_pairs(cfg, text, image, text_rows, image_rows):
+    """Validated (text_rows, image_rows) for forward_pairs: text and image are encode_text's and
+    encode_image's model.Bridged for this architecture; rows are both None (row k with row k) or
+    1-D integer indices into them, one per pair."""
     for side, encoded in (("text", text), ("image", image)):
         if not isinstance(encoded, Bridged):
             raise TypeError(f"{side} must be what encode_{side} returns (a model.Bridged), "
                             f"got {type(encoded).__name__}")
+        if encoded.side != side:
+            raise ValueError(f"{side} must be encoded {side}s (encode_{side}), got encoded {encoded.side}s: "
+                             "forward_pairs takes the texts first, then the images")
         tower = (cfg.text_config if side == "text" else cfg.vision_config).hidden_size
         got = (len(encoded.states), encoded.states[0].shape[-1] if encoded.states else None, encoded.last.shape[-1])
         if got != (cfg.num_hidden_layers, cfg.hidden_size, tower):
             raise ValueError(f"{side} was encoded by another architecture: {got[0]} bridge input(s) of width {got[1]} "
                              f"from a tower of width {got[2]}; this model reads {cfg.num_hidden_layers} of width "
                              f"{cfg.hidden_size} from a tower of width {tower}. Use this model's encode_{side}")
-    n_texts, T = text.last.shape[:2]
-    if attention_mask is None:
-        attention_mask = np.ones((n_texts, T), dtype=np.int64)
-    attention_mask = _as_array(attention_mask, "attention_mask")
-    if tuple(attention_mask.shape) != (n_texts, T):
-        raise ValueError(f"attention_mask must be the encoded texts' mask, shape {(n_texts, T)}, "
-                         f"got {tuple(attention_mask.shape)}")
-    bad = (attention_mask != 0) & (attention_mask != 1)
-    if bool(bad.any()):
-        raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (token), found {attention_mask[bad][0]}")
-    return (attention_mask, _check_rows(text_rows, n_texts, "text_rows", "texts"),
-            _check_rows(image_rows, image.last.shape[0], "image_rows", "images"))
+    n_texts, n_images = text.last.shape[0], image.last.shape[0]
+    if (text_rows is None) != (image_rows is None):
+        raise ValueError("pass text_rows and image_rows together (pair k: text text_rows[k], image image_rows[k]), "
+                         "or neither (text k with image k)")
+    if text_rows is None:
+        if n_texts != n_images:
+            raise ValueError(f"got {n_texts} texts and {n_images} images to pair; pass text_rows and image_rows of "
+                             "one length (pair k: text text_rows[k], image image_rows[k])")
+        return None, None
+    text_rows = _check_rows(text_rows, n_texts, "text_rows", "texts")
+    image_rows = _check_rows(image_rows, n_images, "image_rows", "images")
+    if text_rows.shape != image_rows.shape:
+        raise ValueError(f"text_rows and image_rows must be of one length, one entry per pair; got "
+                         f"{text_rows.shape[0]} and {image_rows.shape[0]}")
+    return text_rows, image_rows
 
 
 def _check_rows(rows, n, name, what):

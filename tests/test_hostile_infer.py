@@ -74,8 +74,8 @@ def test_long_lists_run_in_batches_of_batch_size(checkpoint, monkeypatch):
     seen = []  # pairs per cross-modal pass (infer runs the towers once per text and image, then pairs)
     forward = mb.BridgeTowerForImageAndTextRetrieval.forward_pairs
     monkeypatch.setattr(mb.BridgeTowerForImageAndTextRetrieval, "forward_pairs",
-                        lambda self, text, image, mask, text_rows, image_rows:
-                        seen.append(len(text_rows)) or forward(self, text, image, mask, text_rows, image_rows))
+                        lambda self, text, image, text_rows, image_rows:
+                        seen.append(len(text_rows)) or forward(self, text, image, text_rows, image_rows))
     small = mb.infer(PHOTO, texts, model=checkpoint, task="itm", batch_size=5).scores
     assert seen == [5, 5, 5, 5, 3]
     seen.clear()

@@ -137,3 +137,28 @@ def test_freed_large_arrays_are_reused_not_faulted_in_again():
     assert with_keep <= 5 < 20 <= without, f"page faults per 40 MB array: kept {with_keep}, plain {without}"
     kept, opted_out = faults("keep", MINIBRIDGE_KEEP_FREED_MEMORY="0")
     assert not kept and opted_out >= 20, f"MINIBRIDGE_KEEP_FREED_MEMORY=0: kept {kept}, {opted_out} faults per array"
+
+
+_RELEASE = """
+import numpy as np
+from minibridge.backend import keep_freed_memory, release_freed_memory
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 1e6
+keep_freed_memory()
+start = rss_mb()
+arrays = [np.ones((25, 1000, 1000), np.float32) for _ in range(4)]  # 4 × 100 MB, touched
+del arrays
+kept = rss_mb() - start
+release_freed_memory()
+print(kept, rss_mb() - start)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's (Linux)")
+def test_memory_kept_for_reuse_goes_back_when_released():
+    """Freed blocks stay in the process (for the next layer) until release_freed_memory, which the calls
+    that run many passes (score_pairs, infer) make before they return."""
+    r = subprocess.run([sys.executable, "-c", _RELEASE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    kept, after = map(float, r.stdout.split())
+    assert kept > 300 and after < 50, f"RSS above the start: {kept:.0f} MB kept after freeing 400 MB, {after:.0f} MB after release"

@@ -46,7 +46,7 @@ def test_reading_less_of_the_last_layer_changes_nothing_read(variant, read):
     cfg, p, ids, mask, pixels = setup(VARIANTS[variant])
     ref = M.bridgetower(p, cfg, ids, mask, pixels)
     text, image = M.text_bridged(p, cfg, ids, mask), M.image_bridged(p, cfg, pixels)
-    out = M.cross_modal(p, cfg, text, image, mask, read)
+    out = M.cross_modal(p, cfg, text, image, read)
     assert_close(text.last, ref["text_last"], "text tower's last layer", SAME_PASS_TOL)
     assert_close(image.last, ref["image_last"], "vision tower's last layer", SAME_PASS_TOL)
     x_rows = slice(0, 1) if read == "first" else slice(None)  # position 0 alone where the head reads no more
@@ -60,7 +60,7 @@ def test_an_unknown_read_is_refused():
     cfg, p, ids, mask, pixels = setup({})
     text, image = M.text_bridged(p, cfg, ids, mask), M.image_bridged(p, cfg, pixels)
     with pytest.raises(ValueError, match="read must be one of"):
-        M.cross_modal(p, cfg, text, image, mask, "cls")
+        M.cross_modal(p, cfg, text, image, "cls")
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_forward_pairs_equals_forward_on_the_same_pairs(folder, head):
     model = HEAD_CLASSES[head].from_pretrained(folder)
     cfg, _, ids, mask, pixels = setup({}, batch=3, seed=4)
     text_rows, image_rows = np.array([0, 1, 2, 0, 1]), np.array([0, 0, 1, 2, 2])  # repeats on both sides
-    out = model.forward_pairs(model.encode_text(ids, mask), model.encode_image(pixels), mask, text_rows, image_rows)
+    out = model.forward_pairs(model.encode_text(ids, mask), model.encode_image(pixels), text_rows, image_rows)
     ref = model(input_ids=ids[text_rows], attention_mask=mask[text_rows], pixel_values=pixels[image_rows])
     mine, theirs = mine_by_reference_name(out), mine_by_reference_name(ref)
     assert sorted(mine) == sorted(theirs)
@@ -112,11 +112,11 @@ def test_forward_pairs_equals_forward_on_the_same_pairs(folder, head):
         assert_close(mine[name], theirs[name], f"{head} {name} of 5 pairs", SAME_PASS_TOL)
 
 
-def test_forward_pairs_without_a_mask_reads_every_token(folder):
-    """attention_mask=None means no padding, as in forward (before: IndexError from inside, with rows)."""
+def test_texts_encoded_without_a_mask_read_every_token(folder):
+    """encode_text without attention_mask means no padding, as in forward."""
     model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
     cfg, _, ids, _, pixels = setup({}, batch=3, seed=5)
-    out = model.forward_pairs(model.encode_text(ids), model.encode_image(pixels[:1]), None, [2, 0], [0, 0])
+    out = model.forward_pairs(model.encode_text(ids), model.encode_image(pixels[:1]), [2, 0], [0, 0])
     ref = model(input_ids=ids[[2, 0]], pixel_values=pixels[[0, 0]])
     assert_close(out.logits, ref.logits, "logits of 2 pairs without a mask", SAME_PASS_TOL)
 
@@ -137,17 +137,18 @@ def test_pairs_of_unequal_counts_are_refused(folder):
     model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
     cfg, _, ids, mask, pixels = setup({}, batch=3)
     with pytest.raises(ValueError, match="got 3 texts and 2 images to pair"):
-        model.forward_pairs(model.encode_text(ids, mask), model.encode_image(pixels[:2]), mask)
+        model.forward_pairs(model.encode_text(ids, mask), model.encode_image(pixels[:2]))
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         model.score_pairs(ids, mask, pixels, batch_size=0)
 
 
 def _pairing(folder):
-    """A model, 3 encoded texts (one padded), 2 encoded images, their mask, and a 1-cross-layer model's encodings."""
+    """A model, 3 encoded texts (one padded, the Bridged holds its mask), 2 encoded images, and a 1-cross-layer
+    model's encodings."""
     model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
     cfg, _, ids, mask, pixels = setup({}, batch=3, seed=7)
     other = mb.BridgeTowerForImageAndTextRetrieval(*_one_cross_layer())
-    return model, model.encode_text(ids, mask), model.encode_image(pixels[:2]), mask, other.encode_text(ids, mask)
+    return model, model.encode_text(ids, mask), model.encode_image(pixels[:2]), other.encode_text(ids, mask)
 
 
 def _one_cross_layer():
@@ -155,30 +156,33 @@ def _one_cross_layer():
     return cfg, to_tree(random_weights(cfg, ("itm",), 8))
 
 
-# Each case: (forward_pairs' arguments, from the encoded texts / images, their mask and texts encoded by a
-# 1-cross-layer model), the error, and what its message must say (the field, what was expected, what came).
+# Each case: (forward_pairs' arguments, from the encoded texts / images and texts encoded by a 1-cross-layer
+# model), the error, and what its message must say (the field, what was expected, what came).
 HOSTILE_PAIRS = {
-    "text row out of range": (lambda t, i, m, o: (t, i, m, [0, 5], [0, 1]), ValueError,
+    "text row out of range": (lambda t, i, o: (t, i, [0, 5], [0, 1]), ValueError,
                               r"text_rows holds 5, outside the 3 encoded texts \(0 to 2\)"),
-    "negative image row": (lambda t, i, m, o: (t, i, m, [0, 1], [-1, 0]), ValueError,
+    "negative image row": (lambda t, i, o: (t, i, [0, 1], [-1, 0]), ValueError,
                            r"image_rows holds -1, outside the 2 encoded images \(0 to 1\)"),
-    "float rows": (lambda t, i, m, o: (t, i, m, [0.0, 1.0], [0, 1]), TypeError,
+    "float rows": (lambda t, i, o: (t, i, [0.0, 1.0], [0, 1]), TypeError,
                    r"text_rows must be integer indices of the 3 encoded texts, got dtype float64"),
-    "boolean rows (a mask, not indices)": (lambda t, i, m, o: (t, i, m, [True, False, True], [0, 1]), TypeError,
+    "boolean rows (a mask, not indices)": (lambda t, i, o: (t, i, [True, False, True], [0, 1]), TypeError,
                                            r"text_rows must be integer indices of the 3 encoded texts, got dtype bool"),
-    "2-D rows": (lambda t, i, m, o: (t, i, m, [[0, 1]], [[0, 1]]), ValueError,
+    "2-D rows": (lambda t, i, o: (t, i, [[0, 1]], [[0, 1]]), ValueError,
                  r"text_rows must be 1-D \[pairs\], one index per pair, got shape \(1, 2\)"),
-    "no rows at all": (lambda t, i, m, o: (t, i, m, [], []), ValueError,
+    "no rows at all": (lambda t, i, o: (t, i, [], []), ValueError,
                        r"text_rows must be 1-D \[pairs\], one index per pair, got shape \(0,\)"),
-    "mask of fewer tokens": (lambda t, i, m, o: (t, i, m[:, :5], [0, 1], [0, 1]), ValueError,
-                             r"attention_mask must be the encoded texts' mask, shape \(3, 7\), got \(3, 5\)"),
-    "mask of other values": (lambda t, i, m, o: (t, i, m * 2, [0, 1], [0, 1]), ValueError,
-                             r"attention_mask must hold only 0 \(padding\) and 1 \(token\), found 2"),
-    "token ids instead of encoded texts": (lambda t, i, m, o: (np.zeros((3, 7), np.int64), i, m, [0, 1], [0, 1]),
+    "images first, then texts": (lambda t, i, o: (i, t, [0, 1], [0, 1]), ValueError,
+                                 r"text must be encoded texts \(encode_text\), got encoded images: forward_pairs "
+                                 r"takes the texts first"),
+    "text rows without image rows": (lambda t, i, o: (t, i, [0, 1], None), ValueError,
+                                     r"pass text_rows and image_rows together"),
+    "rows of two lengths": (lambda t, i, o: (t, i, [0, 1, 2], [0, 1]), ValueError,
+                            r"text_rows and image_rows must be of one length, one entry per pair; got 3 and 2"),
+    "token ids instead of encoded texts": (lambda t, i, o: (np.zeros((3, 7), np.int64), i, [0, 1], [0, 1]),
                                            TypeError, r"text must be what encode_text returns \(a model.Bridged\), "
                                                       r"got ndarray"),
     "texts encoded by another architecture": (
-        lambda t, i, m, o: (o, i, m, [0, 1], [0, 1]), ValueError,
+        lambda t, i, o: (o, i, [0, 1], [0, 1]), ValueError,
         r"text was encoded by another architecture: 1 bridge input\(s\) of width 128 .* this model reads 2 of width "
         r"128 .*encode_text"),
 }
@@ -187,21 +191,21 @@ HOSTILE_PAIRS = {
 @pytest.mark.parametrize("case", HOSTILE_PAIRS)
 def test_forward_pairs_refuses_what_it_cannot_pair(folder, case):
     """Before: IndexError or a broadcasting error from inside model.py, or silently other pairs (a negative
-    row counted from the end, booleans taken as a mask, a mask of 2s taken as 1s, a Bridged of another
-    architecture read in part)."""
-    model, text, image, mask, other_text = _pairing(folder)
+    row counted from the end, booleans taken as a mask, a Bridged of another architecture read in part,
+    images and texts swapped where their counts agree)."""
+    model, text, image, other_text = _pairing(folder)
     arguments, error, message = HOSTILE_PAIRS[case]
     with pytest.raises(error, match=message):
-        model.forward_pairs(*arguments(text, image, mask, other_text))
+        model.forward_pairs(*arguments(text, image, other_text))
 
 
 def test_a_smaller_model_refuses_encodings_of_a_larger_one(folder):
     """Before: a 1-cross-layer model read the first of the 2 bridge inputs it was given and scored the pair."""
-    model, text, image, mask, _ = _pairing(folder)
+    model, text, image, _ = _pairing(folder)
     small = mb.BridgeTowerForImageAndTextRetrieval(*_one_cross_layer())
     with pytest.raises(ValueError, match=r"text was encoded by another architecture: 2 bridge input\(s\) .* this "
                                          r"model reads 1 "):
-        small.forward_pairs(text, image, mask, [0, 1], [0, 1])
+        small.forward_pairs(text, image, [0, 1], [0, 1])
 
 
 @pytest.mark.parametrize("head", ["itm", "mlm", "itc"])
@@ -223,3 +227,18 @@ def test_asking_for_states_gets_every_row_of_the_last_layer(folder, head, asked)
     for side, (a, b) in enumerate(zip(mine, theirs)):
         assert_close(a, b, f"{head} {asked}: the last cross-modal layer's {side}", SAME_PASS_TOL)
     assert_close(out.logits, plain.logits, f"{head} logits with {asked}", SAME_PASS_TOL)
+
+
+def test_score_pairs_hands_freed_memory_back(folder, monkeypatch):
+    """score_pairs, which runs many passes, releases what malloc kept for reuse (backend.keep_freed_memory)
+    before it returns (infer does the same); a single forward keeps it for the next call."""
+    from minibridge import modeling
+
+    released = []
+    monkeypatch.setattr(modeling, "release_freed_memory", lambda: released.append("released"))
+    model = mb.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
+    cfg, _, ids, mask, pixels = setup({}, batch=2, seed=9)
+    model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+    assert released == []
+    model.score_pairs(ids, mask, pixels)
+    assert released == ["released"]
