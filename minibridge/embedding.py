@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .index import IndexWriter
+from .tokenizer import pad_ids
 
 KINDS = ("image", "text")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
@@ -263,16 +264,6 @@ class Embedder:
                                                "image_std", "do_pad")}
         return {"tokenizer": "RoBERTa byte-level BPE", "vocab_size": self.tokenizer.vocab_size,
                 "truncation": self.truncation, "max_length": self.max_length, "padding": "to the batch's longest"}
-
-
-def pad_ids(rows, pad_id):
-    """Token-id lists → (input_ids [b, T], attention_mask [b, T]), padded on the right to the longest."""
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for k, r in enumerate(rows):
-        ids[k, :len(r)], mask[k, :len(r)] = r, 1
-    return ids, mask
 
 
 def batches(embedder, inputs, start, batch_size, on_skip):

@@ -99,6 +99,8 @@ def infer(image, text, model=DEFAULT_MODEL, task=None, top_k=5, revision=None, d
     checkpoint = _checkpoint(str(model), revision)
     task = _choose_task(task, checkpoint.heads, texts, model)
     net, processor = _load(str(model), revision, task, device)
+    from .tokenizer import pad_ids  # here: the tokenizer module is loaded with the processor, not at import
+
     tok = processor.tokenizer
     # Every text is tokenised (and so checked) before any image is read or any layer runs.
     ids = tok(texts, truncation=truncation, max_length=max_length)["input_ids"]
@@ -110,7 +112,7 @@ def infer(image, text, model=DEFAULT_MODEL, task=None, top_k=5, revision=None, d
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         if task == "itc":
-            chunk_ids, mask = _pad([ids[t] for _, t in chunk], tok.pad_token_id)  # [b, T]
+            chunk_ids, mask = pad_ids([ids[t] for _, t in chunk], tok.pad_token_id)  # [b, T]
             # subtle: each tower alone, as the embeddings are defined; the image is embedded once
             text_emb = _numpy(net.get_text_features(input_ids=chunk_ids, attention_mask=mask))  # [b, C]
             image_emb = np.concatenate([made.embedding(net, i) for i, _ in chunk])  # [b, C]
@@ -120,7 +122,7 @@ def infer(image, text, model=DEFAULT_MODEL, task=None, top_k=5, revision=None, d
         # against every text: once in all); only the cross-modal layers run per pair.
         text_of = {t: k for k, t in enumerate(dict.fromkeys(t for _, t in chunk))}  # text index -> row
         image_of = {i: k for k, i in enumerate(dict.fromkeys(i for i, _ in chunk))}
-        chunk_ids, mask = _pad([ids[t] for t in text_of], tok.pad_token_id)  # [nt, T]
+        chunk_ids, mask = pad_ids([ids[t] for t in text_of], tok.pad_token_id)  # [nt, T]
         text_b = net.encode_text(input_ids=chunk_ids, attention_mask=mask)
         image_b = made.bridged(net, list(image_of))
         logits = _numpy(net.forward_pairs(text_b, image_b, np.array([text_of[t] for _, t in chunk]),
@@ -205,16 +207,6 @@ class _Images:
                 return value
             self.kept[key] = value
         return self.kept[key]
-
-
-def _pad(rows, pad_id):
-    """Token-id lists → (input_ids [b, T], attention_mask [b, T]), padded on the right to the longest."""
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for k, r in enumerate(rows):
-        ids[k, :len(r)], mask[k, :len(r)] = r, 1
-    return ids, mask
 
 
 def _fill_masks(tok, ids, logits, top_k):

@@ -426,6 +426,16 @@ def _check_lengths(bodies, limit, is_model_limit):
                 f"truncate it to {limit} tokens (truncation=True, or --truncation on the command line)")
 
 
+def pad_ids(rows, pad_id):
+    """Token-id lists → (input_ids [b, T], attention_mask [b, T]), padded on the right to the longest."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for k, r in enumerate(rows):
+        ids[k, :len(r)], mask[k, :len(r)] = r, 1
+    return ids, mask
+
+
 def _padded_length(padding, ids, limit):
     """Length to pad every row to, or None for no padding."""
     if padding is False or padding == "do_not_pad":
