@@ -280,8 +280,12 @@ def ref_cross_modal_layer(x, t, ctx):
     text, image, mask = t.tensor(x["text"]), t.tensor(x["image"]), t.tensor(x["text_mask"])
     tx, t_self, t_cross = m.cross_modal_text_layers[0](text, image, attention_mask=mask, encoder_attention_mask=None)
     ix, i_self, i_cross = m.cross_modal_image_layers[0](image, text, attention_mask=None, encoder_attention_mask=mask)
+    # rows=1 (the last layer for a head that reads position 0): the full layer's position 0. The reference
+    # has no such argument; each output row depends on its own query alone, so this is what it computes.
     return {"text": tx, "text_self_probs": t_self, "text_cross_probs": t_cross,
-            "image": ix, "image_self_probs": i_self, "image_cross_probs": i_cross}
+            "image": ix, "image_self_probs": i_self, "image_cross_probs": i_cross,
+            "text_first": tx[:, :1], "text_first_self_probs": t_self[:, :, :1],
+            "image_first": ix[:, :1], "image_first_self_probs": i_self[:, :, :1]}
 
 
 def make_heads(rng):
@@ -309,7 +313,14 @@ def make_bridgetower(rng):
 
 def ref_bridgetower(x, t, ctx):
     out = reference.run({"model": ctx["model"]}, {k: np.array(v) for k, v in x.items()}, "model")
-    return {k: out[k] for k in ("text_features", "image_features", "pooler_output")}
+    feats = {k: out[k] for k in ("text_features", "image_features", "pooler_output")}
+    # The heads' reads (model.READS) keep the rows they read of the same forward: the reference computes
+    # every row, and a row of the last layer depends on its own query alone.
+    first = {"text_features": feats["text_features"][:, :1], "image_features": feats["image_features"][:, :1],
+             "pooler_output": feats["pooler_output"]}  # "first": position 0 of each stream (ITM, ITC)
+    mlm = {"text_features": feats["text_features"], "image_features": feats["image_features"][:, :1]}  # "text"
+    return {**feats, **{f"read_first.{k}": v for k, v in first.items()},
+            **{f"read_text.{k}": v for k, v in mlm.items()}}
 
 
 # ---- the backward components (week 5): torch autograd in float64 -------------------------------------------

@@ -22,8 +22,8 @@ from minibridge.assignments.components import BY_NAME, COMPONENTS, dependents
 PACKAGE = Path(minibridge.__file__).resolve().parent
 NAMES = [c.name for c in COMPONENTS]
 # The snapshots hold inputs and outputs of small arrays only (the weights are regenerated from a seed,
-# and a cross-modal layer's weight gradients are sampled): 261 kB for the 16 forward components,
-# 364 kB with the 7 backward ones.
+# and a cross-modal layer's weight gradients are sampled): 282 kB for the 16 forward components (the
+# heads' reads of the last layer included), 385 kB with the 7 backward ones.
 SNAPSHOT_BUDGET_BYTES = 400_000
 
 
@@ -240,6 +240,58 @@ def test_a_planted_backward_mistake_fails_with_its_hint(tmp_path, bug):
     assert result.status == "fail" and ("mine " in result.message or "shape mine" in result.message), result.message
     hints = [n for n in result.notes if n.startswith("hint: ")]
     assert hints and hint in hints[0], grader.report([result])
+
+
+# Planted mistakes in the rows a head reads (model.READS; cross_modal_layer's rows), which the full forward
+# (read "all") never exercises: (component, module, [(reference text, buggy text)], its status, a text of its
+# FAIL line, a text of its first hint, the first hint of bridgetower when the bug is below it). The first two
+# are a review's: both passed every component before the reads were graded.
+_SELF_ATTENTION = 'a, self_probs = bert_attention(p["attention"], queries, x, H, eps, self_mask)'
+_TEXT_LAYER = "x, x_self, x_cross = cross_modal_layer(p[\"cross_modal_text_layers\"][l], x_in, y_in, tc, mask, None, "
+_IMAGE_LAYER = "y, y_self, y_cross = cross_modal_layer(p[\"cross_modal_image_layers\"][l], y_in, x_in, tc, None, mask, "
+ROWS_BUGS = {
+    "x_rows and y_rows swapped in model.cross_modal": ("bridgetower", "model.py", [
+        (_TEXT_LAYER + "x_rows)", _TEXT_LAYER + "y_rows)"), (_IMAGE_LAYER + "y_rows)", _IMAGE_LAYER + "x_rows)")],
+        "fail", "read_text.text_features: shape mine (3, 1, 128) vs reference (3, 7, 128)",
+        "x_rows and y_rows swapped?", None),
+    # On the padded text the text mask (every key) no longer fits the scores (one key): an error, with a hint.
+    "self-attention keys and values from `queries`": ("cross_modal_layer", "bridge.py", [
+        (_SELF_ATTENTION, _SELF_ATTENTION.replace("queries, x,", "queries, queries,"))],
+        "error", "ValueError", "keys and values are x, not `queries`", "only the queries are cut"),
+    # The same, its mask cut to fit: no error, the rows' values and the probabilities' shape wrong.
+    "self-attention keys, values and mask cut to the rows": ("cross_modal_layer", "bridge.py", [
+        (_SELF_ATTENTION, _SELF_ATTENTION.replace("queries, x,", "queries, queries,").replace(
+            "self_mask)", "self_mask if self_mask is None or rows is None else self_mask[..., :rows])"))],
+        "fail", "text_first_self_probs: shape mine (2, 4, 1, 1) vs reference (2, 4, 1, 6)",
+        "keys and values cut to the rows too?", 'read="all" is right but the rows a head reads are not'),
+    "cross_modal_layer ignoring rows": ("cross_modal_layer", "bridge.py", [
+        (_SELF_ATTENTION, _SELF_ATTENTION.replace("queries, x,", "x, x,"))],
+        "fail", "text_first_self_probs: shape mine (2, 4, 6, 6) vs reference (2, 4, 1, 6)", "rows ignored?",
+        "every row in the last layer where the head reads position 0 alone?"),
+    "model.cross_modal not passing the rows on": ("bridgetower", "model.py", [
+        (_TEXT_LAYER + "x_rows)", _TEXT_LAYER.rstrip(", ") + ")"),
+        (_IMAGE_LAYER + "y_rows)", _IMAGE_LAYER.rstrip(", ") + ")")],
+        "fail", "read_first.text_features: shape mine (3, 7, 128) vs reference (3, 1, 128)",
+        "every row in the last layer where the head reads position 0 alone?", None),
+}
+
+
+@pytest.mark.parametrize("bug", list(ROWS_BUGS))
+def test_a_planted_mistake_in_the_rows_read_fails_with_its_hint(tmp_path, bug):
+    component, module, edits, status, message, hint, model_hint = ROWS_BUGS[bug]
+    copy = reference_copy(tmp_path)
+    plant(copy, module, edits)
+    results = grader.grade(copy)
+    assert failing(results) == {component, *dependents(component)}, grader.report(results)
+    result = next(r for r in results if r.name == component)
+    assert result.status == status and message in result.message, grader.report([result])
+    hints = [n for n in result.notes if n.startswith("hint: ")]
+    assert hints and hint in hints[0], grader.report([result])
+    if model_hint is not None:  # bridgetower fails too, built on it: its own hint, and where to look first
+        model = next(r for r in results if r.name == "bridgetower")
+        hints = [n for n in model.notes if n.startswith("hint: ")]
+        assert hints and model_hint in hints[0], grader.report([model])
+        assert "builds on failing cross_modal_layer: fix those first" in model.notes, grader.report([model])
 
 
 @pytest.mark.parametrize("name", NAMES)

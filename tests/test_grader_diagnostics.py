@@ -382,18 +382,32 @@ def text_embed_with(token_type=True, positions=None):
     return text_embed
 
 
-def cross_modal_layer_with(self_mask=True, cross_mask=True, queries_from_x=False):
-    """The reference cross-modal layer with one mask dropped, or the cross-attention queried by its input x."""
+def cross_modal_layer_with(self_mask=True, cross_mask=True, queries_from_x=False, rows_taken="right"):
+    """The reference cross-modal layer with one mask dropped, or the cross-attention queried by its input x; or
+    with rows taken another way: "ignored" (every row), "cut" (keys, values and self_mask cut to the rows too),
+    "sliced" (every row computed, the first `rows` returned: right too)."""
     from minibridge.text import bert_attention, bert_ffn
 
-    def cross_modal_layer(p, x, other, cfg, s_mask=None, c_mask=None):
+    def cross_modal_layer(p, x, other, cfg, s_mask=None, c_mask=None, rows=None):
         H, eps = cfg.num_attention_heads, cfg.layer_norm_eps
-        a, self_probs = bert_attention(p["attention"], x, x, H, eps, s_mask if self_mask else None)
-        c, cross_probs = bert_attention(p["crossattention"], x if queries_from_x else a, other, H, eps,
+        queries = x if rows is None or rows_taken in ("ignored", "sliced") else x[:, :rows]
+        keys = queries if rows_taken == "cut" else x
+        if rows_taken == "cut" and rows is not None and s_mask is not None:
+            s_mask = s_mask[..., :rows]
+        a, self_probs = bert_attention(p["attention"], queries, keys, H, eps, s_mask if self_mask else None)
+        c, cross_probs = bert_attention(p["crossattention"], queries if queries_from_x else a, other, H, eps,
                                         c_mask if cross_mask else None)
-        return bert_ffn(p, c, eps), self_probs, cross_probs
+        out = bert_ffn(p, c, eps), self_probs, cross_probs
+        if rows_taken == "sliced" and rows is not None:
+            return tuple(a[..., :rows, :] for a in out)
+        return out
 
     return cross_modal_layer
+
+
+def cross_modal_layer_without_rows(p, x, other, cfg, self_mask=None, cross_mask=None):
+    """A learner's layer written before rows: no such argument."""
+    return cross_modal_layer_with()(p, x, other, cfg, self_mask, cross_mask)
 
 
 # name: (component, functions, the case its FAIL line names, the hint it gives or None)
@@ -471,6 +485,14 @@ MISTAKES = {
     "cross-attention queried by the layer input": ("cross_modal_layer", {
         "cross_modal_layer": cross_modal_layer_with(queries_from_x=True)},
         'text_cross_probs, case "text → image cross-attention', "queried by the layer input x?"),
+    # rows=1, as the model's last layer runs it for ITM / ITC: every row back is refused, with a hint (components.py
+    # says why); keys and values cut with the queries (self_mask cut to fit) give position 0 attending to itself.
+    "cross-modal layer ignoring rows": ("cross_modal_layer", {"cross_modal_layer": cross_modal_layer_with(
+        rows_taken="ignored")}, "text_first_self_probs: shape mine (2, 4, 6, 6) vs reference (2, 4, 1, 6)",
+        "rows ignored?"),
+    "cross-modal self-attention keys cut to the rows": ("cross_modal_layer", {
+        "cross_modal_layer": cross_modal_layer_with(rows_taken="cut")},
+        "text_first_self_probs: shape mine (2, 4, 1, 1) vs reference (2, 4, 1, 6)", "keys and values cut to the rows"),
 }
 
 
@@ -570,6 +592,37 @@ def test_reviewed_mistakes_get_the_hint_that_fits_first(name, capsys):
     hints = [n for n in result.notes if n.startswith("hint: ")]
     assert hints and hint in hints[0], out
     assert never is None or not any(never in h for h in hints), out
+
+
+def test_a_cross_modal_layer_that_computes_every_row_and_returns_the_rows_asked_for_passes(capsys):
+    """The grader grades what comes back (the rows asked for: values and shape), not the work done for it."""
+    result = check("cross_modal_layer", cross_modal_layer=cross_modal_layer_with(rows_taken="sliced"))
+    assert result.passed, capsys.readouterr().out
+
+
+def test_a_cross_modal_layer_without_rows_gets_a_hint(capsys):
+    """A learner's function written before rows existed: the grader's rows=1 call raises, and the hint says why."""
+    result = check("cross_modal_layer", cross_modal_layer=cross_modal_layer_without_rows)
+    out = capsys.readouterr().out
+    assert result.status == "error" and "unexpected keyword argument 'rows'" in result.message, out
+    assert any("takes rows=None" in n for n in result.notes), out
+
+
+def test_the_rows_cases_are_the_full_layers_first_rows():
+    """The rows=1 references are the full layer's position 0 (make_snapshots derives them): a grade of the rows
+    compares with what the full layer computes, to the bit."""
+    from minibridge.assignments.grade import load_snapshots
+
+    out = load_snapshots()["cross_modal_layer"].outputs
+    for side in ("text", "image"):
+        assert np.array_equal(out[f"{side}_first"], out[side][:, :1])
+        assert np.array_equal(out[f"{side}_first_self_probs"], out[f"{side}_self_probs"][:, :, :1])
+    out = load_snapshots()["bridgetower"].outputs
+    assert np.array_equal(out["read_first.text_features"], out["text_features"][:, :1])
+    assert np.array_equal(out["read_first.image_features"], out["image_features"][:, :1])
+    assert np.array_equal(out["read_first.pooler_output"], out["pooler_output"])
+    assert np.array_equal(out["read_text.text_features"], out["text_features"])
+    assert np.array_equal(out["read_text.image_features"], out["image_features"][:, :1])
 
 
 def test_a_case_hint_says_what_the_case_tests_and_only_where_the_failure_fits_it(capsys):

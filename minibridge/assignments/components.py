@@ -245,8 +245,14 @@ def _cross_modal_layer(mb, x, tiny):
                                                      x["text_mask"], None)
     i, i_self, i_cross = mb.bridge.cross_modal_layer(tree["cross_modal_image_layers"][0], x["image"], x["text"], tc,
                                                      None, x["text_mask"])
+    # And as the model's last layer runs them for a head that reads position 0 alone (rows=1).
+    t1, t1_self, _ = mb.bridge.cross_modal_layer(tree["cross_modal_text_layers"][0], x["text"], x["image"], tc,
+                                                 x["text_mask"], None, rows=1)
+    i1, i1_self, _ = mb.bridge.cross_modal_layer(tree["cross_modal_image_layers"][0], x["image"], x["text"], tc,
+                                                 None, x["text_mask"], rows=1)
     return {"text": t, "text_self_probs": t_self, "text_cross_probs": t_cross,
-            "image": i, "image_self_probs": i_self, "image_cross_probs": i_cross}
+            "image": i, "image_self_probs": i_self, "image_cross_probs": i_cross,
+            "text_first": t1, "text_first_self_probs": t1_self, "image_first": i1, "image_first_self_probs": i1_self}
 
 
 def _heads(mb, x, tiny):
@@ -264,8 +270,18 @@ def _heads(mb, x, tiny):
 
 
 def _bridgetower(mb, x, tiny):
-    out = mb.model.bridgetower(tiny.tree, tiny.cfg, x["input_ids"], x["attention_mask"], x["pixel_values"])
-    return {k: out[k] for k in ("text_features", "image_features", "pooler_output")}
+    p, cfg = tiny.tree, tiny.cfg
+    out = mb.model.bridgetower(p, cfg, x["input_ids"], x["attention_mask"], x["pixel_values"])
+    graded = {k: out[k] for k in ("text_features", "image_features", "pooler_output")}
+    # The heads' reads (model.READS), as the head classes run them: the towers, then the cross-modal
+    # stack, whose last layer computes only the rows the head reads.
+    text = mb.model.text_bridged(p, cfg, x["input_ids"], x["attention_mask"])
+    image = mb.model.image_bridged(p, cfg, x["pixel_values"])
+    first = mb.model.cross_modal(p, cfg, text, image, "first")  # ITM, ITC
+    graded.update({f"read_first.{k}": first[k] for k in ("text_features", "image_features", "pooler_output")})
+    mlm = mb.model.cross_modal(p, cfg, text, image, "text")  # MLM
+    graded.update({f"read_text.{k}": mlm[k] for k in ("text_features", "image_features")})
+    return graded
 
 
 # ---- the backward components (week 5): gradients, compared with torch autograd's --------------------------
@@ -604,6 +620,10 @@ _BPE_SYMPTOMS = (
 # cross_modal_layer: text [2, 6, D] (row 1 padded after 4 tokens, the text mask), image [2, 10, D].
 # As the model runs it: the text stream (self_mask = text mask, cross_mask None), the image stream
 # (self_mask None, cross_mask = text mask). Earlier stages first: a FAIL names the first that fails.
+# Then both streams again with rows=1, as the last layer runs for a head that reads position 0 (ITM,
+# ITC): the reference is the full layer's position 0 (its output row, its self-attention's row of
+# probabilities). Only the queries are cut, so the self-attention's keys and values cut too (position 0
+# attending to itself) is a wrong value, and a wrong shape of the probabilities.
 _CROSS_MODAL_CASES = (
     Case("text self-attention, padded text (self_mask)", "text_self_probs", (_[1],), None, "this case tests "
          "self_mask: it masks this stream's own keys, in the self-attention"),
@@ -617,6 +637,23 @@ _CROSS_MODAL_CASES = (
          "this case tests cross_mask: it masks the other stream's keys, in the cross-attention"),
     Case("image → text cross-attention, unpadded text", "image_cross_probs"),
     Case("image stream output", "image"),
+    Case("rows=1, text: position 0 attending to every (unpadded) text key", "text_first_self_probs", None, None,
+         "this case tests rows: with rows=1 the self-attention's queries are position 0 alone (`queries`, x[:, :1]), "
+         "its keys and values still every position of x, so the output is the full layer's position 0"),
+    Case("rows=1, text: position 0 of the output", "text_first"),
+    Case("rows=1, image: position 0 attending to every image key", "image_first_self_probs"),
+    Case("rows=1, image: position 0 of the output", "image_first"),
+)
+# A mask of the wrong length for its scores: with the reference attention (in place) "non-broadcastable
+# output operand", with a learner's "could not be broadcast". Cutting the self-attention's keys to the rows
+# as well as its queries ends here on the padded text (its self_mask still has every key).
+_MASK_SHAPES = ("broadcast",)
+_CROSS_MODAL_ERRORS = (
+    OnError(_MASK_SHAPES, "a mask that does not fit its attention's scores [B, H, queries, keys]: self_mask masks "
+            "this stream's keys, every position of x (keys and values are x, not `queries`, also with rows), "
+            "cross_mask the other stream's"),
+    OnError(("unexpected keyword argument 'rows'",), "cross_modal_layer takes rows=None (the signature as given): "
+            "the model's last layer passes rows=1"),
 )
 _CROSS_MODAL_SYMPTOMS = (
     Symptom("self_mask not applied? it masks this stream's keys in the self-attention (the text stream's "
@@ -626,6 +663,21 @@ _CROSS_MODAL_SYMPTOMS = (
             lambda x, mine, ref: bool((mine["image_cross_probs"][1, ..., 4:] > 1e-6).any())),
     Symptom("cross-attention queried by the layer input x? the queries are the self-attention's output",
             mistake="cross_queried_by_x", outputs=("text_cross_probs",)),
+    # rows: the model's last layer passes rows=1 for a head that reads position 0 alone (ITM, ITC). Every
+    # row returned is refused, with this hint, even where its position 0 is right: the docstring promises
+    # [B, k, D] (the model's outputs would hold rows its docstring says are not there), and rows exists so
+    # that the last layer does 1/S of the work, which right values at the full cost would skip unseen.
+    # What comes back is graded, not how: every row computed and the first k returned passes
+    # (tests/test_grader_diagnostics.py).
+    Symptom("rows ignored? with rows=1 return position 0 alone, [B, 1, D] (probabilities [B, H, 1, S]): the "
+            "self-attention's queries are `queries` (x[:, :rows], given); the model's last layer computes only "
+            "the rows a head reads",
+            lambda x, mine, ref: any(np.shape(mine[f"{s}_first"]) == x[s].shape for s in ("text", "image")),
+            shapes=True),
+    Symptom("the self-attention's keys and values cut to the rows too? only its queries are `queries` "
+            "(x[:, :rows]); its keys and values are every position of x (position 0 attends to the whole stream)",
+            lambda x, mine, ref: any(np.shape(mine[f"{s}_first_self_probs"])[-1:] == (1,) for s in ("text", "image")),
+            shapes=True),
 )
 
 _LINK_TOWER_SYMPTOMS = (
@@ -656,6 +708,55 @@ _HEADS_SYMPTOMS = (
 # and the ITM head's, here); the square ones of the heads are stored mistakes above.
 _MATMUL_SHAPES = OnError(("matmul", "not aligned"), "a matrix product of mismatched shapes: a Linear's weight "
                          "is stored (out, in), as torch's, so the product is x @ W.T")
+
+# bridgetower, a padded batch of 3 (texts of 7, 4 and 6 tokens) through model.bridgetower (read "all"),
+# then model.cross_modal with each read a head uses (model.READS), whose last layer holds only the rows
+# read: "first" position 0 of each stream (ITM, ITC: the poolers), "text" every text row and position 0
+# of the image (MLM). Their references are the full forward's rows (tests/make_snapshots.py). Rows the
+# read leaves out are refused, as cross_modal_layer's with rows (a wrong shape, with a hint; the reasons
+# there): model.cross_modal's docstring says they are not there, and skipping them is what reads are for.
+_READ_FIRST = ("this case tests read=\"first\" (ITM, ITC): in the last layer each stream computes position 0 "
+               "alone (x_rows = y_rows = 1, passed on as cross_modal_layer's rows), attending to every position")
+_READ_TEXT = ("this case tests read=\"text\" (MLM): in the last layer the text stream computes every row (x_rows "
+              "None) and the image stream position 0 alone (y_rows = 1)")
+_BRIDGETOWER_CASES = (
+    Case("read \"all\": every row of the last layer", "text_features"),
+    Case("read \"all\": every row of the last layer", "image_features"),
+    Case("read \"all\"", "pooler_output"),
+    Case("read \"first\": position 0", "read_first.text_features", None, None, _READ_FIRST),
+    Case("read \"first\": position 0", "read_first.image_features", None, None, _READ_FIRST),
+    Case("read \"first\"", "read_first.pooler_output", None, None, _READ_FIRST),
+    Case("read \"text\": every text row", "read_text.text_features", None, None, _READ_TEXT),
+    Case("read \"text\": position 0 of the image", "read_text.image_features", None, None, _READ_TEXT),
+)
+
+
+def _every_row(mine, ref, read, stream):
+    """The read's output of `stream` has every row of the last layer (read "all"'s shape) where the read has fewer."""
+    shape = np.shape(mine[f"{read}.{stream}_features"])
+    return shape == ref[f"{stream}_features"].shape and shape != ref[f"{read}.{stream}_features"].shape
+
+
+_BRIDGETOWER_ERRORS = (
+    OnError(_MASK_SHAPES, "a mask that does not fit its attention's scores: in the last layer only the queries are "
+            "cut to the rows read (cross_modal_layer's rows); x_in and y_in stay whole, as keys and values, and so "
+            "do the masks"),
+)
+_BRIDGETOWER_SYMPTOMS = (
+    Symptom("x_rows and y_rows swapped? x_rows are the text stream's (x) rows, y_rows the image stream's (y): "
+            "with read=\"text\" the text keeps every row and the image only position 0",
+            lambda x, mine, ref: _every_row(mine, ref, "read_text", "image")
+            and np.shape(mine["read_text.text_features"]) == ref["read_first.text_features"].shape, shapes=True),
+    Symptom("every row in the last layer where the head reads position 0 alone? pass x_rows / y_rows on as "
+            "cross_modal_layer's rows (x_rows to the text layer, y_rows to the image layer), and cross_modal_layer "
+            "must honour them: the rows a read leaves out are not there ([B, 1, D])",
+            lambda x, mine, ref: any(_every_row(mine, ref, "read_first", s) for s in ("text", "image")), shapes=True),
+    Symptom("read=\"all\" is right but the rows a head reads are not: in the last layer only the queries are cut to "
+            "the rows read (cross_modal_layer's rows); the keys and values stay every position of both streams' "
+            "inputs (x_in, y_in uncut)",
+            lambda x, mine, ref: all(_close(mine[k], ref[k]) for k in ("text_features", "image_features"))
+            and not all(_close(mine[k], ref[k]) for k in ref if k.startswith("read_"))),
+)
 
 
 # ---- the backward components: cases and typical mistakes ------------------------------------------------
@@ -930,15 +1031,18 @@ COMPONENTS = (
               "self-attention, co-attention to the other stream, FFN; both streams", _cross_modal_layer,
               {"bridge.cross_modal_layer": 'p = {"attention", "crossattention", "intermediate", "output"}: '
                                            'text.bert_attention and text.bert_ffn take these subtrees: '
-                                           'bert_attention(p["attention"]) of x on x with self_mask (this stream\'s '
-                                           'keys), then bert_attention(p["crossattention"]) with that output as '
-                                           'queries and `other` as keys and values, with cross_mask (the other '
-                                           'stream\'s keys); then bert_ffn. Graded on both streams: (self_mask, '
-                                           'cross_mask) is (text mask, None) for the text stream and (None, text '
-                                           'mask) for the image stream. `queries` (given) is x, or its first `rows` '
-                                           'positions: the self-attention\'s queries; its keys and values are all '
-                                           'of x.'},
-              _CROSS_MODAL_CASES, _CROSS_MODAL_SYMPTOMS),
+                                           'bert_attention(p["attention"]) of `queries` on x with self_mask (this '
+                                           'stream\'s keys), then bert_attention(p["crossattention"]) with that output '
+                                           'as queries and `other` as keys and values, with cross_mask (the other '
+                                           'stream\'s keys); then bert_ffn. `queries` (given) is x, or with rows=k its '
+                                           'first k positions x[:, :k]: the model\'s last layer computes only the '
+                                           'rows a head reads (position 0 for ITM), and that position still attends '
+                                           'to every position of x (keys and values all of x, not `queries`), so the '
+                                           'output is [B, k, D], the full layer\'s first k rows. Graded on both '
+                                           'streams: (self_mask, cross_mask) is (text mask, None) for the text stream '
+                                           'and (None, text mask) for the image stream; each with rows=None and '
+                                           'rows=1.'},
+              _CROSS_MODAL_CASES, _CROSS_MODAL_SYMPTOMS, _CROSS_MODAL_ERRORS),
     Component("heads", ("heads.pooler", "heads.itm_logits", "heads.mlm_logits", "heads.contrastive_embedding"),
               ("linear", "layer_norm", "gelu"), LAYER_TOL,
               f"{_HF}: BridgeTowerPooler, BridgeTowerITMHead, BridgeTowerMLMHead, BridgeTowerContrastiveHead",
@@ -960,7 +1064,8 @@ COMPONENTS = (
     Component("bridgetower", ("bridge.to_cross_space", "model.cross_modal"),
               ("patchify", "vision_block", "text_embed", "bert_attention", "link_tower", "cross_modal_layer", "heads",
                "linear", "layer_norm"), MODEL_TOL, f"{_HF}: BridgeTowerModel, via tests/reference.py",
-              "the full forward pass: towers, bridges, cross-modal stack, poolers", _bridgetower,
+              "the full forward pass: towers, bridges, cross-modal stack, poolers; and the rows each head reads",
+              _bridgetower,
               {"bridge.to_cross_space": 'p: the whole tree: for the image only, first p["vision_model"]["visual"]'
                                         '["ln_post"] (eps cfg.vision_config.layer_norm_eps); then the side\'s '
                                         'p["cross_modal_{side}_transform"] (a list of Linears when not '
@@ -972,9 +1077,18 @@ COMPONENTS = (
                                     "layer 0 reads LN(h) (cross_modal_{text,image}_layernorm), layer l > 0 link "
                                     "tower l − 1 of h and layer l − 1's output; both streams read this layer's "
                                     "inputs; (self_mask, cross_mask) is (mask, None) for the text stream, (None, "
-                                    "mask) for the image stream; pass x_rows / y_rows on as cross_modal_layer's "
-                                    "rows (the last layer computes only what the head reads). Graded: "
-                                    "text_features, image_features and pooler_output of a padded batch."}),
+                                    "mask) for the image stream. `read` says which rows of the last layer a head "
+                                    "reads (model.READS): \"all\" every row; \"first\" position 0 of both streams "
+                                    "(the poolers: ITM, ITC); \"text\" every text row and position 0 of the image "
+                                    "(MLM). x_rows / y_rows (given, from _rows_read) are the text (x) and the image "
+                                    "(y) stream's rows: None (every row) or 1 (position 0), and 1 only in the last "
+                                    "layer; pass x_rows on as the text layer's rows and y_rows as the image "
+                                    "layer's, and cut nothing else (x_in and y_in stay whole: they are the keys "
+                                    "and values). Graded: text_features, image_features and pooler_output of a "
+                                    "padded batch with read=\"all\" (model.bridgetower), then with read=\"first\" "
+                                    "and read=\"text\", whose outputs hold only the rows read ([B, 1, D] for "
+                                    "position 0): the full forward's rows."},
+              _BRIDGETOWER_CASES, _BRIDGETOWER_SYMPTOMS, _BRIDGETOWER_ERRORS),
 )
 
 # The backward pass (week 5): each gradient after the forward it differentiates.
