@@ -220,7 +220,7 @@ class BridgeTowerModel:
         feats = cross_modal(self.params, self.config, text, image, self.reads, pairs=pairs)
         rows = pairs or (slice(None), slice(None))
         # the contrastive head reads position 0 of each tower's last layer: only that is picked for the pairs
-        feats.update(text_last=text.last[:, :1][rows[0]], image_last=image.last[:, :1][rows[1]])
+        feats.update(text_last=text.last[:, :1][rows[0]], image_last=image.last[:, :1][rows[1]])  # [P, 1, Dt|Dv]
         return self._output(feats, {})
 
     # -- shared plumbing --
