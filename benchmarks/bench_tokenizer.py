@@ -12,7 +12,7 @@ from pathlib import Path
 from minibridge.tokenizer import RobertaTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from bench import best_time  # noqa: E402  (beside this file)
+from bench import median_time  # noqa: E402  (beside this file)
 from paths import SHARED_DATA as DATA  # noqa: E402
 REPEATS = 20
 
@@ -28,7 +28,7 @@ def main():
     texts = captions() * REPEATS
     n_chars = sum(map(len, texts))
 
-    load = best_time(lambda: RobertaTokenizer.from_pretrained(DATA / "roberta-base"), 1)
+    load = median_time(lambda: RobertaTokenizer.from_pretrained(DATA / "roberta-base"), 1)
     ours = RobertaTokenizer.from_pretrained(DATA / "roberta-base")
 
     def cold_pass():  # every word through the BPE loop: empty the cache first
@@ -36,8 +36,8 @@ def main():
         for t in texts[:len(texts) // REPEATS]:
             ours.encode(t)
 
-    cold = best_time(cold_pass) * REPEATS  # scaled to the same number of texts
-    warm = best_time(lambda: [ours.encode(t) for t in texts])
+    cold = median_time(cold_pass) * REPEATS  # scaled to the same number of texts
+    warm = median_time(lambda: [ours.encode(t) for t in texts])
     print(f"{len(texts)} captions ({len(texts) // REPEATS} distinct), {n_chars} characters; load {load * 1e3:.0f} ms")
     print(f"minibridge  cold {len(texts) / cold:9.0f} texts/s   warm (cached words) {len(texts) / warm:9.0f} texts/s")
     try:
@@ -46,8 +46,8 @@ def main():
         print("tokenizers is not installed: no ratio")
         return
     ref = tokenizers.Tokenizer.from_file(str(DATA / "roberta-base" / "tokenizer.json"))
-    one_by_one = best_time(lambda: [ref.encode(t) for t in texts])
-    batched = best_time(lambda: ref.encode_batch(texts))
+    one_by_one = median_time(lambda: [ref.encode(t) for t in texts])
+    batched = median_time(lambda: ref.encode_batch(texts))
     print(f"tokenizers  one by one {len(texts) / one_by_one:9.0f} texts/s   "
           f"encode_batch {len(texts) / batched:9.0f} texts/s")
     print(f"time ratio minibridge / tokenizers (one by one): "
