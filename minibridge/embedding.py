@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .index import IndexWriter
+from .index import IndexWriter, positive_int
 from .tokenizer import pad_ids
 
 KINDS = ("image", "text")
@@ -369,19 +369,13 @@ def shard_sizes(out, resume, batch_size, shard_size):
         manifest = read_manifest(out)
         batch_size = manifest.get("batch_size") if batch_size is None else batch_size
         shard_size = manifest.get("shard_size") if shard_size is None else shard_size
-    batch_size = positive(DEFAULT_BATCH_SIZE if batch_size is None else batch_size, "batch_size")
+    batch_size = positive_int(DEFAULT_BATCH_SIZE if batch_size is None else batch_size, "batch_size")
     rounded = -(-SHARD_ROWS // batch_size) * batch_size  # SHARD_ROWS rounded up to whole batches
-    shard_size = positive(rounded if shard_size is None else shard_size, "shard_size")
+    shard_size = positive_int(rounded if shard_size is None else shard_size, "shard_size")
     if shard_size % batch_size:
         raise ValueError(f"shard_size {shard_size} is not a multiple of batch_size {batch_size}: a shard must end "
                          "where a batch ends, so that a resumed run computes the batches of an uninterrupted one")
     return batch_size, shard_size
-
-
-def positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def describe(embedder, model, revision, items, batch_size, shard_size):

@@ -112,8 +112,7 @@ class Index:
         first; equal scores keep row order. Memory: one [Q, shard_size] block of scores at a time.
         """
         q = _as_queries(queries, self.manifest["dim"])  # [Q, C], unit length
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = positive_int(k, "k")
         best_scores = np.empty((len(q), 0), dtype=np.float32)
         best_rows = np.empty((len(q), 0), dtype=np.int64)
         start = 0
@@ -128,6 +127,13 @@ class Index:
                                            np.concatenate([best_rows, rows], 1), k)
             start += len(shard)
         return Hits(best_scores, best_rows, [[self.ids[r] for r in row] for row in best_rows.tolist()])
+
+
+def positive_int(value, name):
+    """value as an int; ValueError naming `name` unless it is an integer ≥ 1 (a NumPy integer counts, True does not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _top_columns(scores, k):

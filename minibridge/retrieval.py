@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedding import Embedder, positive
-from .index import Index, json_text
+from .embedding import Embedder
+from .index import Index, json_text, positive_int
 
 
 @dataclass
@@ -70,8 +70,8 @@ def retrieve(index, query, k=10, rerank=None, model=None, revision=None, batch_s
     index = index if isinstance(index, Index) else Index.open(index)
     if len(index) == 0:
         raise ValueError(f"{index.folder} holds no vectors yet (every input skipped, or the run stopped early)")
-    k = positive(k, "k")
-    rerank = None if rerank is None else positive(rerank, "rerank")
+    k = positive_int(k, "k")
+    rerank = None if rerank is None else positive_int(rerank, "rerank")
     _check_query_kind(index, query)
     model, revision, notes = _model_of(index, model, revision)
     query_kind = "text" if index.kind == "image" else "image"
