@@ -24,7 +24,12 @@ FRESH = 0.1
 def stored(head):
     """(inputs, labels or None, loss, {name: gradient}) of one head, as make_grad_fixtures.py stored them."""
     with np.load(FOLDER / "grads.npz") as data:
-        arrays = {k.removeprefix(f"{head}/"): data[k] for k in data.files if k.startswith(f"{head}/")}
+        return split(data, head)
+
+
+def split(data, head):
+    """One head's (inputs, labels or None, loss, {name: gradient}) from the fixture's arrays {"head/...": array}."""
+    arrays = {k.removeprefix(f"{head}/"): data[k] for k in data.keys() if k.startswith(f"{head}/")}
     inputs = {k.removeprefix("inputs/"): v for k, v in arrays.items() if k.startswith("inputs/")}
     grads = {k.removeprefix("grads/"): v for k, v in arrays.items() if k.startswith("grads/")}
     return inputs, arrays.get("labels"), float(arrays["loss"]), grads
@@ -52,10 +57,7 @@ def test_the_fixture_is_what_the_generator_makes_now(head):
     arrays, recipe = make.generate(head, make.SPECS[head])
     assert recipe == {k: RECIPES[head][k] for k in recipe}, f"{head}: the recipe changed; run python tests/make_grad_fixtures.py"
     inputs, labels, loss, grads = stored(head)
-    fresh_inputs, fresh_labels, fresh_loss, fresh_grads = (
-        {k.removeprefix(f"{head}/inputs/"): v for k, v in arrays.items() if k.startswith(f"{head}/inputs/")},
-        arrays.get(f"{head}/labels"), float(arrays[f"{head}/loss"]),
-        {k.removeprefix(f"{head}/grads/"): v for k, v in arrays.items() if k.startswith(f"{head}/grads/")})
+    fresh_inputs, fresh_labels, fresh_loss, fresh_grads = split(arrays, head)
     assert set(fresh_inputs) == set(inputs) and all(np.array_equal(fresh_inputs[k], inputs[k]) for k in inputs)
     assert (labels is None and fresh_labels is None) or np.array_equal(labels, fresh_labels)
     assert abs(fresh_loss - loss) <= FRESH * LOSS_RTOL * abs(loss), f"{head}: loss stored {loss!r}, now {fresh_loss!r}"
