@@ -47,8 +47,6 @@ def test_reading_less_of_the_last_layer_changes_nothing_read(variant, read):
     ref = M.bridgetower(p, cfg, ids, mask, pixels)
     text, image = M.text_bridged(p, cfg, ids, mask), M.image_bridged(p, cfg, pixels)
     out = M.cross_modal(p, cfg, text, image, read)
-    assert_close(text.last, ref["text_last"], "text tower's last layer", SAME_PASS_TOL)
-    assert_close(image.last, ref["image_last"], "vision tower's last layer", SAME_PASS_TOL)
     x_rows = slice(0, 1) if read == "first" else slice(None)  # position 0 alone where the head reads no more
     y_rows = slice(0, 1) if read != "all" else slice(None)
     assert_close(out["text_features"], ref["text_features"][:, x_rows], f"text_features ({read})", SAME_PASS_TOL)
