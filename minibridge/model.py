@@ -78,7 +78,8 @@ class Trace:
             self.cross_attentions.append(cross_probs)
 
 
-def bridgetower(p, cfg, input_ids, attention_mask, pixel_values, interpolate_pos_encoding=False, trace=None):
+def bridgetower(p, cfg, input_ids, attention_mask, pixel_values, interpolate_pos_encoding=False, trace=None,
+                read="all"):
     """BridgeTowerModel's forward pass.
 
     p: the weight tree (unprefixed checkpoint names), cfg: BridgeTowerConfig,
@@ -86,10 +87,11 @@ def bridgetower(p, cfg, input_ids, attention_mask, pixel_values, interpolate_pos
     Returns a dict: text_features [B, T, D], image_features [B, L, D], pooler_output [B, 2D],
     and, for the contrastive head, text_last [B, T, Dt] and image_last [B, L, Dv] (the last
     layer of each tower). `trace` (a Trace) collects hidden states and attention maps.
+    read: what the head reads of the last cross-modal layer (READS, below): "all" by default.
     """
     text = text_bridged(p, cfg, input_ids, attention_mask, trace)  # N × [B, T, D]
     image = image_bridged(p, cfg, pixel_values, interpolate_pos_encoding, trace)  # N × [B, L, D]
-    feats = cross_modal(p, cfg, text, image, "all", trace)
+    feats = cross_modal(p, cfg, text, image, read, trace)
     return {**feats, "text_last": text.last, "image_last": image.last}
 
 

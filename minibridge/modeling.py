@@ -21,8 +21,8 @@ import numpy as np
 from .backend import array_module, is_cupy, keep_freed_memory, release_freed_memory, to_device, to_numpy
 from .config import BridgeTowerConfig, ConfigError
 from .heads import contrastive_loss, itm_logits, mlm_logits
-from .model import (Bridged, Trace, cross_embedding, cross_modal, image_bridged, image_embedding, text_bridged,
-                    text_embedding, text_tower, vision_tower)
+from .model import (Bridged, Trace, bridgetower, cross_embedding, cross_modal, image_bridged, image_embedding,
+                    text_bridged, text_embedding, text_tower, vision_tower)
 from .ops import cross_entropy, softmax
 from .weights import (WeightsError, check_weights, expected_shapes, head_shapes, heads_in, read_checkpoint, to_flat,
                       to_tree, write_checkpoint)
@@ -241,10 +241,8 @@ class BridgeTowerModel:
         trace = Trace(keep_hidden=output_hidden_states, keep_attentions=output_attentions)
         # The last layer computes only the rows the head reads, unless every row's states are asked for.
         read = "all" if output_hidden_states or output_attentions else self.reads
-        text = text_bridged(self.params, self.config, self._here(input_ids), self._here(attention_mask), trace)
-        image = image_bridged(self.params, self.config, self._here(pixel_values), interpolate_pos_encoding, trace)
-        feats = cross_modal(self.params, self.config, text, image, read, trace)
-        feats.update(text_last=text.last, image_last=image.last)
+        feats = bridgetower(self.params, self.config, self._here(input_ids), self._here(attention_mask),
+                            self._here(pixel_values), interpolate_pos_encoding, trace, read)
         extras = {}
         if output_hidden_states:
             extras["hidden_states"] = (tuple(trace.text_hidden), tuple(trace.image_hidden), tuple(trace.cross_hidden))
